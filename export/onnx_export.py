@@ -1,0 +1,86 @@
+"""torch → ONNX for the two graphs, with the tensor names of maskserve.signatures."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from export.wrappers import ImageEncoder, PromptDecoder
+from maskserve import signatures as sig
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+
+
+def _example_decoder_inputs(batch: int = 2) -> tuple[torch.Tensor, ...]:
+    inputs = []
+    for spec in sig.DECODER_INPUTS:
+        shape = (batch, *spec.dims)
+        if spec.dtype == "int32":
+            inputs.append(torch.full(shape, sig.PAD_LABEL, dtype=torch.int32))
+        else:
+            inputs.append(torch.zeros(shape, dtype=torch.float32))
+    return tuple(inputs)
+
+
+def _export(module: torch.nn.Module, args: tuple, path: Path, inputs, outputs) -> None:
+    dynamic_axes = {spec.name: {0: "batch"} for spec in (*inputs, *outputs)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=[s.name for s in inputs],
+            output_names=[s.name for s in outputs],
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+@contextlib.contextmanager
+def _constant_pos_embed(sam2_model: torch.nn.Module) -> Iterator[None]:
+    """Make Hiera's positional embedding a constant of the graph while exporting.
+
+    Hiera resizes its learned embedding to the patch grid with a bicubic
+    interpolation on every call. At our fixed 1024² input that result is a
+    constant; left as an op, OpenVINO constant-folds it with a reference kernel
+    that takes ~100 s per model load. Computing it once here gives the same
+    values (it is the same function) and a graph that compiles in seconds.
+    """
+    trunk = sam2_model.image_encoder.trunk
+    grid = sig.IMAGE_SIZE // trunk.patch_embed.proj.stride[0]
+    with torch.no_grad():
+        pos_embed = trunk._get_pos_embed((grid, grid)).detach().clone()
+
+    def fixed(hw: tuple[int, int]) -> torch.Tensor:
+        if tuple(hw) != (grid, grid):
+            raise ValueError(f"exported encoder only supports a {grid}x{grid} patch grid")
+        return pos_embed
+
+    trunk._get_pos_embed = fixed
+    try:
+        yield
+    finally:
+        del trunk._get_pos_embed  # back to the class's own method
+
+
+def export_encoder(sam2_model: torch.nn.Module, path: Path) -> None:
+    module = ImageEncoder(sam2_model).eval()
+    example = (torch.zeros(1, 3, sig.IMAGE_SIZE, sig.IMAGE_SIZE),)
+    with _constant_pos_embed(sam2_model):
+        _export(module, example, path, sig.ENCODER_INPUTS, sig.ENCODER_OUTPUTS)
+
+
+def export_decoder(sam2_model: torch.nn.Module, path: Path) -> None:
+    module = PromptDecoder(sam2_model).eval()
+    _export(module, _example_decoder_inputs(), path, sig.DECODER_INPUTS, sig.DECODER_OUTPUTS)

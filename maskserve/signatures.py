@@ -1,0 +1,76 @@
+"""One source of truth for the Triton model names and tensor signatures.
+
+The exporter names ONNX tensors from here, the repository writer builds every
+``config.pbtxt`` from here, and the frontend's Triton client reads the same
+constants, so a rename can only happen in one place (a test checks that the
+exported graphs and the written configs agree with this module).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ENCODER_MODEL = "sam2_image_encoder"
+DECODER_MODEL = "sam2_prompt_decoder"
+
+IMAGE_SIZE = 1024
+EMBED_SIZE = 64
+LOW_RES_MASK_SIZE = 256
+NUM_MASK_OUTPUTS = 4
+"""Token 0 is the single-mask output, tokens 1..3 the three multimask candidates."""
+
+MAX_PROMPT_POINTS = 16
+"""Points per decoder request, box corners included, before padding.
+
+Every request is padded to ``DECODER_POINTS`` so that Triton's dynamic batcher
+can put prompts from different clients into one batch."""
+
+DECODER_POINTS = MAX_PROMPT_POINTS + 1
+"""Fixed N of ``point_coords``: room for ``MAX_PROMPT_POINTS`` plus the one
+padding point SAM 2's image predictor always appends."""
+
+PAD_LABEL = -1
+BOX_TOP_LEFT_LABEL = 2
+BOX_BOTTOM_RIGHT_LABEL = 3
+
+# SAM 2's image normalisation (ImageNet statistics on 0..1 pixels).
+PIXEL_MEAN = (0.485, 0.456, 0.406)
+PIXEL_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor as Triton sees it: ``dims`` exclude the batch dimension."""
+
+    name: str
+    dtype: str  # numpy dtype name
+    dims: tuple[int, ...]
+
+    @property
+    def triton_dtype(self) -> str:
+        return {"float32": "FP32", "int32": "INT32", "float16": "FP16"}[self.dtype]
+
+
+ENCODER_INPUTS = (TensorSpec("image", "float32", (3, IMAGE_SIZE, IMAGE_SIZE)),)
+ENCODER_OUTPUTS = (
+    TensorSpec("image_embed", "float32", (256, EMBED_SIZE, EMBED_SIZE)),
+    TensorSpec("high_res_feats_0", "float32", (32, 4 * EMBED_SIZE, 4 * EMBED_SIZE)),
+    TensorSpec("high_res_feats_1", "float32", (64, 2 * EMBED_SIZE, 2 * EMBED_SIZE)),
+)
+DECODER_INPUTS = ENCODER_OUTPUTS + (
+    TensorSpec("point_coords", "float32", (DECODER_POINTS, 2)),
+    TensorSpec("point_labels", "int32", (DECODER_POINTS,)),
+    TensorSpec("mask_input", "float32", (1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)),
+    TensorSpec("has_mask_input", "float32", ()),
+)
+DECODER_OUTPUTS = (
+    TensorSpec(
+        "low_res_masks", "float32", (NUM_MASK_OUTPUTS, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)
+    ),
+    TensorSpec("iou_predictions", "float32", (NUM_MASK_OUTPUTS,)),
+)
+
+SIGNATURES: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
+    ENCODER_MODEL: (ENCODER_INPUTS, ENCODER_OUTPUTS),
+    DECODER_MODEL: (DECODER_INPUTS, DECODER_OUTPUTS),
+}
