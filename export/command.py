@@ -1,0 +1,123 @@
+"""``maskserve export``: SAM 2 → two ONNX graphs → a versioned Triton repository."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from export import checkpoints, repository
+from export.variants import DEFAULT_VARIANT, VARIANTS, get_variant
+from maskserve import __version__, signatures as sig
+
+log = logging.getLogger(__name__)
+
+
+class ExportError(RuntimeError):
+    """The export cannot proceed; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    model: str = DEFAULT_VARIANT
+    out: Path = Path("model_repository")
+    checkpoint: Path | None = None
+    download: bool = False
+    download_dir: Path = Path("checkpoints")
+    random_weights: bool = False
+    seed: int = 0
+    target: str = "cpu"
+    version: int | None = None
+    cpu: repository.CpuRuntime = repository.CpuRuntime()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_VARIANT, choices=sorted(VARIANTS))
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint", type=Path, help="Meta's checkpoint file (.pt)")
+    weights.add_argument(
+        "--download", action="store_true",
+        help="fetch the official SAM 2.1 checkpoint and verify its SHA-256",
+    )
+    weights.add_argument(
+        "--random-weights", action="store_true",
+        help="random initialisation (meaningless masks; tests and benchmarks only)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
+    parser.add_argument("--download-dir", type=Path, default=Path("checkpoints"))
+    parser.add_argument("--out", type=Path, default=Path("model_repository"))
+    parser.add_argument("--target", choices=repository.TARGETS, default="cpu")
+    parser.add_argument("--version", type=int, help="version number (default: next free)")
+    parser.add_argument("--runtime", choices=("openvino", "onnxruntime"), default="openvino")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads per model instance")
+
+
+def request_from_args(args: argparse.Namespace) -> ExportRequest:
+    return ExportRequest(
+        model=args.model,
+        out=args.out,
+        checkpoint=args.checkpoint,
+        download=args.download,
+        download_dir=args.download_dir,
+        random_weights=args.random_weights,
+        seed=args.seed,
+        target=args.target,
+        version=args.version,
+        cpu=repository.CpuRuntime(args.runtime, args.precision, args.threads),
+    )
+
+
+def _load_weights(req: ExportRequest):
+    variant = get_variant(req.model)
+    if not (req.checkpoint or req.download or req.random_weights):
+        raise ExportError(
+            f"No weights given for {variant.name}. Pass --checkpoint PATH (Meta's "
+            f"{variant.checkpoint_filename}, from {variant.url}), --download to fetch and "
+            "verify it, or --random-weights [--seed N] for the real architecture with "
+            "random weights (tests and benchmarks only)."
+        )
+    model = checkpoints.build_model(variant, seed=req.seed)
+    if req.random_weights:
+        return variant, model, checkpoints.random_weights(req.seed)
+    path = req.checkpoint
+    if req.download:
+        path = checkpoints.download_checkpoint(variant, req.download_dir)
+    return variant, model, checkpoints.load_checkpoint(model, path)
+
+
+def run_export(req: ExportRequest) -> int:
+    """Export both graphs as one new version; returns the version number."""
+    from export.onnx_export import OPSET, export_decoder, export_encoder
+
+    try:
+        variant, model, weights = _load_weights(req)
+    except checkpoints.WeightsError as exc:
+        raise ExportError(str(exc)) from exc
+    req.out.mkdir(parents=True, exist_ok=True)
+    version = req.version if req.version is not None else repository.next_version(req.out)
+    for name in sig.SIGNATURES:
+        if (req.out / name / str(version)).exists():
+            raise ExportError(f"{req.out / name / str(version)} already exists")
+    manifest = {
+        "model": variant.name,
+        "family": variant.family,
+        "size": variant.size,
+        "weights": weights.as_dict(),
+        "opset": OPSET,
+        "exported_at": repository.export_time(),
+        "exporter": f"maskserve {__version__}",
+    }
+    log.info("exporting %s v%d (%s) to %s [%s]", variant.name, version, weights.describe(), req.out, req.target)
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=req.out))
+    try:
+        export_encoder(model, work / "encoder.onnx")
+        export_decoder(model, work / "decoder.onnx")
+        for name, path in ((sig.ENCODER_MODEL, "encoder.onnx"), (sig.DECODER_MODEL, "decoder.onnx")):
+            repository.write_version(req.out, name, version, work / path, req.target, manifest, req.cpu)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return version

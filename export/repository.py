@@ -1,0 +1,179 @@
+"""Writing exported models into a versioned Triton model repository.
+
+Layout: ``<out>/<model>/config.pbtxt`` and ``<out>/<model>/<version>/`` with
+``model.onnx``, ``manifest.json`` and, for the ``cpu`` target, the python-backend
+``model.py`` that runs the ONNX file. Both models of one export share one
+version number, so version N of the decoder always belongs to version N of the
+encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from maskserve import signatures as sig
+
+BACKEND_SOURCE = Path(__file__).with_name("backend") / "model.py"
+TARGETS = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    max_batch_size: int
+    max_queue_delay_us: int
+    preferred: tuple[int, ...]
+    instances: int
+
+
+@dataclass(frozen=True)
+class CpuRuntime:
+    runtime: str = "openvino"
+    precision: str = "fp32"
+    threads: int = 2
+
+
+# Measured on the 2-core CPU machine (see benchmarks/README.md): the encoder is
+# compute bound, so batching buys little per image but costs nothing, and one
+# instance owns both cores; the decoder is cheap and batches well.
+CPU_BATCHING = {
+    sig.ENCODER_MODEL: BatchingSettings(8, 5_000, (2, 4), 1),
+    sig.DECODER_MODEL: BatchingSettings(16, 2_000, (4, 8), 1),
+}
+GPU_BATCHING = {
+    sig.ENCODER_MODEL: BatchingSettings(16, 2_000, (4, 8, 16), 1),
+    sig.DECODER_MODEL: BatchingSettings(64, 1_000, (16, 32, 64), 2),
+}
+
+
+def _tensor_block(kind: str, specs: tuple[sig.TensorSpec, ...]) -> str:
+    entries = []
+    for spec in specs:
+        lines = [f'    name: "{spec.name}"', f"    data_type: TYPE_{spec.triton_dtype}"]
+        if spec.dims:
+            lines.append(f"    dims: [ {', '.join(str(d) for d in spec.dims)} ]")
+        else:  # a per-item scalar travels as [1] and reaches the model as [B]
+            lines.append("    dims: [ 1 ]")
+            lines.append("    reshape: { shape: [ ] }")
+        entries.append("  {\n" + "\n".join(lines) + "\n  }")
+    return f"{kind} [\n" + ",\n".join(entries) + "\n]"
+
+
+def _param(key: str, value: str) -> str:
+    return f'parameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+
+
+def render_config(model: str, target: str, cpu: CpuRuntime | None = None) -> str:
+    """``config.pbtxt`` text for ``model`` in ``target``, built from signatures."""
+    inputs, outputs = sig.SIGNATURES[model]
+    batching = (CPU_BATCHING if target == "cpu" else GPU_BATCHING)[model]
+    preferred = ", ".join(str(n) for n in batching.preferred)
+    parts = [f'name: "{model}"']
+    if target == "cpu":
+        cpu = cpu or CpuRuntime()
+        parts.append('backend: "python"')
+    else:
+        parts.append('platform: "onnxruntime_onnx"')
+    parts += [
+        f"max_batch_size: {batching.max_batch_size}",
+        "version_policy: { latest: { num_versions: 2 } }",
+        _tensor_block("input", inputs),
+        _tensor_block("output", outputs),
+        "dynamic_batching {\n"
+        f"  preferred_batch_size: [ {preferred} ]\n"
+        f"  max_queue_delay_microseconds: {batching.max_queue_delay_us}\n"
+        "}",
+    ]
+    kind = "KIND_CPU" if target == "cpu" else "KIND_GPU"
+    parts.append(f"instance_group [ {{ count: {batching.instances} kind: {kind} }} ]")
+    if target == "cpu":
+        parts += [
+            _param("runtime", cpu.runtime),
+            _param("precision", cpu.precision),
+            _param("num_threads", str(cpu.threads)),
+        ]
+    else:
+        parts.append(
+            "optimization { execution_accelerators { gpu_execution_accelerator: [ {\n"
+            '  name: "tensorrt"\n'
+            '  parameters { key: "precision_mode" value: "FP16" }\n'
+            '  parameters { key: "max_workspace_size_bytes" value: "4294967296" }\n'
+            '  parameters { key: "trt_engine_cache_enable" value: "1" }\n'
+            '  parameters { key: "trt_engine_cache_path" value: "/tmp/trt_cache" }\n'
+            "} ] } }"
+        )
+    return "\n".join(parts) + "\n"
+
+
+def existing_versions(out: Path) -> list[int]:
+    versions: set[int] = set()
+    for model in sig.SIGNATURES:
+        model_dir = out / model
+        if model_dir.is_dir():
+            versions.update(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(versions)
+
+
+def next_version(out: Path) -> int:
+    versions = existing_versions(out)
+    return versions[-1] + 1 if versions else 1
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_version(
+    out: Path,
+    model: str,
+    version: int,
+    onnx_file: Path,
+    target: str,
+    manifest: dict,
+    cpu: CpuRuntime | None = None,
+) -> Path:
+    """Install ``onnx_file`` as ``<out>/<model>/<version>`` and (re)write the config."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
+    model_dir = out / model
+    version_dir = model_dir / str(version)
+    if version_dir.exists():
+        raise FileExistsError(f"{version_dir} already exists; export a new version instead")
+    staging = model_dir / f".{version}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.move(str(onnx_file), staging / "model.onnx")
+    if target == "cpu":
+        shutil.copyfile(BACKEND_SOURCE, staging / "model.py")
+    full_manifest = {
+        **manifest,
+        "triton_model": model,
+        "version": version,
+        "target": target,
+        "onnx_sha256": file_sha256(staging / "model.onnx"),
+        "inputs": [spec.__dict__ for spec in sig.SIGNATURES[model][0]],
+        "outputs": [spec.__dict__ for spec in sig.SIGNATURES[model][1]],
+    }
+    (staging / "manifest.json").write_text(json.dumps(full_manifest, indent=2) + "\n")
+    staging.rename(version_dir)  # a version appears whole or not at all
+    config = render_config(model, target, cpu)
+    tmp = model_dir / "config.pbtxt.tmp"
+    tmp.write_text(config)
+    tmp.replace(model_dir / "config.pbtxt")
+    return version_dir
+
+
+def read_manifest(version_dir: Path) -> dict:
+    return json.loads((version_dir / "manifest.json").read_text())
+
+
+def export_time() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
