@@ -52,11 +52,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=repository.TARGETS, default="cpu")
     parser.add_argument("--version", type=int, help="version number (default: next free)")
     parser.add_argument("--runtime", choices=("openvino", "onnxruntime"), default="openvino")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"),
+        help="encoder precision on the cpu target (default: bf16 with openvino, fp32 "
+        "with onnxruntime, which has no bf16 path here); the decoder runs fp32",
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per model instance")
 
 
 def request_from_args(args: argparse.Namespace) -> ExportRequest:
+    precision = args.precision or ("bf16" if args.runtime == "openvino" else "fp32")
+    if args.runtime == "onnxruntime" and precision != "fp32":
+        raise ExportError("--runtime onnxruntime runs fp32 only; drop --precision or use openvino")
     return ExportRequest(
         model=args.model,
         out=args.out,
@@ -67,7 +74,11 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
         seed=args.seed,
         target=args.target,
         version=args.version,
-        cpu=repository.CpuRuntime(args.runtime, args.precision, args.threads),
+        cpu=repository.CpuRuntime(
+            runtime=args.runtime,
+            encoder_precision=precision,
+            threads=args.threads,
+        ),
     )
 
 

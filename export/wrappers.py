@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maskserve.signatures import PAD_LABEL
+from maskserve.signatures import ENCODER_OUTPUTS, LOW_RES_MASK_SIZE, NUM_MASK_OUTPUTS, PAD_LABEL
 
 _MASKED = -1e30  # additive attention bias that removes a key (exp underflows to 0)
 
@@ -33,13 +33,15 @@ class ImageEncoder(nn.Module):
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         model = self.model
         backbone_out = model.forward_image(image)
-        _, vision_feats, _, feat_sizes = model._prepare_backbone_features(backbone_out)
+        _, vision_feats, _, _ = model._prepare_backbone_features(backbone_out)
         if model.directly_add_no_mem_embed:
             vision_feats[-1] = vision_feats[-1] + model.no_mem_embed
         batch = image.shape[0]
+        # static per-item shapes from the signature, so the graph declares them
+        embed_spec, s0_spec, s1_spec = ENCODER_OUTPUTS
         s0, s1, embed = (
-            feat.permute(1, 2, 0).reshape(batch, -1, h, w)
-            for feat, (h, w) in zip(vision_feats, feat_sizes)
+            feat.permute(1, 2, 0).reshape(batch, *spec.dims)
+            for feat, spec in zip(vision_feats, (s0_spec, s1_spec, embed_spec))
         )
         return embed, s0, s1
 
@@ -137,8 +139,8 @@ class PromptDecoder(nn.Module):
         iou_token_out = hs[:, first, :]
         mask_tokens_out = hs[:, first + 1 : first + 1 + dec.num_mask_tokens, :]
 
-        b, c, h, w = image_embed.shape
-        src = src.transpose(1, 2).reshape(b, c, h, w)
+        c, h, w = ENCODER_OUTPUTS[0].dims
+        src = src.transpose(1, 2).reshape(batch, c, h, w)
         dc1, ln1, act1, dc2, act2 = dec.output_upscaling
         up = act1(ln1(dc1(src) + high_res_feats_1))
         up = act2(dc2(up) + high_res_feats_0)
@@ -146,7 +148,8 @@ class PromptDecoder(nn.Module):
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)],
             dim=1,
         )
-        b, c, h, w = up.shape
-        masks = (hyper_in @ up.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        c = up.shape[1]
+        size = LOW_RES_MASK_SIZE
+        masks = (hyper_in @ up.reshape(batch, c, size * size)).reshape(batch, NUM_MASK_OUTPUTS, size, size)
         iou_pred = dec.iou_prediction_head(iou_token_out)
         return masks, iou_pred
