@@ -51,19 +51,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("model_repository"))
     parser.add_argument("--target", choices=repository.TARGETS, default="cpu")
     parser.add_argument("--version", type=int, help="version number (default: next free)")
-    parser.add_argument("--runtime", choices=("openvino", "onnxruntime"), default="openvino")
+    parser.add_argument("--encoder-runtime", choices=("openvino", "onnxruntime"), default="openvino")
     parser.add_argument(
-        "--precision", choices=("fp32", "bf16"),
-        help="encoder precision on the cpu target (default: bf16 with openvino, fp32 "
-        "with onnxruntime, which has no bf16 path here); the decoder runs fp32",
+        "--encoder-precision", choices=("fp32", "bf16"),
+        help="default: bf16 with openvino, fp32 with onnxruntime (its only choice here)",
     )
+    parser.add_argument("--decoder-runtime", choices=("openvino", "onnxruntime"), default="onnxruntime")
+    parser.add_argument("--decoder-precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per model instance")
 
 
 def request_from_args(args: argparse.Namespace) -> ExportRequest:
-    precision = args.precision or ("bf16" if args.runtime == "openvino" else "fp32")
-    if args.runtime == "onnxruntime" and precision != "fp32":
-        raise ExportError("--runtime onnxruntime runs fp32 only; drop --precision or use openvino")
+    encoder_precision = args.encoder_precision or ("bf16" if args.encoder_runtime == "openvino" else "fp32")
+    cpu = repository.CpuRuntime(
+        encoder=repository.ModelRuntime(args.encoder_runtime, encoder_precision),
+        decoder=repository.ModelRuntime(args.decoder_runtime, args.decoder_precision),
+        threads=args.threads,
+    )
+    try:
+        cpu.encoder.validate()
+        cpu.decoder.validate()
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
     return ExportRequest(
         model=args.model,
         out=args.out,
@@ -74,11 +83,7 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
         seed=args.seed,
         target=args.target,
         version=args.version,
-        cpu=repository.CpuRuntime(
-            runtime=args.runtime,
-            encoder_precision=precision,
-            threads=args.threads,
-        ),
+        cpu=cpu,
     )
 
 

@@ -31,21 +31,35 @@ class BatchingSettings:
 
 
 @dataclass(frozen=True)
+class ModelRuntime:
+    runtime: str  # openvino | onnxruntime
+    precision: str  # fp32 | bf16 (bf16 with openvino only)
+
+    def validate(self) -> None:
+        if self.runtime not in ("openvino", "onnxruntime"):
+            raise ValueError(f"unknown runtime {self.runtime!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"unknown precision {self.precision!r}")
+        if self.runtime == "onnxruntime" and self.precision != "fp32":
+            raise ValueError("the onnxruntime runtime runs fp32 only here")
+
+
+@dataclass(frozen=True)
 class CpuRuntime:
     """The ``cpu`` target's runtime parameters (editable later in config.pbtxt).
 
-    Default by measurement on the 2-core Zen 4 machine (benchmarks/README.md):
-    OpenVINO runs the encoder about 1.8x faster in bf16 than in fp32, with masks
-    at IoU >= 0.998 against fp32 PyTorch; the decoder is cheap and stays fp32.
+    Defaults by measurement on the 2-core Zen 4 machine (benchmarks/README.md):
+    the encoder is fastest in OpenVINO bf16 (about 1.9x its fp32 speed, masks at
+    IoU >= 0.998 against fp32 PyTorch); the decoder is fastest in ONNX Runtime
+    fp32 (about 1.6x OpenVINO's).
     """
 
-    runtime: str = "openvino"
-    encoder_precision: str = "bf16"
-    decoder_precision: str = "fp32"
+    encoder: ModelRuntime = ModelRuntime("openvino", "bf16")
+    decoder: ModelRuntime = ModelRuntime("onnxruntime", "fp32")
     threads: int = 2
 
-    def precision(self, model: str) -> str:
-        return self.encoder_precision if model == sig.ENCODER_MODEL else self.decoder_precision
+    def for_model(self, model: str) -> ModelRuntime:
+        return self.encoder if model == sig.ENCODER_MODEL else self.decoder
 
 
 # Measured on the 2-core CPU machine (see benchmarks/README.md): the encoder is
@@ -103,8 +117,8 @@ def render_config(model: str, target: str, cpu: CpuRuntime | None = None) -> str
     parts.append(f"instance_group [ {{ count: {batching.instances} kind: {kind} }} ]")
     if target == "cpu":
         parts += [
-            _param("runtime", cpu.runtime),
-            _param("precision", cpu.precision(model)),
+            _param("runtime", cpu.for_model(model).runtime),
+            _param("precision", cpu.for_model(model).precision),
             _param("num_threads", str(cpu.threads)),
         ]
     else:

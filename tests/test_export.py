@@ -49,7 +49,7 @@ def test_export_refuses_without_weights(tmp_path, capsys):
 
 
 def test_onnxruntime_bf16_is_refused(tmp_path, capsys):
-    code = cli_main(["export", "--random-weights", "--runtime", "onnxruntime", "--precision", "bf16", "--out", str(tmp_path)])
+    code = cli_main(["export", "--random-weights", "--decoder-runtime", "onnxruntime", "--decoder-precision", "bf16", "--out", str(tmp_path)])
     assert code == 2 and "fp32 only" in capsys.readouterr().err
 
 
