@@ -92,8 +92,15 @@ def _param(key: str, value: str) -> str:
     return f'parameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
 
 
-def render_config(model: str, target: str, cpu: CpuRuntime | None = None) -> str:
-    """``config.pbtxt`` text for ``model`` in ``target``, built from signatures."""
+def render_config(
+    model: str, target: str, cpu: CpuRuntime | None = None, provenance: dict[str, str] | None = None
+) -> str:
+    """``config.pbtxt`` text for ``model`` in ``target``, built from signatures.
+
+    ``provenance`` (model variant and weights of the newest export) is written
+    as ``maskserve_*`` parameters, so that any client of Triton, including a
+    frontend with no access to the repository's files, can report it.
+    """
     inputs, outputs = sig.SIGNATURES[model]
     batching = (CPU_BATCHING if target == "cpu" else GPU_BATCHING)[model]
     preferred = ", ".join(str(n) for n in batching.preferred)
@@ -115,6 +122,8 @@ def render_config(model: str, target: str, cpu: CpuRuntime | None = None) -> str
     ]
     kind = "KIND_CPU" if target == "cpu" else "KIND_GPU"
     parts.append(f"instance_group [ {{ count: {batching.instances} kind: {kind} }} ]")
+    for key, value in (provenance or {}).items():
+        parts.append(_param(f"maskserve_{key}", value.replace('"', "'")))
     if target == "cpu":
         parts += [
             _param("runtime", cpu.for_model(model).runtime),
@@ -189,11 +198,20 @@ def write_version(
     }
     (staging / "manifest.json").write_text(json.dumps(full_manifest, indent=2) + "\n")
     staging.rename(version_dir)  # a version appears whole or not at all
-    config = render_config(model, target, cpu)
+    config = render_config(model, target, cpu, provenance=provenance_of(full_manifest))
     tmp = model_dir / "config.pbtxt.tmp"
     tmp.write_text(config)
     tmp.replace(model_dir / "config.pbtxt")
     return version_dir
+
+
+def provenance_of(manifest: dict) -> dict[str, str]:
+    weights = manifest["weights"]
+    if weights["kind"] == "random":
+        described = f"random (seed {weights['seed']})"
+    else:
+        described = f"checkpoint {weights['file']} (sha256 {weights['sha256']})"
+    return {"model": manifest["model"], "weights": described, "version": str(manifest["version"])}
 
 
 def read_manifest(version_dir: Path) -> dict:

@@ -28,6 +28,15 @@ def _triton_options(args: argparse.Namespace) -> TritonOptions:
     )
 
 
+def _add_frontend_arguments(parser: argparse.ArgumentParser, port: int = 8080) -> None:
+    parser.add_argument("--port", type=int, help=f"API port (default {port})")
+    parser.add_argument("--data-dir", type=Path, help="database, output files and signing secret (default ./data)")
+
+
+def _data_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="the same directory `serve` uses (default ./data)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskserve", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -40,6 +49,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     triton = sub.add_parser("triton", help="run the embedded Triton server on the model repository")
     _add_triton_arguments(triton)
+
+    serve = sub.add_parser("serve", help="run Triton (supervised) and the REST API: the embedded default")
+    serve.add_argument("--host", default=None, help="API address (default 127.0.0.1)")
+    _add_frontend_arguments(serve)
+    serve.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    serve.add_argument("--triton-grpc-port", type=int, default=8001)
+    serve.add_argument("--triton-http-port", type=int, default=8000)
+    serve.add_argument("--triton-metrics-port", type=int, default=8002)
+
+    front = sub.add_parser("frontend", help="run the REST API alone against an existing Triton")
+    front.add_argument("--triton-url", required=True, help="Triton gRPC address, HOST:PORT")
+    front.add_argument("--host", default=None, help="API address (default 127.0.0.1)")
+    _add_frontend_arguments(front)
+
+    keys = sub.add_parser("keys", help="manage API keys (admin, never over HTTP)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--credits", type=int, required=True)
+    _data_dir_argument(create)
+    listing = keys_sub.add_parser("list", help="list keys (prefixes only)")
+    _data_dir_argument(listing)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key_id")
+    _data_dir_argument(revoke)
+
+    credits = sub.add_parser("credits", help="manage credits (admin)")
+    credits_sub = credits.add_subparsers(dest="credits_command", required=True)
+    add = credits_sub.add_parser("add", help="add credits to a key")
+    add.add_argument("key_id")
+    add.add_argument("amount", type=int)
+    _data_dir_argument(add)
     return parser
 
 
@@ -65,7 +106,36 @@ def main(argv: list[str] | None = None) -> int:
         except TritonSetupError as exc:
             print(f"maskserve triton: {exc}", file=sys.stderr)
             return 2
-    return 2
+    if args.command in ("serve", "frontend"):
+        return _run_service(args)
+    from maskserve.admin import run_admin
+
+    return run_admin(args)
+
+
+def _run_service(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from frontend.config import Settings
+    from frontend.server import run_embedded, run_frontend
+
+    if args.command == "frontend":
+        settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir, triton_url=args.triton_url)
+        asyncio.run(run_frontend(settings))
+        return 0
+    triton = TritonOptions(
+        model_repository=args.model_repository,
+        grpc_port=args.triton_grpc_port,
+        http_port=args.triton_http_port,
+        metrics_port=args.triton_metrics_port,
+    )
+    settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir, triton_url=triton.grpc_url)
+    try:
+        asyncio.run(run_embedded(settings, triton))
+    except TritonSetupError as exc:
+        print(f"maskserve serve: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

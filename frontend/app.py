@@ -1,0 +1,164 @@
+"""The aiohttp application: factory, middlewares and resource lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from frontend.cache import EmbeddingCache
+from frontend.config import Settings
+from frontend.errors import ApiError, RateLimited, Unauthorized
+from frontend.files import LocalFiles, UrlSigner, load_or_create_secret
+from frontend.ratelimit import RateLimiter
+from frontend.services import ImageJobs
+from frontend.sqlite_store import SqliteStore
+from frontend.store import KEY_PREFIX, ApiKey, Store
+from frontend.triton_client import InferenceUnavailable, TritonClient
+
+log = logging.getLogger("maskserve.frontend")
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+JOBS = web.AppKey("jobs", ImageJobs)
+SIGNER = web.AppKey("signer", UrlSigner)
+FILES = web.AppKey("files", LocalFiles)
+LIMITER = web.AppKey("limiter", RateLimiter)
+TRITON = web.AppKey("triton", TritonClient)
+CACHE = web.AppKey("cache", EmbeddingCache)
+
+API_KEY = "maskserve.api_key"
+RATE = "maskserve.rate"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json_error(status: int, body: dict, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as the contract's JSON, with the rate-limit headers if any."""
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        headers = dict(request[RATE].headers()) if RATE in request else {}
+        if isinstance(exc, RateLimited):
+            headers["Retry-After"] = str(exc.retry_after)
+        return _json_error(exc.status, exc.body(), headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _json_error(exc.status, {"detail": exc.reason}, None)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _json_error(500, {"detail": "Internal server error"})
+    if RATE in request:
+        response.headers.update(request[RATE].headers())
+    return response
+
+
+def _bucket(path: str) -> str | None:
+    if path.startswith("/v1/services/"):
+        return "batch" if path.endswith("/batch") else "single"
+    if path.startswith("/v1/jobs/") or path == "/v1/account":
+        return "read"
+    return None
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer API key on every /v1/services, /v1/jobs and /v1/account call, then its rate limit."""
+    bucket = _bucket(request.path)
+    if bucket is None:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret.startswith(KEY_PREFIX) or len(secret) > 128:
+        raise Unauthorized()
+    key = await request.app[STORE].authenticate(secret)
+    if key is None:
+        raise Unauthorized()
+    decision = request.app[LIMITER].check(key.id, bucket)
+    request[RATE] = decision
+    if not decision.allowed:
+        raise RateLimited(decision.reset_s)
+    request[API_KEY] = key
+    return await handler(request)
+
+
+def api_key(request: web.Request) -> ApiKey:
+    return request[API_KEY]
+
+
+async def _sweep_expired(app: web.Application) -> None:
+    settings = app[SETTINGS]
+    while True:
+        try:
+            for job in await app[STORE].expired_outputs(time.time()):
+                if job.output_path:
+                    app[FILES].delete(job.output_path)
+                await app[STORE].forget_output(job.id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("expired-file sweep failed")
+        await asyncio.sleep(settings.sweep_interval_s)
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = SqliteStore(settings.database_path)
+    await store.open()
+    stale = await store.fail_stale_processing("Interrupted by a server restart")
+    if stale:
+        log.warning("refunded %d jobs left processing by a previous run", stale)
+    signer = UrlSigner(load_or_create_secret(settings.secret_path), settings.url_ttl_s)
+    files = LocalFiles(settings.files_dir)
+    triton = TritonClient(settings.triton_url, settings.triton_timeout_s)
+    cache = EmbeddingCache(settings.cache_bytes)
+    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="maskserve-cpu")
+    jobs = ImageJobs(settings, store, triton, cache, files, signer, executor)
+    app[STORE], app[SIGNER], app[FILES], app[TRITON], app[CACHE], app[JOBS] = store, signer, files, triton, cache, jobs
+    app[LIMITER] = RateLimiter({
+        "single": settings.rate_single_per_min,
+        "batch": settings.rate_batch_per_min,
+        "read": settings.rate_read_per_min,
+    })
+    try:
+        models = await jobs.refresh_models()
+        for m in models:
+            log.info("model %s version %s: %s, weights %s", m.name, m.version, m.variant, m.weights)
+            if m.weights.startswith("random"):
+                log.warning("%s runs RANDOM WEIGHTS: masks are meaningless", m.name)
+    except InferenceUnavailable as exc:
+        log.warning("Triton at %s is not ready yet (%s); requests get 503 until it is", settings.triton_url, exc)
+    sweeper = asyncio.ensure_future(_sweep_expired(app))
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        await triton.close()
+        await store.close()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+def create_app(settings: Settings) -> web.Application:
+    from frontend import handlers
+
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=1024**2)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_resources)
+    handlers.add_routes(app)
+    return app

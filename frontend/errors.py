@@ -1,0 +1,108 @@
+"""Domain errors, each with its HTTP status and public message (API.md's table).
+
+Services raise these; one middleware turns them into the JSON bodies of the
+contract. Anything else is a bug: logged, and answered 500 without details.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ApiError(Exception):
+    status = 500
+
+    def __init__(self, detail: str = "Internal server error") -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def body(self) -> dict:
+        return {"detail": self.detail}
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+    def __init__(self) -> None:
+        super().__init__("Invalid or missing API key")
+
+
+class InsufficientCredits(ApiError):
+    status = 402
+
+    def __init__(self) -> None:
+        super().__init__("Insufficient credits")
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+
+
+class RateLimited(ApiError):
+    status = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("Rate limit exceeded")
+        self.retry_after = retry_after
+
+
+class Unavailable(ApiError):
+    status = 503
+
+
+@dataclass(frozen=True)
+class FieldError:
+    location: str  # "query" | "body"
+    name: str
+    msg: str
+    type: str = "value_error"
+
+    def as_dict(self) -> dict:
+        return {"loc": [self.location, self.name], "msg": self.msg, "type": self.type}
+
+
+class ValidationFailed(ApiError):
+    """422 with the contract's list-shaped ``detail``."""
+
+    status = 422
+
+    def __init__(self, *errors: FieldError) -> None:
+        super().__init__("; ".join(f"{e.name}: {e.msg}" for e in errors))
+        self.errors = errors
+
+    @classmethod
+    def one(cls, location: str, name: str, msg: str) -> "ValidationFailed":
+        return cls(FieldError(location, name, msg))
+
+    def body(self) -> dict:
+        return {"detail": [e.as_dict() for e in self.errors]}
+
+
+class ImageRejected(Exception):
+    """An uploaded file is not an image we process; carries the status it maps to.
+
+    Raised by the imaging layer (no HTTP there); services convert it into a 413
+    or 422 for a single request, or into the failed item of a batch.
+    """
+
+    def __init__(self, message: str, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.too_large = too_large
+
+    def to_api_error(self, field: str) -> ApiError:
+        if self.too_large:
+            return PayloadTooLarge(self.message)
+        return ValidationFailed.one("body", field, self.message)

@@ -1,0 +1,86 @@
+"""Running the frontend: alone against a Triton URL, or with an embedded,
+supervised Triton (``maskserve serve``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from frontend.app import create_app
+from frontend.config import Settings
+from maskserve.tritonserver import TritonOptions, TritonServer
+
+log = logging.getLogger("maskserve.serve")
+
+
+async def _serve_app(settings: Settings, stop: asyncio.Event) -> None:
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    log.info("maskserve API listening on http://%s:%d (Triton %s, data %s)",
+             settings.host, settings.port, settings.triton_url, settings.data_dir.resolve())
+    print(f"maskserve is listening on http://{settings.host}:{settings.port}", flush=True)
+    print(
+        "Create an API key with: maskserve keys create --name NAME --credits N"
+        + (f" --data-dir {settings.data_dir}" if str(settings.data_dir) != "data" else ""),
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping the API")
+        await runner.cleanup()
+
+
+def _install_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+
+async def _supervise(server: TritonServer, stop: asyncio.Event) -> None:
+    """Restart the embedded Triton if it dies; the frontend reconnects by itself."""
+    backoff = 1.0
+    while not stop.is_set():
+        await asyncio.sleep(1.0)
+        proc = server.process
+        if proc is None or proc.poll() is None or stop.is_set():
+            continue
+        log.error("tritonserver exited with code %s; restarting it", proc.returncode)
+        try:
+            await asyncio.to_thread(server.start)
+            await asyncio.to_thread(server.wait_ready)
+            log.info("tritonserver is back")
+            backoff = 1.0
+        except Exception:
+            log.exception("restarting tritonserver failed; retrying in %.0f s", backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+
+async def run_frontend(settings: Settings) -> None:
+    stop = asyncio.Event()
+    _install_signals(stop)
+    await _serve_app(settings, stop)
+
+
+async def run_embedded(settings: Settings, triton: TritonOptions) -> None:
+    stop = asyncio.Event()
+    _install_signals(stop)
+    server = TritonServer(triton)
+    await asyncio.to_thread(server.start)
+    try:
+        await asyncio.to_thread(server.wait_ready)
+        supervisor = asyncio.ensure_future(_supervise(server, stop))
+        try:
+            await _serve_app(settings, stop)
+        finally:
+            supervisor.cancel()
+    finally:
+        code = await asyncio.to_thread(server.stop)
+        log.info("tritonserver stopped (exit code %s)", code)

@@ -1,0 +1,307 @@
+"""Segmentation, extraction and batches: the domain layer (no aiohttp here).
+
+Every image goes through the same steps: decode and validate (before any
+credit moves), reserve its credits, run the models, write the output, then
+complete the job (the charge and the stored result in one transaction) or fail
+it (the reservation given back). A single request turns a failure into the
+contract's status; a batch turns it into that image's failed result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
+
+import numpy as np
+
+from frontend import imaging
+from frontend.cache import EmbeddingCache
+from frontend.config import Settings
+from frontend.errors import (
+    ApiError,
+    FieldError,
+    ImageRejected,
+    InsufficientCredits,
+    Unavailable,
+    ValidationFailed,
+)
+from frontend.files import LocalFiles, UrlSigner
+from frontend.store import ApiKey, Completion, Job, NewJob, Store
+from frontend.triton_client import Embeddings, InferenceUnavailable, ModelInfo, TritonClient
+from maskserve.masks import select_mask
+from maskserve.prompts import is_multimask, pack_prompt
+
+log = logging.getLogger("maskserve.frontend")
+T = TypeVar("T")
+
+COSTS = {"segmentation": 1, "extraction": 2}
+UNAVAILABLE = "The inference server is unavailable"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    points: np.ndarray | None = None  # [N, 2] pixels of the oriented image
+    labels: np.ndarray | None = None  # [N] 0/1
+    box: np.ndarray | None = None  # [4] x1, y1, x2, y2
+
+    @property
+    def given(self) -> bool:
+        return self.points is not None or self.box is not None
+
+
+@dataclass(frozen=True)
+class Upload:
+    field: str
+    filename: str | None
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ExtractionOptions:
+    feather: int = 0
+    output_format: str = "webp"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of a request, with what will produce its alpha."""
+
+    image: Upload
+    mask: Upload | None = None
+
+
+@dataclass
+class _Prepared:
+    job: NewJob
+    item: Item
+    decoded: imaging.DecodedImage
+    digest: str
+    mask: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    batch_id: str
+    jobs: list[Job]
+    wall_ms: float
+
+
+class ImageJobs:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        triton: TritonClient,
+        cache: EmbeddingCache,
+        files: LocalFiles,
+        signer: UrlSigner,
+        executor: Executor | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.triton = triton
+        self.cache = cache
+        self.files = files
+        self.signer = signer
+        self._executor = executor
+        self._slots = asyncio.Semaphore(settings.inflight_images)
+        self.models: list[ModelInfo] | None = None
+
+    async def _cpu(self, fn: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+
+    async def refresh_models(self) -> list[ModelInfo]:
+        try:
+            self.models = await self.triton.model_info()
+        except InferenceUnavailable:
+            self.models = None
+            raise
+        return self.models
+
+    async def model_version(self) -> str:
+        if self.models is None:
+            try:
+                await self.refresh_models()
+            except InferenceUnavailable as exc:
+                raise Unavailable(UNAVAILABLE) from exc
+        assert self.models is not None
+        return ",".join(f"{m.name}:{m.version}" for m in self.models)
+
+    # --- preparation: everything that can be refused before credits move --
+
+    def _decode(self, kind: str, item: Item, prompt: Prompt | None) -> _Prepared:
+        limit = self.settings.max_pixels
+        decoded = imaging.decode_image(item.image.data, limit, what=item.image.field)
+        _check_prompt_bounds(prompt, decoded.width, decoded.height)
+        mask = None
+        if item.mask is not None:
+            mask = imaging.decode_mask(item.mask.data, decoded.width, decoded.height, limit)
+        job = NewJob(
+            id=uuid.uuid4().hex,
+            kind=kind,
+            cost=COSTS[kind],
+            input_filename=item.image.filename,
+            input_bytes=len(item.image.data),
+            original_width=decoded.width,
+            original_height=decoded.height,
+        )
+        digest = hashlib.sha256(item.image.data).hexdigest()
+        return _Prepared(job, item, decoded, digest, mask)
+
+    async def _prepare(self, kind: str, item: Item, prompt: Prompt | None) -> _Prepared:
+        try:
+            return await self._cpu(self._decode, kind, item, prompt)
+        except ImageRejected as exc:
+            field = "mask" if exc.message.startswith("mask") else item.image.field
+            raise exc.to_api_error(field) from None
+
+    # --- running one reserved image ---------------------------------------
+
+    async def _embeddings(self, prep: _Prepared, version: str) -> Embeddings:
+        async def compute() -> Embeddings:
+            tensor = await self._cpu(imaging.preprocess, prep.decoded.rgb)
+            return await self.triton.encode(tensor)
+
+        embeddings, _ = await self.cache.get_or_compute(prep.digest, version, compute)
+        return embeddings
+
+    async def _segment(self, prep: _Prepared, prompt: Prompt, version: str) -> np.ndarray:
+        width, height = prep.decoded.width, prep.decoded.height
+        embeddings = await self._embeddings(prep, version)
+        points = None if prompt.points is None else imaging.to_model_frame(prompt.points, width, height)
+        box = None if prompt.box is None else imaging.to_model_frame(prompt.box, width, height).reshape(4)
+        coords, labels = pack_prompt(points, prompt.labels, box)
+        masks, iou = await self.triton.decode(embeddings, coords, labels)
+        logits, _ = select_mask(masks, iou, is_multimask(prompt.points, prompt.box))
+        return await self._cpu(imaging.mask_from_logits, logits, height, width)
+
+    def _render(self, kind: str, prep: _Prepared, alpha: np.ndarray, opts: ExtractionOptions | None) -> tuple[bytes, str]:
+        if kind == "segmentation":
+            return imaging.encode_mask_png(alpha), "png"
+        assert opts is not None
+        soft = imaging.feather(alpha, opts.feather)
+        return imaging.encode_cutout(imaging.cutout(prep.decoded, soft), opts.output_format), opts.output_format
+
+    async def _run(
+        self, kind: str, prep: _Prepared, prompt: Prompt | None, opts: ExtractionOptions | None, version: str
+    ) -> Job:
+        started = time.perf_counter()
+        job_id = prep.job.id
+        try:
+            async with self._slots:
+                alpha = prep.mask if prep.mask is not None else await self._segment(prep, prompt, version)
+                data, extension = await self._cpu(self._render, kind, prep, alpha, opts)
+            path = await self._cpu(self.files.write, job_id, extension, data)
+            done = Completion(
+                output_path=str(path),
+                content_type=imaging.OUTPUT_TYPES[extension],
+                output_width=prep.decoded.width,
+                output_height=prep.decoded.height,
+                output_bytes=len(data),
+                processing_ms=(time.perf_counter() - started) * 1000,
+                expires_at=float(self.signer.expiry()),
+                model_version=version if prep.mask is None else None,
+            )
+            if not await self.store.complete_job(job_id, done):
+                self.files.delete(str(path))  # never a stored result without its charge
+                raise RuntimeError(f"job {job_id} was no longer processing")
+        except InferenceUnavailable as exc:
+            log.warning("job %s: %s", job_id, exc)
+            await self.store.fail_job(job_id, UNAVAILABLE)
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                log.exception("job %s failed", job_id)
+            await asyncio.shield(self.store.fail_job(job_id, "Internal error while processing this image"))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        job = await self.store.get_job(job_id)
+        assert job is not None
+        return job
+
+    # --- public operations -------------------------------------------------
+
+    async def single(
+        self, key: ApiKey, kind: str, item: Item, prompt: Prompt | None, opts: ExtractionOptions | None = None
+    ) -> Job:
+        prep = await self._prepare(kind, item, prompt)
+        version = await self.model_version() if item.mask is None else "uploaded-mask"
+        if not (await self.store.reserve_jobs(key.id, None, [prep.job]))[0]:
+            raise InsufficientCredits()
+        job = await self._run(kind, prep, prompt, opts, version)
+        if job.status != "completed":
+            if job.error == UNAVAILABLE:
+                raise Unavailable(UNAVAILABLE)
+            raise ApiError()
+        return job
+
+    async def batch(
+        self, key: ApiKey, kind: str, items: list[Item], prompt: Prompt | None, opts: ExtractionOptions | None = None
+    ) -> BatchOutcome:
+        started = time.perf_counter()
+        batch_id = uuid.uuid4().hex
+        needs_model = any(item.mask is None for item in items)
+        version = await self.model_version() if needs_model else "uploaded-mask"
+
+        async def prepare(item: Item) -> _Prepared | ApiError:
+            try:
+                return await self._prepare(kind, item, prompt)
+            except ApiError as exc:
+                return exc
+
+        prepared = await asyncio.gather(*(prepare(item) for item in items))
+        ready = [p for p in prepared if isinstance(p, _Prepared)]
+        reserved = await self.store.reserve_jobs(key.id, batch_id, [p.job for p in ready])
+        paid = {p.job.id for p, ok in zip(ready, reserved) if ok}
+        refused: dict[int, str] = {}
+        for index, (item, prep) in enumerate(zip(items, prepared)):
+            if isinstance(prep, ApiError):
+                refused[index] = uuid.uuid4().hex
+                failed = NewJob(refused[index], kind, COSTS[kind], item.image.filename, len(item.image.data))
+                await self.store.record_failed(key.id, batch_id, failed, _item_error(prep))
+
+        async def run(prep: _Prepared) -> Job:
+            return await self._run(kind, prep, prompt, opts, version)
+
+        runs = {p.job.id: asyncio.ensure_future(run(p)) for p in ready if p.job.id in paid}
+        if runs:
+            await asyncio.wait(runs.values())
+        jobs = []
+        for index, prep in enumerate(prepared):
+            job_id = refused[index] if index in refused else prep.job.id
+            if job_id in runs:
+                jobs.append(runs[job_id].result())
+            else:
+                found = await self.store.get_job(job_id)
+                assert found is not None
+                jobs.append(found)
+        return BatchOutcome(batch_id, jobs, (time.perf_counter() - started) * 1000)
+
+
+def _item_error(error: ApiError) -> str:
+    if isinstance(error, ValidationFailed):
+        return "; ".join(e.msg for e in error.errors)
+    return error.detail
+
+
+def _check_prompt_bounds(prompt: Prompt | None, width: int, height: int) -> None:
+    if prompt is None:
+        return
+    errors = []
+    if prompt.points is not None:
+        pts = prompt.points
+        if np.any(pts[:, 0] < 0) or np.any(pts[:, 0] > width) or np.any(pts[:, 1] < 0) or np.any(pts[:, 1] > height):
+            errors.append(FieldError("query", "points", f"coordinates must lie inside the {width}x{height} image"))
+    if prompt.box is not None:
+        x1, y1, x2, y2 = prompt.box
+        if min(x1, x2) < 0 or max(x1, x2) > width or min(y1, y2) < 0 or max(y1, y2) > height:
+            errors.append(FieldError("query", "box", f"box must lie inside the {width}x{height} image"))
+    if errors:
+        raise ValidationFailed(*errors)
