@@ -19,3 +19,42 @@ def make_image(height: int = 1024, width: int = 1024, seed: int = 1) -> np.ndarr
     rgb += rng.normal(0, 0.02, rgb.shape).astype(np.float32)
     norm = (np.clip(rgb, 0, 1) - np.array(PIXEL_MEAN, np.float32)) / np.array(PIXEL_STD, np.float32)
     return norm.transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def image_bytes(width: int = 640, height: int = 480, fmt: str = "JPEG", mode: str = "RGB", seed: int = 0, **save) -> bytes:
+    """An encoded picture: a coloured rectangle on a gradient (distinct bytes per seed)."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    rgb = np.stack([(xx * 255 // max(width - 1, 1)), (yy * 255 // max(height - 1, 1)), np.full_like(xx, 90)], -1)
+    rgb = rgb.astype(np.uint8)
+    rgb[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = rng.integers(0, 255, 3, dtype=np.uint8)
+    img = Image.fromarray(rgb, "RGB")
+    if mode != "RGB":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def png_mask(width: int, height: int, box: tuple[int, int, int, int], soft: bool = False, mode: str = "L") -> bytes:
+    """A white box on black (or a horizontal grey ramp inside the box when ``soft``)."""
+    import io
+
+    from PIL import Image
+
+    mask = np.zeros((height, width), np.uint8)
+    x1, y1, x2, y2 = box
+    if soft:
+        mask[y1:y2, x1:x2] = np.linspace(1, 254, x2 - x1, dtype=np.uint8)[None, :]
+    else:
+        mask[y1:y2, x1:x2] = 255
+    img = Image.fromarray(mask, "L")
+    if mode != "L":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
