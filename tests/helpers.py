@@ -52,9 +52,12 @@ def png_mask(width: int, height: int, box: tuple[int, int, int, int], soft: bool
         mask[y1:y2, x1:x2] = np.linspace(1, 254, x2 - x1, dtype=np.uint8)[None, :]
     else:
         mask[y1:y2, x1:x2] = 255
-    img = Image.fromarray(mask, "L")
-    if mode != "L":
-        img = img.convert(mode)
+    if mode == "I;16":  # real 16-bit: white is 65535
+        img = Image.fromarray(mask.astype(np.uint16) * 257)
+    else:
+        img = Image.fromarray(mask, "L")
+        if mode != "L":
+            img = img.convert(mode)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
