@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The two entry points of the README:
-#   bash scripts/run.sh serve   set up, export a model if none is there, run the service
+#   bash scripts/run.sh serve   set up, export a model if none is there, run Triton + the REST API
 #   bash scripts/run.sh test    set up and run the whole test suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ case "${1:-}" in
         maskserve export --model "${MASKSERVE_MODEL:-sam2.1_hiera_tiny}" --random-weights --out "$repo"
       fi
     fi
-    exec maskserve triton --model-repository "$repo" "$@"
+    exec maskserve serve --model-repository "$repo" "$@"
     ;;
   test)
     shift

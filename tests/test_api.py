@@ -429,3 +429,22 @@ def test_admin_commands_share_the_database(tmp_path):
         stored = db.execute("SELECT key_hash, prefix FROM api_keys").fetchone()
         assert secret not in stored and stored[1] == secret[:16]
         assert db.execute("SELECT SUM(delta) FROM ledger").fetchone()[0] == 12
+
+
+def test_readme_quick_start_works_as_written(api, tmp_path):
+    """The curl command of the README's quick start, against this server."""
+    import os
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Quick start", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    command = re.search(r"^curl .*?(?<!\\)$", block.replace("\\\n", " "), re.M | re.S).group(0)
+    command = command.replace("http://127.0.0.1:8080", api.url)
+    (tmp_path / "photo.jpg").write_bytes(image_bytes(1000, 750, seed=55))
+    _, secret = api.create_key(3)
+    out = subprocess.run(shlex.split(os.path.expandvars(command.replace("$KEY", secret))),
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    body = json.loads(out.stdout)
+    assert body["status"] == "completed" and fetch(body["result"]["output_url"]).status_code == 200
