@@ -130,6 +130,7 @@ def server_env(dist: TritonDistribution) -> dict[str, str]:
     env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
     site_paths = [p for p in sys.path if p and Path(p).is_dir()]
     env["PYTHONPATH"] = os.pathsep.join(site_paths)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # keep the model repository free of __pycache__
     return env
 
 

@@ -127,7 +127,8 @@ def test_checkpoint_round_trip(tmp_path):
 def test_repository_layout_and_manifest(exported_repo):
     for model in sig.SIGNATURES:
         version_dir = exported_repo / model / "1"
-        assert {p.name for p in version_dir.iterdir()} == {"model.onnx", "model.py", "manifest.json"}
+        files = {p.name for p in version_dir.iterdir()} - {"__pycache__"}
+        assert files == {"model.onnx", "model.py", "manifest.json"}
         manifest = json.loads((version_dir / "manifest.json").read_text())
         assert manifest["model"] == "sam2.1_hiera_tiny" and manifest["family"] == "sam2.1"
         assert manifest["size"] == "tiny" and manifest["weights"] == {"kind": "random", "seed": SEED}
