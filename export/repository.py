@@ -9,13 +9,13 @@ encoder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from export.checkpoints import sha256_of
 from maskserve import signatures as sig
 
 BACKEND_SOURCE = Path(__file__).with_name("backend") / "model.py"
@@ -157,14 +157,6 @@ def next_version(out: Path) -> int:
     return versions[-1] + 1 if versions else 1
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_version(
     out: Path,
     model: str,
@@ -192,7 +184,7 @@ def write_version(
         "triton_model": model,
         "version": version,
         "target": target,
-        "onnx_sha256": file_sha256(staging / "model.onnx"),
+        "onnx_sha256": sha256_of(staging / "model.onnx"),
         "inputs": [spec.__dict__ for spec in sig.SIGNATURES[model][0]],
         "outputs": [spec.__dict__ for spec in sig.SIGNATURES[model][1]],
     }
