@@ -124,7 +124,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         log.warning("refunded %d jobs left processing by a previous run", stale)
     signer = UrlSigner(load_or_create_secret(settings.secret_path), settings.url_ttl_s)
     files = LocalFiles(settings.files_dir)
-    triton = TritonClient(settings.triton_url, settings.triton_timeout_s)
+    triton = TritonClient(settings.triton_url, settings.triton_timeout_s, settings.triton_shm_slots)
     cache = EmbeddingCache(settings.cache_bytes)
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="maskserve-cpu")
     jobs = ImageJobs(settings, store, triton, cache, files, signer, executor)

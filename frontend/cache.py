@@ -30,6 +30,9 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def contains(self, digest: str, model_version: str) -> bool:
+        return (digest, model_version) in self._items
+
     def _put(self, key: tuple[str, str], value: Embeddings) -> None:
         if value.nbytes > self.max_bytes:
             return

@@ -20,6 +20,7 @@ Every setting, its environment variable and default:
 | rate_batch_per_min | MASKSERVE_RATE_BATCH | 30 |
 | rate_read_per_min | MASKSERVE_RATE_READ | 600 (job and account lookups) |
 | inflight_images | MASKSERVE_INFLIGHT_IMAGES | 16 images decoded/encoded at once per process |
+| triton_shm_slots | MASKSERVE_TRITON_SHM_SLOTS | 8 shared-memory slots of 32 MiB for tensors to a Triton on loopback (0 = plain gRPC) |
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Settings:
     rate_batch_per_min: int = 30
     rate_read_per_min: int = 600
     inflight_images: int = 16
+    triton_shm_slots: int = 8
 
     @property
     def database_path(self) -> Path:

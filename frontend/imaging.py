@@ -63,6 +63,23 @@ def _open(data: bytes, max_pixels: int, what: str) -> Image.Image:
     return img
 
 
+def probe_image(data: bytes, max_pixels: int, what: str = "image") -> tuple[int, int]:
+    """(width, height) after EXIF orientation, from the header only.
+
+    Used when the image's embeddings are already cached: those exact bytes were
+    fully decoded and checked when they were first seen.
+    """
+    img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageRejected(f"{what} exceeds the pixel limit", too_large=True)
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:
+        orientation = 1
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
     """16-bit and 32-bit grayscale scaled to 8 bits (Pillow's convert would clip)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -116,26 +133,31 @@ def to_model_frame(coords: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(coords, np.float32).reshape(-1, 2) * scale
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=32)
 def _interp_matrix(out_size: int, in_size: int) -> np.ndarray:
-    """Rows of bilinear weights, half-pixel centres (PyTorch ``align_corners=False``)."""
-    src = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
-    src = np.clip(src, 0.0, None)
+    """Rows of bilinear weights, half-pixel centres, no antialiasing (PyTorch's)."""
+    src = np.clip((np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5, 0.0, None)
     lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     hi = np.minimum(lo + 1, in_size - 1)
     frac = (src - lo).astype(np.float32)
     matrix = np.zeros((out_size, in_size), np.float32)
-    rows = np.arange(out_size)
-    np.add.at(matrix, (rows, lo), 1.0 - frac)
-    np.add.at(matrix, (rows, hi), frac)
+    np.add.at(matrix, (np.arange(out_size), lo), 1.0 - frac)
+    np.add.at(matrix, (np.arange(out_size), hi), frac)
     return matrix
 
 
 def upsample_logits(logits: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Low-res logits → original size, as the predictor's ``F.interpolate(bilinear)``."""
-    rows = _interp_matrix(height, logits.shape[0])
-    cols = _interp_matrix(width, logits.shape[1])
-    return rows @ logits.astype(np.float32) @ cols.T
+    """Low-res logits → original size, as the predictor's ``F.interpolate(bilinear)``.
+
+    Enlarging (the usual case) uses Pillow's bilinear filter on a float image:
+    the same half-pixel interpolation, about twice as fast as matrices. Pillow
+    widens its kernel when reducing and PyTorch does not, so images smaller
+    than the logits on either side use explicit interpolation matrices.
+    """
+    logits = np.ascontiguousarray(logits, dtype=np.float32)
+    if height >= logits.shape[0] and width >= logits.shape[1]:
+        return np.asarray(Image.fromarray(logits, "F").resize((width, height), Image.Resampling.BILINEAR))
+    return _interp_matrix(height, logits.shape[0]) @ logits @ _interp_matrix(width, logits.shape[1]).T
 
 
 def mask_from_logits(logits: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -185,7 +207,8 @@ def cutout(image: DecodedImage, alpha: np.ndarray) -> Image.Image:
 
 def encode_mask_png(mask: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(mask, "L").save(buf, format="PNG", compress_level=3)
+    # level 1: masks from random weights are noise, where level 3 costs 35 % more time
+    Image.fromarray(mask, "L").save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

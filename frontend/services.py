@@ -82,7 +82,9 @@ class Item:
 class _Prepared:
     job: NewJob
     item: Item
-    decoded: imaging.DecodedImage
+    decoded: imaging.DecodedImage | None  # None: only the header was read (embeddings cached)
+    width: int
+    height: int
     digest: str
     mask: np.ndarray | None
 
@@ -137,28 +139,33 @@ class ImageJobs:
 
     # --- preparation: everything that can be refused before credits move --
 
-    def _decode(self, kind: str, item: Item, prompt: Prompt | None) -> _Prepared:
+    def _decode(self, kind: str, item: Item, prompt: Prompt | None, version: str) -> _Prepared:
         limit = self.settings.max_pixels
-        decoded = imaging.decode_image(item.image.data, limit, what=item.image.field)
-        _check_prompt_bounds(prompt, decoded.width, decoded.height)
+        digest = hashlib.sha256(item.image.data).hexdigest()
+        decoded = None
+        if kind == "segmentation" and self.cache.contains(digest, version):
+            width, height = imaging.probe_image(item.image.data, limit, what=item.image.field)
+        else:
+            decoded = imaging.decode_image(item.image.data, limit, what=item.image.field)
+            width, height = decoded.width, decoded.height
+        _check_prompt_bounds(prompt, width, height)
         mask = None
         if item.mask is not None:
-            mask = imaging.decode_mask(item.mask.data, decoded.width, decoded.height, limit)
+            mask = imaging.decode_mask(item.mask.data, width, height, limit)
         job = NewJob(
             id=uuid.uuid4().hex,
             kind=kind,
             cost=COSTS[kind],
             input_filename=item.image.filename,
             input_bytes=len(item.image.data),
-            original_width=decoded.width,
-            original_height=decoded.height,
+            original_width=width,
+            original_height=height,
         )
-        digest = hashlib.sha256(item.image.data).hexdigest()
-        return _Prepared(job, item, decoded, digest, mask)
+        return _Prepared(job, item, decoded, width, height, digest, mask)
 
-    async def _prepare(self, kind: str, item: Item, prompt: Prompt | None) -> _Prepared:
+    async def _prepare(self, kind: str, item: Item, prompt: Prompt | None, version: str) -> _Prepared:
         try:
-            return await self._cpu(self._decode, kind, item, prompt)
+            return await self._cpu(self._decode, kind, item, prompt, version)
         except ImageRejected as exc:
             field = "mask" if exc.message.startswith("mask") else item.image.field
             raise exc.to_api_error(field) from None
@@ -167,6 +174,8 @@ class ImageJobs:
 
     async def _embeddings(self, prep: _Prepared, version: str) -> Embeddings:
         async def compute() -> Embeddings:
+            if prep.decoded is None:  # evicted since the header check; the bytes are known good
+                prep.decoded = await self._cpu(imaging.decode_image, prep.item.image.data, self.settings.max_pixels)
             tensor = await self._cpu(imaging.preprocess, prep.decoded.rgb)
             return await self.triton.encode(tensor)
 
@@ -174,19 +183,28 @@ class ImageJobs:
         return embeddings
 
     async def _segment(self, prep: _Prepared, prompt: Prompt, version: str) -> np.ndarray:
-        width, height = prep.decoded.width, prep.decoded.height
+        """The chosen mask's 256x256 logits for this prompt."""
+        width, height = prep.width, prep.height
         embeddings = await self._embeddings(prep, version)
         points = None if prompt.points is None else imaging.to_model_frame(prompt.points, width, height)
         box = None if prompt.box is None else imaging.to_model_frame(prompt.box, width, height).reshape(4)
         coords, labels = pack_prompt(points, prompt.labels, box)
         masks, iou = await self.triton.decode(embeddings, coords, labels)
         logits, _ = select_mask(masks, iou, is_multimask(prompt.points, prompt.box))
-        return await self._cpu(imaging.mask_from_logits, logits, height, width)
+        return logits
 
-    def _render(self, kind: str, prep: _Prepared, alpha: np.ndarray, opts: ExtractionOptions | None) -> tuple[bytes, str]:
+    def _render(
+        self, kind: str, prep: _Prepared, logits: np.ndarray | None, opts: ExtractionOptions | None
+    ) -> tuple[bytes, str]:
+        """Mask (from the logits, or the uploaded one) → the encoded output image."""
+        if logits is not None:
+            alpha = imaging.mask_from_logits(logits, prep.height, prep.width)
+        else:
+            assert prep.mask is not None
+            alpha = prep.mask
         if kind == "segmentation":
             return imaging.encode_mask_png(alpha), "png"
-        assert opts is not None
+        assert opts is not None and prep.decoded is not None
         soft = imaging.feather(alpha, opts.feather)
         return imaging.encode_cutout(imaging.cutout(prep.decoded, soft), opts.output_format), opts.output_format
 
@@ -197,14 +215,14 @@ class ImageJobs:
         job_id = prep.job.id
         try:
             async with self._slots:
-                alpha = prep.mask if prep.mask is not None else await self._segment(prep, prompt, version)
-                data, extension = await self._cpu(self._render, kind, prep, alpha, opts)
+                logits = None if prep.mask is not None else await self._segment(prep, prompt, version)
+                data, extension = await self._cpu(self._render, kind, prep, logits, opts)
             path = await self._cpu(self.files.write, job_id, extension, data)
             done = Completion(
                 output_path=str(path),
                 content_type=imaging.OUTPUT_TYPES[extension],
-                output_width=prep.decoded.width,
-                output_height=prep.decoded.height,
+                output_width=prep.width,
+                output_height=prep.height,
                 output_bytes=len(data),
                 processing_ms=(time.perf_counter() - started) * 1000,
                 expires_at=float(self.signer.expiry()),
@@ -231,8 +249,8 @@ class ImageJobs:
     async def single(
         self, key: ApiKey, kind: str, item: Item, prompt: Prompt | None, opts: ExtractionOptions | None = None
     ) -> Job:
-        prep = await self._prepare(kind, item, prompt)
         version = await self.model_version() if item.mask is None else "uploaded-mask"
+        prep = await self._prepare(kind, item, prompt, version)
         if not (await self.store.reserve_jobs(key.id, None, [prep.job]))[0]:
             raise InsufficientCredits()
         job = await self._run(kind, prep, prompt, opts, version)
@@ -252,7 +270,7 @@ class ImageJobs:
 
         async def prepare(item: Item) -> _Prepared | ApiError:
             try:
-                return await self._prepare(kind, item, prompt)
+                return await self._prepare(kind, item, prompt, version)
             except ApiError as exc:
                 return exc
 

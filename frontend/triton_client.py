@@ -11,11 +11,17 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import logging
+
 import numpy as np
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
+from frontend.shm import ShmPool, Slot
 from maskserve import signatures as sig
+
+log = logging.getLogger("maskserve.triton_client")
+SLOT_BYTES = 32 * 1024 * 1024  # the image (12 MiB) plus the embeddings (16 MiB)
 
 _DTYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32"}
 MAX_MESSAGE = 256 * 1024 * 1024
@@ -50,10 +56,16 @@ def _input(name: str, array: np.ndarray) -> grpcaio.InferInput:
     return tensor
 
 
+def is_loopback(url: str) -> bool:
+    host = url.rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 class TritonClient:
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, shm_slots: int = 0) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self._pool = ShmPool(shm_slots, SLOT_BYTES) if shm_slots > 0 and is_loopback(url) else None
         self._client = grpcaio.InferenceServerClient(
             url,
             channel_args=[
@@ -63,26 +75,77 @@ class TritonClient:
         )
 
     async def close(self) -> None:
+        if self._pool is not None:
+            for slot in self._pool.slots:
+                try:
+                    await self._client.unregister_system_shared_memory(slot.name)
+                except Exception:
+                    pass
+            self._pool.close()
         await self._client.close()
 
-    async def _infer(self, model: str, inputs: list, outputs: tuple[str, ...]):
+    async def _shm_ready(self) -> bool:
+        """Whether calls can go through shared memory now (registering once if needed)."""
+        if self._pool is None:
+            return False
+        if not self._pool.registered:
+            try:
+                await self._pool.register(self._client)
+            except Exception as exc:  # Triton not there yet: plain gRPC this time
+                log.debug("shared memory not registered: %s", exc)
+                return False
+        return True
+
+    async def _with_slot(self, call, fallback):
+        """Run ``call(slot)``; if Triton lost our regions (a restart), re-register once."""
+        if not await self._shm_ready():
+            return await fallback()
+        assert self._pool is not None
+        async with self._pool.slot() as slot:
+            try:
+                return await call(slot)
+            except InferenceUnavailable as exc:
+                if "shared memory" not in str(exc).lower():
+                    raise
+                self._pool.registered = False
+        return await fallback()
+
+    async def _call(self, model: str, inputs: list, outputs: list):
         try:
-            result = await asyncio.wait_for(
-                self._client.infer(
-                    model, inputs,
-                    outputs=[grpcaio.InferRequestedOutput(n) for n in outputs],
-                    client_timeout=self.timeout_s,
-                ),
+            return await asyncio.wait_for(
+                self._client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout_s),
                 timeout=self.timeout_s + 5,
             )
         except (InferenceServerException, asyncio.TimeoutError, OSError) as exc:
             raise InferenceUnavailable(f"{model}: {exc}") from exc
+
+    async def _infer(self, model: str, inputs: list, outputs: tuple[str, ...]):
+        result = await self._call(model, inputs, [grpcaio.InferRequestedOutput(n) for n in outputs])
         return [result.as_numpy(n) for n in outputs]
 
     async def encode(self, image: np.ndarray) -> Embeddings:
         outputs = tuple(spec.name for spec in sig.ENCODER_OUTPUTS)
-        arrays = await self._infer(sig.ENCODER_MODEL, [_input("image", image)], outputs)
-        return Embeddings(*arrays)
+
+        async def plain() -> Embeddings:
+            return Embeddings(*await self._infer(sig.ENCODER_MODEL, [_input("image", image)], outputs))
+
+        async def shared(slot: Slot) -> Embeddings:
+            offset = slot.write(0, image)
+            tensor = grpcaio.InferInput("image", list(image.shape), "FP32")
+            tensor.set_shared_memory(slot.name, image.nbytes, 0)
+            requested, layout = [], []
+            for spec in sig.ENCODER_OUTPUTS:
+                shape = (image.shape[0], *spec.dims)
+                nbytes = int(np.prod(shape)) * 4
+                out = grpcaio.InferRequestedOutput(spec.name)
+                out.set_shared_memory(slot.name, nbytes, offset)
+                requested.append(out)
+                layout.append((offset, shape))
+                offset += nbytes
+            await self._call(sig.ENCODER_MODEL, [tensor], requested)
+            return Embeddings(*(slot.read(off, np.float32, shape) for off, shape in layout))
+
+        return await self._with_slot(shared, plain)
 
     async def decode(
         self,
@@ -94,16 +157,29 @@ class TritonClient:
         """One prompt → all four masks' logits [4,256,256] and IoU predictions [4]."""
         has_mask = mask_input is not None
         mask = mask_input if has_mask else np.zeros((1, 1, 256, 256), np.float32)
-        inputs = [
-            _input("image_embed", emb.image_embed),
-            _input("high_res_feats_0", emb.high_res_feats_0),
-            _input("high_res_feats_1", emb.high_res_feats_1),
+        small = [
             _input("point_coords", point_coords[None].astype(np.float32)),
             _input("point_labels", point_labels[None].astype(np.int32)),
             _input("mask_input", mask.astype(np.float32).reshape(1, 1, 256, 256)),
             _input("has_mask_input", np.array([[1.0 if has_mask else 0.0]], np.float32)),
         ]
-        masks, iou = await self._infer(sig.DECODER_MODEL, inputs, ("low_res_masks", "iou_predictions"))
+        big = (("image_embed", emb.image_embed), ("high_res_feats_0", emb.high_res_feats_0),
+               ("high_res_feats_1", emb.high_res_feats_1))
+        outputs = ("low_res_masks", "iou_predictions")
+
+        async def plain():
+            return await self._infer(sig.DECODER_MODEL, [_input(n, a) for n, a in big] + small, outputs)
+
+        async def shared(slot: Slot):
+            inputs, offset = [], 0
+            for name, array in big:
+                tensor = grpcaio.InferInput(name, list(array.shape), "FP32")
+                tensor.set_shared_memory(slot.name, array.nbytes, offset)
+                offset = slot.write(offset, array)
+                inputs.append(tensor)
+            return await self._infer(sig.DECODER_MODEL, inputs + small, outputs)
+
+        masks, iou = await self._with_slot(shared, plain)
         return masks[0], iou[0]
 
     async def model_info(self) -> list[ModelInfo]:
