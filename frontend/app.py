@@ -15,6 +15,7 @@ from frontend.cache import EmbeddingCache
 from frontend.config import Settings
 from frontend.errors import ApiError, RateLimited, Unauthorized
 from frontend.files import LocalFiles, UrlSigner, load_or_create_secret
+from frontend.metrics import Metrics, monitor_loop_lag
 from frontend.ratelimit import RateLimiter
 from frontend.services import ImageJobs
 from frontend.sqlite_store import SqliteStore
@@ -31,6 +32,7 @@ FILES = web.AppKey("files", LocalFiles)
 LIMITER = web.AppKey("limiter", RateLimiter)
 TRITON = web.AppKey("triton", TritonClient)
 CACHE = web.AppKey("cache", EmbeddingCache)
+METRICS = web.AppKey("metrics", Metrics)
 
 API_KEY = "maskserve.api_key"
 RATE = "maskserve.rate"
@@ -40,6 +42,20 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _json_error(status: int, body: dict, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time every request by its route pattern (never the raw path)."""
+    started = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    response = await handler(request)
+    metrics = request.app[METRICS]
+    metrics.requests.labels(route, str(response.status)).inc()
+    metrics.latency.labels(route).observe(time.perf_counter() - started)
+    if response.status == 429:
+        metrics.rejected.labels("rate_limit").inc()
+    return response
 
 
 @web.middleware
@@ -127,7 +143,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     triton = TritonClient(settings.triton_url, settings.triton_timeout_s, settings.triton_shm_slots)
     cache = EmbeddingCache(settings.cache_bytes)
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="maskserve-cpu")
-    jobs = ImageJobs(settings, store, triton, cache, files, signer, executor)
+    jobs = ImageJobs(settings, store, triton, cache, files, signer, executor, app[METRICS])
     app[STORE], app[SIGNER], app[FILES], app[TRITON], app[CACHE], app[JOBS] = store, signer, files, triton, cache, jobs
     app[LIMITER] = RateLimiter({
         "single": settings.rate_single_per_min,
@@ -142,13 +158,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                 log.warning("%s runs RANDOM WEIGHTS: masks are meaningless", m.name)
     except InferenceUnavailable as exc:
         log.warning("Triton at %s is not ready yet (%s); requests get 503 until it is", settings.triton_url, exc)
-    sweeper = asyncio.ensure_future(_sweep_expired(app))
+    background = [asyncio.ensure_future(_sweep_expired(app)), asyncio.ensure_future(monitor_loop_lag(app[METRICS]))]
     try:
         yield
     finally:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await triton.close()
         await store.close()
         executor.shutdown(wait=False, cancel_futures=True)
@@ -157,8 +174,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     from frontend import handlers
 
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=1024**2)
+    app = web.Application(middlewares=[metrics_middleware, error_middleware, auth_middleware], client_max_size=1024**2)
     app[SETTINGS] = settings
+    app[METRICS] = Metrics()
     app.cleanup_ctx.append(_resources)
     handlers.add_routes(app)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from frontend import parsing
-from frontend.app import FILES, JOBS, SETTINGS, SIGNER, STORE, api_key
+from frontend.app import FILES, JOBS, METRICS, SETTINGS, SIGNER, STORE, api_key
 from frontend.errors import BadRequest, NotFound
 from frontend.files import valid_job_id
 from frontend.openapi import openapi_document
@@ -193,6 +193,12 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if not problems else 503)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format (next to Triton's own metrics on its metrics port)."""
+    return web.Response(body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(request.app[SETTINGS]))
 
@@ -208,4 +214,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/metrics", metrics)
 

@@ -158,6 +158,8 @@ def openapi_document(settings: Settings) -> dict:
             "/readyz": {"get": {"summary": "Models ready and store reachable; model versions and weights source",
                                 "responses": {"200": {"description": "ready", "content": {"application/json": {"schema": {"type": "object"}}}},
                                               "503": {"description": "not ready", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics of this frontend (requests, latency, credits, cache, Triton calls, event-loop lag)",
+                                 "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
         },
     }

@@ -34,6 +34,7 @@ from frontend.errors import (
     ValidationFailed,
 )
 from frontend.files import LocalFiles, UrlSigner
+from frontend.metrics import Metrics
 from frontend.store import ApiKey, Completion, Job, NewJob, Store
 from frontend.triton_client import Embeddings, InferenceUnavailable, ModelInfo, TritonClient
 from maskserve.masks import select_mask
@@ -106,6 +107,7 @@ class ImageJobs:
         files: LocalFiles,
         signer: UrlSigner,
         executor: Executor | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -115,6 +117,7 @@ class ImageJobs:
         self.signer = signer
         self._executor = executor
         self._slots = asyncio.Semaphore(settings.inflight_images)
+        self.metrics = metrics or Metrics()
         self.models: list[ModelInfo] | None = None
 
     async def _cpu(self, fn: Callable[..., T], *args) -> T:
@@ -177,9 +180,12 @@ class ImageJobs:
             if prep.decoded is None:  # evicted since the header check; the bytes are known good
                 prep.decoded = await self._cpu(imaging.decode_image, prep.item.image.data, self.settings.max_pixels)
             tensor = await self._cpu(imaging.preprocess, prep.decoded.rgb)
-            return await self.triton.encode(tensor)
+            with self.metrics.triton.labels("encoder").time():
+                return await self.triton.encode(tensor)
 
-        embeddings, _ = await self.cache.get_or_compute(prep.digest, version, compute)
+        embeddings, hit = await self.cache.get_or_compute(prep.digest, version, compute)
+        self.metrics.cache.labels("hit" if hit else "miss").inc()
+        self.metrics.cache_bytes.set(self.cache.size_bytes)
         return embeddings
 
     async def _segment(self, prep: _Prepared, prompt: Prompt, version: str) -> np.ndarray:
@@ -189,7 +195,8 @@ class ImageJobs:
         points = None if prompt.points is None else imaging.to_model_frame(prompt.points, width, height)
         box = None if prompt.box is None else imaging.to_model_frame(prompt.box, width, height).reshape(4)
         coords, labels = pack_prompt(points, prompt.labels, box)
-        masks, iou = await self.triton.decode(embeddings, coords, labels)
+        with self.metrics.triton.labels("decoder").time():
+            masks, iou = await self.triton.decode(embeddings, coords, labels)
         logits, _ = select_mask(masks, iou, is_multimask(prompt.points, prompt.box))
         return logits
 
@@ -242,6 +249,9 @@ class ImageJobs:
                 raise
         job = await self.store.get_job(job_id)
         assert job is not None
+        self.metrics.images.labels(kind, job.status).inc()
+        if job.status == "completed":
+            self.metrics.credits.inc(job.credits_used)
         return job
 
     # --- public operations -------------------------------------------------

@@ -448,3 +448,23 @@ def test_readme_quick_start_works_as_written(api, tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     body = json.loads(out.stdout)
     assert body["status"] == "completed" and fetch(body["result"]["output_url"]).status_code == 200
+
+
+def test_metrics_move_as_requests_are_served(api, key):
+    def scrape() -> str:
+        return requests.get(f"{api.url}/metrics", timeout=10).text
+
+    def value(text: str, prefix: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+    before = scrape()
+    photo = image_bytes(300, 200, seed=901)
+    for point in ([[10, 10]], [[20, 20]]):
+        assert post(api, SEG, key, {"file": ("a.jpg", photo, "image/jpeg")}, points=point).status_code == 200
+    after = scrape()
+    route = 'maskserve_http_requests_total{route="/v1/services/image-segmentation",status="200"}'
+    assert value(after, route) == value(before, route) + 2
+    assert value(after, "maskserve_credits_charged_total") == value(before, "maskserve_credits_charged_total") + 2
+    assert value(after, 'maskserve_embedding_cache_total{result="hit"}') >= value(before, 'maskserve_embedding_cache_total{result="hit"}') + 1
+    assert value(after, 'maskserve_triton_call_seconds_count{model="decoder"}') == value(before, 'maskserve_triton_call_seconds_count{model="decoder"}') + 2
+    assert value(after, "maskserve_event_loop_lag_seconds_count") > 0

@@ -1,0 +1,50 @@
+"""Prometheus metrics of the frontend, and the event-loop lag monitor.
+
+Each app has its own registry (tests run several apps in one process). The
+lag monitor wakes every ``interval`` seconds and records how late it woke: a
+blocked event loop shows up there before it shows up anywhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("maskserve_http_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.latency = Histogram("maskserve_http_request_seconds", "HTTP request latency by route", ["route"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.credits = Counter("maskserve_credits_charged", "Credits charged for completed images", registry=r)
+        self.images = Counter("maskserve_images", "Images processed by outcome", ["kind", "status"], registry=r)
+        self.cache = Counter("maskserve_embedding_cache", "Embedding cache lookups", ["result"], registry=r)
+        self.cache_bytes = Gauge("maskserve_embedding_cache_bytes", "Bytes of embeddings held", registry=r)
+        self.triton = Histogram("maskserve_triton_call_seconds", "Triton call latency by model", ["model"],
+                                buckets=LATENCY_BUCKETS, registry=r)
+        self.rejected = Counter("maskserve_rejected", "Requests refused before work (rate limit, overload)", ["reason"], registry=r)
+        self.loop_lag = Histogram("maskserve_event_loop_lag_seconds", "How late the event loop ran a timer",
+                                  buckets=LAG_BUCKETS, registry=r)
+        self.loop_lag_max = Gauge("maskserve_event_loop_lag_max_seconds", "Largest event-loop lag seen", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+async def monitor_loop_lag(metrics: Metrics, interval: float = 0.02) -> None:
+    worst = 0.0
+    while True:
+        started = time.perf_counter()
+        await asyncio.sleep(interval)
+        lag = max(0.0, time.perf_counter() - started - interval)
+        metrics.loop_lag.observe(lag)
+        if lag > worst:
+            worst = lag
+            metrics.loop_lag_max.set(worst)
