@@ -1,14 +1,20 @@
-"""Bring up the whole embedded stack for a benchmark: export (if needed), Triton, frontend."""
+"""The whole embedded stack for a benchmark, as separate processes like in production:
+Triton from the pip wheel and ``maskserve frontend``; the load comes from this process."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import tempfile
-import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+import requests
 
 
 def free_port() -> int:
@@ -17,50 +23,70 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@contextlib.contextmanager
-def running_stack(repo: Path | None = None, **settings_overrides) -> Iterator[tuple[str, str, str]]:
-    """Yields (api base URL, an API key with plenty of credits, Triton gRPC URL)."""
-    from aiohttp import web
+@dataclass(frozen=True)
+class Stack:
+    url: str  # REST API base
+    key: str  # an API key with plenty of credits
+    grpc_url: str  # Triton
+    frontend_pid: int
+    repo: Path
 
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def export_default(work: Path) -> Path:
     from export.command import ExportRequest, run_export
-    from frontend.app import STORE, create_app
-    from frontend.config import Settings
+
+    repo = work / "model_repository"
+    run_export(ExportRequest(out=repo, random_weights=True, seed=0))
+    return repo
+
+
+@contextlib.contextmanager
+def running_stack(repo: Path | None = None, env: dict[str, str] | None = None) -> Iterator[Stack]:
     from maskserve.tritonserver import TritonOptions, TritonServer
 
     work = Path(tempfile.mkdtemp(prefix="maskserve-bench-"))
-    if repo is None:
-        repo = work / "model_repository"
-        run_export(ExportRequest(out=repo, random_weights=True, seed=0))
+    repo = repo or export_default(work)
     opts = TritonOptions(model_repository=repo, grpc_port=free_port(), http_port=free_port(),
                          metrics_port=free_port(), work_dir=work / "triton")
+    data = work / "data"
+    cli = [sys.executable, "-m", "maskserve.cli"]
+    created = subprocess.run([*cli, "keys", "create", "--name", "bench", "--credits", str(10**9), "--data-dir", str(data)],
+                             capture_output=True, text=True, check=True)
+    key = next(line.split()[-1] for line in created.stdout.splitlines() if line.startswith("api key:"))
+    port = free_port()
+    frontend_env = {
+        **os.environ,
+        "MASKSERVE_RATE_SINGLE": str(10**6), "MASKSERVE_RATE_BATCH": str(10**6), "MASKSERVE_RATE_READ": str(10**6),
+        **(env or {}),
+    }
     with TritonServer(opts):
-        settings = Settings(port=free_port(), data_dir=work / "data", triton_url=opts.grpc_url,
-                            rate_single_per_min=10**6, rate_batch_per_min=10**6, **settings_overrides)
-        loop = asyncio.new_event_loop()
-        state: dict = {}
-
-        async def start() -> None:
-            app = create_app(settings)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", settings.port).start()
-            _, secret = await app[STORE].create_key("bench", 10**9)
-            state.update(app=app, runner=runner, secret=secret)
-
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(start())
-            ready.set()
-            loop.run_forever()
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        ready.wait(120)
+        proc = subprocess.Popen(
+            [*cli, "frontend", "--triton-url", opts.grpc_url, "--port", str(port), "--data-dir", str(data)],
+            env=frontend_env, stdout=subprocess.DEVNULL, stderr=open(work / "frontend.log", "w"),
+        )
+        url = f"http://127.0.0.1:{port}"
         try:
-            yield f"http://127.0.0.1:{settings.port}", state["secret"], opts.grpc_url
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"frontend did not become ready; see {work / 'frontend.log'}")
+                time.sleep(0.3)
+            yield Stack(url, key, opts.grpc_url, proc.pid, repo)
         finally:
-            asyncio.run_coroutine_threadsafe(state["runner"].cleanup(), loop).result(60)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(30)
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()

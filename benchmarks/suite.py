@@ -1,0 +1,235 @@
+"""The benchmark suite: every performance target of the CPU serving path, measured
+side by side with the PyTorch reference peer in one run.
+
+    python -m benchmarks.suite                 # full run, ~6 minutes on 2 cores
+    python -m benchmarks.suite --smoke         # seconds-scale version (run in CI)
+
+Writes benchmarks/results/suite.json and prints a table: for each target our
+figure, the reference's, their ratio and whether the target holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+from benchmarks.images import photo, photos
+from benchmarks.loadgen import percentile, run_load
+from benchmarks.reference import TorchPeer
+from benchmarks.stack import Stack, rss_mb, running_stack
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Sizes:
+    model_images: int
+    cached_requests: int
+    concurrent_images: int
+    batch_images: int
+    memory_requests: int
+    reference_images: int
+    agreement_images: int
+
+
+FULL = Sizes(model_images=6, cached_requests=60, concurrent_images=24, batch_images=50,
+             memory_requests=1000, reference_images=4, agreement_images=3)
+SMOKE = Sizes(model_images=1, cached_requests=4, concurrent_images=2, batch_images=2,
+              memory_requests=20, reference_images=1, agreement_images=1)
+CACHE_BYTES = 64 * MIB  # four images: the memory run cycles more images than fit
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+async def _encoder_rate(grpc_url: str, tensors: list[np.ndarray], concurrency: int) -> tuple[float, list[float]]:
+    """Images/s through Triton with ``concurrency`` requests in flight, and each call's seconds."""
+    from frontend.triton_client import TritonClient
+
+    client = TritonClient(grpc_url, 600, shm_slots=concurrency)
+    try:
+        await client.encode(tensors[0])  # warm
+        queue = list(tensors)
+        latencies: list[float] = []
+
+        async def worker() -> None:
+            while queue:
+                tensor = queue.pop()
+                started = time.perf_counter()
+                await client.encode(tensor)
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return len(tensors) / (time.perf_counter() - started), latencies
+    finally:
+        await client.close()
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def agreement(stack: Stack, peer: TorchPeer, count: int) -> dict:
+    """Masks through our whole path (reduced precision where configured) vs fp32 PyTorch."""
+    ious = []
+    for i in range(count):
+        data = photo(5000 + i)
+        for point in ((480, 270), (960, 540), (1500, 800)):
+            r = requests.post(f"{stack.url}/v1/services/image-segmentation", params={"points": json.dumps([list(point)])},
+                              files={"file": ("p.jpg", data, "image/jpeg")}, headers={"Authorization": f"Bearer {stack.key}"}, timeout=300)
+            r.raise_for_status()
+            ours = np.asarray(Image.open(io.BytesIO(requests.get(r.json()["result"]["output_url"], timeout=30).content))) > 127
+            theirs = np.asarray(Image.open(io.BytesIO(peer.segment(data, point)))) > 127
+            ious.append(_mask_iou(ours, theirs))
+    return {"min_iou": min(ious), "mean_iou": statistics.fmean(ious), "masks": len(ious)}
+
+
+def run(sizes: Sizes) -> dict:
+    from frontend import imaging
+
+    results: dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.processor()}".strip(),
+                     "cpus": __import__("os").cpu_count(), "sizes": sizes.__dict__}
+    peer = TorchPeer()
+    images = photos(sizes.model_images + sizes.concurrent_images + sizes.batch_images + 8)
+    model_images = images[: sizes.model_images]
+    concurrent_images = images[sizes.model_images : sizes.model_images + sizes.concurrent_images]
+    batch_images = images[sizes.model_images + sizes.concurrent_images :][: sizes.batch_images]
+    memory_images = images[-8:]
+    tensors = [imaging.preprocess(imaging.decode_image(d, 10**8).rgb) for d in model_images]
+    rgbs = [imaging.decode_image(d, 10**8).rgb for d in images[: sizes.reference_images]]
+
+    # Reference peer first, while the stack is not running: fp32 PyTorch, 2 threads.
+    peer.encode(rgbs[0])
+    ref_encode = [_timed(lambda r=r: peer.encode(r)) for r in rgbs]
+    cached = photo(1)
+    peer.segment(cached, (100, 100))
+    ref_cached = [_timed(lambda i=i: peer.segment(cached, (200 + i, 300))) * 1000 for i in range(max(3, sizes.cached_requests // 4))]
+    ref_new = [_timed(lambda d=d: peer.segment(d, (960, 540))) for d in images[: sizes.reference_images]]
+    ref_image_s = statistics.median(ref_new)
+
+    with running_stack(env={"MASKSERVE_CACHE_BYTES": str(CACHE_BYTES)}) as stack:
+        # T1: encoder images/s through Triton vs PyTorch fp32
+        rate_1, lat_1 = asyncio.run(_encoder_rate(stack.grpc_url, tensors, 1))
+        encoder_single_s = statistics.median(lat_1)
+        results["encoder"] = {
+            "ours_images_per_s": rate_1, "reference_images_per_s": 1 / statistics.median(ref_encode),
+            "ours_single_image_s": encoder_single_s, "reference_single_image_s": statistics.median(ref_encode),
+        }
+        results["encoder"]["ratio"] = results["encoder"]["ours_images_per_s"] / results["encoder"]["reference_images_per_s"]
+        results["agreement"] = agreement(stack, peer, sizes.agreement_images)
+
+        # T2: cached image, concurrency 1
+        cached_run = asyncio.run(run_load(stack.url, stack.key, ["cached"] * sizes.cached_requests, 1, None, [], cached))
+        lat = cached_run["latency_ms"]["cached"]
+        results["cached_c1"] = {"ours_p50_ms": lat["p50"], "ours_p99_ms": lat["p99"],
+                                "reference_p50_ms": statistics.median(ref_cached), "errors": cached_run["errors_by_status"]}
+        results["cached_c1"]["ratio"] = results["cached_c1"]["reference_p50_ms"] / lat["p50"]
+
+        # T3: concurrency 8, distinct images, vs encoder-only at the same concurrency
+        enc_tensors = [imaging.preprocess(imaging.decode_image(d, 10**8).rgb) for d in concurrent_images[: max(2, sizes.concurrent_images // 2)]]
+        rate_8, _ = asyncio.run(_encoder_rate(stack.grpc_url, enc_tensors, 8))
+        rest = asyncio.run(run_load(stack.url, stack.key, ["new"] * sizes.concurrent_images, 8, None, list(concurrent_images), cached))
+        results["concurrent_c8"] = {
+            "rest_images_per_s": rest["images_per_s"], "encoder_only_images_per_s": rate_8,
+            "overhead_ratio": rest["images_per_s"] / rate_8, "errors": rest["errors_by_status"],
+            "event_loop_lag_p99_le_s": rest["event_loop_lag"]["p99_le_s"],
+            "reference_images_per_s": 1 / ref_image_s, "p50_ms": rest["latency_ms"]["new"]["p50"],
+        }
+        results["concurrent_c8"]["ratio_vs_reference"] = rest["images_per_s"] * ref_image_s
+
+        # T4: one batch of distinct images vs the single-image encoder time of this run
+        files = [("files", (f"b{i}.jpg", d, "image/jpeg")) for i, d in enumerate(batch_images)]
+        started = time.perf_counter()
+        r = requests.post(f"{stack.url}/v1/services/image-segmentation/batch", params={"points": "[[960,540]]"}, files=files,
+                          headers={"Authorization": f"Bearer {stack.key}"}, timeout=1800)
+        wall = time.perf_counter() - started
+        body = r.json()
+        results["batch"] = {"images": len(batch_images), "wall_s": wall, "completed": body.get("completed"),
+                            "bound_s": len(batch_images) * encoder_single_s,
+                            "ratio_to_bound": wall / (len(batch_images) * encoder_single_s),
+                            "reference_wall_s": len(batch_images) * ref_image_s}
+
+        # T5: frontend memory over many requests after warm-up; the cache stays in its bound
+        warm = asyncio.run(run_load(stack.url, stack.key, ["cached"] * 10, 2, None, [], cached))
+        del warm
+        rss_before = rss_mb(stack.frontend_pid)
+        kinds = []
+        pool = list(memory_images)
+        for i in range(sizes.memory_requests):
+            kinds.append("new" if i % 50 == 0 else "cached")
+        news = (pool * (kinds.count("new") // len(pool) + 1))[: kinds.count("new")]
+        mem = asyncio.run(run_load(stack.url, stack.key, kinds, 2, None, news, cached))
+        rss_after = rss_mb(stack.frontend_pid)
+        metrics = requests.get(f"{stack.url}/metrics", timeout=10).text
+        cache_bytes = next(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines() if l.startswith("maskserve_embedding_cache_bytes"))
+        results["memory"] = {"requests": sizes.memory_requests, "rss_before_mb": rss_before, "rss_after_mb": rss_after,
+                             "growth_mb": rss_after - rss_before, "cache_bytes": cache_bytes, "cache_limit_bytes": CACHE_BYTES,
+                             "errors": mem["errors_by_status"]}
+    results["targets"] = targets(results)
+    return results
+
+
+def targets(r: dict) -> list[dict]:
+    rows = [
+        ("encoder images/s through Triton >= 2.0x PyTorch fp32", r["encoder"]["ratio"] >= 2.0,
+         f"{r['encoder']['ours_images_per_s']:.3f} vs {r['encoder']['reference_images_per_s']:.3f} img/s = {r['encoder']['ratio']:.2f}x"),
+        ("reduced precision: mask IoU vs fp32 PyTorch >= 0.98", r["agreement"]["min_iou"] >= 0.98,
+         f"min {r['agreement']['min_iou']:.4f}, mean {r['agreement']['mean_iou']:.4f} over {r['agreement']['masks']} masks"),
+        ("cached image c=1: p50 <= 60 ms", r["cached_c1"]["ours_p50_ms"] <= 60,
+         f"p50 {r['cached_c1']['ours_p50_ms']:.1f} ms (reference {r['cached_c1']['reference_p50_ms']:.1f} ms, {r['cached_c1']['ratio']:.2f}x)"),
+        ("cached image c=1: p99 <= 150 ms", r["cached_c1"]["ours_p99_ms"] <= 150, f"p99 {r['cached_c1']['ours_p99_ms']:.1f} ms"),
+        ("c=8 distinct: REST >= 0.9x encoder-only throughput", r["concurrent_c8"]["overhead_ratio"] >= 0.9,
+         f"{r['concurrent_c8']['rest_images_per_s']:.3f} vs {r['concurrent_c8']['encoder_only_images_per_s']:.3f} img/s = "
+         f"{r['concurrent_c8']['overhead_ratio']:.3f} (reference {r['concurrent_c8']['reference_images_per_s']:.3f} img/s)"),
+        ("c=8 distinct: no request errors", not r["concurrent_c8"]["errors"], str(r["concurrent_c8"]["errors"] or "none")),
+        ("c=8 distinct: event-loop lag p99 <= 50 ms", r["concurrent_c8"]["event_loop_lag_p99_le_s"] <= 0.05,
+         f"p99 <= {1000 * r['concurrent_c8']['event_loop_lag_p99_le_s']:.0f} ms"),
+        ("batch: wall <= 1.1 x N x single-image encoder time", r["batch"]["ratio_to_bound"] <= 1.1 and r["batch"]["completed"] == r["batch"]["images"],
+         f"{r['batch']['images']} images in {r['batch']['wall_s']:.1f} s vs {r['batch']['bound_s']:.1f} s = {r['batch']['ratio_to_bound']:.3f}"
+         f" (reference {r['batch']['reference_wall_s']:.1f} s)"),
+        ("memory: frontend RSS growth < 50 MB", r["memory"]["growth_mb"] < 50,
+         f"{r['memory']['rss_before_mb']:.0f} -> {r['memory']['rss_after_mb']:.0f} MB over {r['memory']['requests']} requests"),
+        ("memory: embedding cache within its setting", r["memory"]["cache_bytes"] <= r["memory"]["cache_limit_bytes"],
+         f"{r['memory']['cache_bytes'] / MIB:.0f} MiB of {r['memory']['cache_limit_bytes'] / MIB:.0f} MiB"),
+    ]
+    return [{"target": t, "met": bool(ok), "measured": m} for t, ok, m in rows]
+
+
+def table(results: dict) -> str:
+    lines = ["| target | measured | met |", "| --- | --- | --- |"]
+    lines += [f"| {row['target']} | {row['measured']} | {'yes' if row['met'] else 'NO'} |" for row in results["targets"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the suite runs, not the targets")
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/suite.json"))
+    args = parser.parse_args(argv)
+    results = run(SMOKE if args.smoke else FULL)
+    results["smoke"] = args.smoke
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    print(table(results))
+    print(f"\nresults: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
