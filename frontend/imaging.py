@@ -111,19 +111,25 @@ def decode_image(data: bytes, max_pixels: int, what: str = "image") -> DecodedIm
     return DecodedImage(rgb=np.ascontiguousarray(rgb), alpha=alpha, format=fmt)
 
 
-def preprocess(rgb: np.ndarray) -> np.ndarray:
-    """SAM 2's transform: to [0, 1], resize to 1024² (antialiased bilinear), normalise.
+_SCALE = 1.0 / (255.0 * np.array(PIXEL_STD, np.float32))
+_SHIFT = np.array(PIXEL_MEAN, np.float32) / np.array(PIXEL_STD, np.float32)
 
-    The predictor does ToTensor → Resize((1024, 1024)) → Normalize in float;
-    resizing each channel as a float image with Pillow's bilinear filter is the
-    same antialiased kernel (torchvision's was ported from Pillow's).
+
+def preprocess(rgb: np.ndarray) -> np.ndarray:
+    """SAM 2's transform: resize to 1024² (antialiased bilinear), to [0, 1], normalise.
+
+    The predictor resizes in float (ToTensor → Resize → Normalize); we resize
+    the 8-bit image with Pillow's same antialiased bilinear kernel (torchvision's
+    was ported from it) and normalise after, which is 2.6x faster on this CPU.
+    The only difference is the resized pixels' rounding to 8 bits: at most one
+    grey level (0.0175 after normalisation; mean 0.005), far below JPEG noise,
+    and the benchmark suite checks the end-to-end masks against PyTorch.
     """
+    resized = np.asarray(Image.fromarray(rgb, "RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR))
     out = np.empty((1, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
-    scaled = rgb.astype(np.float32) * (1.0 / 255.0)
     for c in range(3):
-        channel = Image.fromarray(np.ascontiguousarray(scaled[:, :, c]), "F")
-        resized = np.asarray(channel.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR))
-        out[0, c] = (resized - PIXEL_MEAN[c]) / PIXEL_STD[c]
+        np.multiply(resized[:, :, c], _SCALE[c], out=out[0, c], casting="unsafe")
+        out[0, c] -= _SHIFT[c]
     return out
 
 

@@ -31,7 +31,9 @@ def test_preprocess_matches_sam2_transforms(size):
     ours = imaging.preprocess(rgb)
     want = _torch_preprocess(rgb)
     assert ours.shape == (1, 3, 1024, 1024) and ours.dtype == np.float32
-    assert np.abs(ours - want).max() < 2e-3
+    # the resize output is rounded to 8 bits: at most one grey level, 1/255/0.225 after normalising
+    assert np.abs(ours - want).max() < 1.05 / 255 / min(PIXEL_STD)
+    assert np.abs(ours - want).mean() < 0.01
 
 
 @pytest.mark.parametrize("size", [(1080, 1920), (100, 60), (256, 256)])

@@ -58,6 +58,9 @@ class _OnnxRuntime:
         if threads > 0:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Idle threads must not spin: the encoder shares these cores, and spinning
+        # made each 35 ms decode burn about 110 ms of CPU instead of 70 ms.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self._outputs = outputs
 
