@@ -56,16 +56,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--encoder-precision", choices=("fp32", "bf16"),
         help="default: bf16 with openvino, fp32 with onnxruntime (its only choice here)",
     )
-    parser.add_argument("--decoder-runtime", choices=("openvino", "onnxruntime"), default="onnxruntime")
-    parser.add_argument("--decoder-precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--decoder-runtime", choices=("openvino", "onnxruntime"), default="openvino")
+    parser.add_argument(
+        "--decoder-precision", choices=("fp32", "bf16"),
+        help="default: bf16 with openvino, fp32 with onnxruntime",
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per model instance")
 
 
 def request_from_args(args: argparse.Namespace) -> ExportRequest:
     encoder_precision = args.encoder_precision or ("bf16" if args.encoder_runtime == "openvino" else "fp32")
+    decoder_precision = args.decoder_precision or ("bf16" if args.decoder_runtime == "openvino" else "fp32")
     cpu = repository.CpuRuntime(
         encoder=repository.ModelRuntime(args.encoder_runtime, encoder_precision),
-        decoder=repository.ModelRuntime(args.decoder_runtime, args.decoder_precision),
+        decoder=repository.ModelRuntime(args.decoder_runtime, decoder_precision),
         threads=args.threads,
     )
     try:

@@ -49,17 +49,22 @@ class CpuRuntime:
     """The ``cpu`` target's runtime parameters (editable later in config.pbtxt).
 
     Defaults by measurement on the 2-core Zen 4 machine (benchmarks/README.md):
-    the encoder is fastest in OpenVINO bf16 (about 1.9x its fp32 speed, masks at
-    IoU >= 0.998 against fp32 PyTorch); the decoder is fastest in ONNX Runtime
-    fp32 (about 1.6x OpenVINO's).
+    both models are fastest in OpenVINO bf16 (encoder about 1.9x its fp32 speed;
+    decoder 29 ms against 35 ms for ONNX Runtime fp32, with less CPU per call);
+    masks from the pair agree with fp32 PyTorch at IoU >= 0.99. fp32 for either
+    model is one flag away (``--encoder-precision``/``--decoder-precision``).
     """
 
     encoder: ModelRuntime = ModelRuntime("openvino", "bf16")
-    decoder: ModelRuntime = ModelRuntime("onnxruntime", "fp32")
+    decoder: ModelRuntime = ModelRuntime("openvino", "bf16")
     threads: int = 2
 
     def for_model(self, model: str) -> ModelRuntime:
         return self.encoder if model == sig.ENCODER_MODEL else self.decoder
+
+    def nice(self, model: str) -> int:
+        """The decoder yields the shared cores to the encoder (see benchmarks/README.md)."""
+        return 0 if model == sig.ENCODER_MODEL else 10
 
 
 # Measured on the 2-core CPU machine (benchmarks/README.md): batching the
@@ -105,7 +110,11 @@ def _param(key: str, value: str) -> str:
 
 
 def render_config(
-    model: str, target: str, cpu: CpuRuntime | None = None, provenance: dict[str, str] | None = None
+    model: str,
+    target: str,
+    cpu: CpuRuntime | None = None,
+    provenance: dict[str, str] | None = None,
+    batching: BatchingSettings | None = None,
 ) -> str:
     """``config.pbtxt`` text for ``model`` in ``target``, built from signatures.
 
@@ -114,7 +123,7 @@ def render_config(
     frontend with no access to the repository's files, can report it.
     """
     inputs, outputs = sig.SIGNATURES[model]
-    batching = (CPU_BATCHING if target == "cpu" else GPU_BATCHING)[model]
+    batching = batching or (CPU_BATCHING if target == "cpu" else GPU_BATCHING)[model]
     parts = [f'name: "{model}"']
     if target == "cpu":
         cpu = cpu or CpuRuntime()
@@ -137,6 +146,7 @@ def render_config(
             _param("runtime", cpu.for_model(model).runtime),
             _param("precision", cpu.for_model(model).precision),
             _param("num_threads", str(cpu.threads)),
+            _param("nice", str(cpu.nice(model))),
         ]
     else:
         parts.append(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -131,6 +133,17 @@ async def _sweep_expired(app: web.Application) -> None:
         await asyncio.sleep(settings.sweep_interval_s)
 
 
+def _yield_to_models() -> None:
+    """Image work runs at a lower priority than the models on shared cores.
+
+    Each executor thread raises its own niceness (Linux schedules threads as
+    tasks): decoding and encoding images then fills the gaps around the
+    encoder instead of pre-empting one of its threads, which stalls the other.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = SqliteStore(settings.database_path)
@@ -142,7 +155,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     files = LocalFiles(settings.files_dir)
     triton = TritonClient(settings.triton_url, settings.triton_timeout_s, settings.triton_shm_slots)
     cache = EmbeddingCache(settings.cache_bytes)
-    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="maskserve-cpu")
+    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="maskserve-cpu", initializer=_yield_to_models)
     jobs = ImageJobs(settings, store, triton, cache, files, signer, executor, app[METRICS])
     app[STORE], app[SIGNER], app[FILES], app[TRITON], app[CACHE], app[JOBS] = store, signer, files, triton, cache, jobs
     app[LIMITER] = RateLimiter({

@@ -44,3 +44,12 @@ def test_model_runtimes_smoke(exported_repo, tmp_path):
     results = json.loads(out.read_text())["results"]
     assert set(results["encoder"]) == {"pytorch fp32 (reference)", "onnxruntime fp32", "openvino fp32", "openvino bf16"}
     assert all(r["median_ms"] > 0 for part in results.values() for r in part.values())
+
+
+def test_triton_configs_smoke(exported_repo, tmp_path):
+    out = tmp_path / "configs.json"
+    proc = _run("benchmarks.triton_configs", "--repo", str(exported_repo), "--images", "1", "--configs", "0",
+                "--json", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["encoder_images_per_s"] > 0 and rows[0]["decoder_prompts_per_s"] > 0
+    assert "vs PyTorch" in proc.stdout

@@ -7,7 +7,9 @@ Copied into every version directory of the ``cpu`` repository target, beside
 * ``runtime``: ``openvino`` (default) or ``onnxruntime``;
 * ``precision``: ``fp32`` or ``bf16`` (OpenVINO's inference precision hint;
   ONNX Runtime always runs fp32);
-* ``num_threads``: intra-op threads for this instance (0 = runtime default).
+* ``num_threads``: intra-op threads for this instance (0 = runtime default);
+* ``nice``: raise this instance's niceness by that much (0 = leave it), so a
+  cheap model's work yields to an expensive one on shared cores.
 
 Triton hands ``execute`` every request its dynamic batcher grouped; they all
 share the model's fixed per-item shapes, so they are concatenated along the
@@ -80,6 +82,9 @@ class TritonPythonModel:
         runtime = _param(config, "runtime", "openvino")
         precision = _param(config, "precision", "fp32")
         threads = int(_param(config, "num_threads", "0"))
+        nice = int(_param(config, "nice", "0"))
+        if nice > 0:
+            os.nice(nice)
         if runtime not in RUNTIMES:
             raise pb_utils.TritonModelException(
                 f"unknown runtime {runtime!r}; choose one of {sorted(RUNTIMES)}"
