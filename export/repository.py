@@ -28,6 +28,7 @@ class BatchingSettings:
     max_queue_delay_us: int
     preferred: tuple[int, ...]
     instances: int
+    max_queue: int = 256  # requests waiting in Triton; past it Triton refuses (the frontend answers 503)
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,12 @@ class CpuRuntime:
 # queue forms by itself while an instance is busy, and at low load waiting only
 # adds latency. One instance per model owns both cores.
 CPU_BATCHING = {
-    sig.ENCODER_MODEL: BatchingSettings(1, 0, (), 1),
-    sig.DECODER_MODEL: BatchingSettings(8, 0, (), 1),
+    sig.ENCODER_MODEL: BatchingSettings(1, 0, (), 1, max_queue=128),
+    sig.DECODER_MODEL: BatchingSettings(8, 0, (), 1, max_queue=256),
 }
 GPU_BATCHING = {
-    sig.ENCODER_MODEL: BatchingSettings(16, 2_000, (4, 8, 16), 1),
-    sig.DECODER_MODEL: BatchingSettings(64, 1_000, (16, 32, 64), 2),
+    sig.ENCODER_MODEL: BatchingSettings(16, 2_000, (4, 8, 16), 1, max_queue=512),
+    sig.DECODER_MODEL: BatchingSettings(64, 1_000, (16, 32, 64), 2, max_queue=2048),
 }
 
 
@@ -102,6 +103,7 @@ def _dynamic_batching(batching: BatchingSettings) -> str:
     if batching.preferred:
         lines.append(f"  preferred_batch_size: [ {', '.join(str(n) for n in batching.preferred)} ]")
     lines.append(f"  max_queue_delay_microseconds: {batching.max_queue_delay_us}")
+    lines.append(f"  default_queue_policy {{ max_queue_size: {batching.max_queue} }}")
     return "\n".join(lines + ["}"])
 
 

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from frontend import parsing
 from frontend.app import FILES, JOBS, METRICS, SETTINGS, SIGNER, STORE, api_key
-from frontend.errors import BadRequest, NotFound
+from frontend.errors import BadRequest, NotFound, Unavailable
 from frontend.files import valid_job_id
 from frontend.openapi import openapi_document
 from frontend.services import BatchOutcome, Item, Upload
@@ -60,6 +60,14 @@ def _batch_response(request: web.Request, outcome: BatchOutcome) -> web.Response
     })
 
 
+async def _uploads(request: web.Request, fields: set[str]) -> dict[str, list[Upload]]:
+    """Refuse at once when the process is full (before reading a byte), else read the body."""
+    if request.app[JOBS].admission.full():
+        raise Unavailable("The server is overloaded; retry later")
+    settings = request.app[SETTINGS]
+    return await parsing.read_uploads(request, fields, settings.max_upload_bytes, settings.upload_timeout_s)
+
+
 def _one(uploads: dict[str, list[Upload]], name: str, required: bool) -> Upload | None:
     found = uploads.get(name, [])
     if len(found) > 1:
@@ -74,7 +82,7 @@ async def segment(request: web.Request) -> web.Response:
     prompt = parsing.parse_prompt(request.query)
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, 1, settings.max_upload_bytes)
-    uploads = await parsing.read_uploads(request, {"file"}, settings.max_upload_bytes)
+    uploads = await _uploads(request, {"file"})
     upload = _one(uploads, "file", required=True)
     if not prompt.given:
         raise BadRequest("Segmentation needs 'points' or 'box'")
@@ -87,7 +95,7 @@ async def extract(request: web.Request) -> web.Response:
     opts = parsing.parse_extraction_options(request.query)
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, 2, settings.max_upload_bytes)
-    uploads = await parsing.read_uploads(request, {"image", "mask"}, settings.max_upload_bytes)
+    uploads = await _uploads(request, {"image", "mask"})
     image = _one(uploads, "image", required=True)
     mask = _one(uploads, "mask", required=False)
     _check_mask_source(mask is not None, prompt.given)
@@ -115,7 +123,7 @@ async def segment_batch(request: web.Request) -> web.Response:
     prompt = parsing.parse_prompt(request.query)
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, settings.max_batch, settings.max_upload_bytes)
-    uploads = await parsing.read_uploads(request, {"files"}, settings.max_upload_bytes)
+    uploads = await _uploads(request, {"files"})
     _check_count(uploads["files"], "files", settings.max_batch)
     if not prompt.given:
         raise BadRequest("Segmentation needs 'points' or 'box'")
@@ -129,7 +137,7 @@ async def extract_batch(request: web.Request) -> web.Response:
     opts = parsing.parse_extraction_options(request.query)
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, 2 * settings.max_batch, settings.max_upload_bytes)
-    uploads = await parsing.read_uploads(request, {"images", "masks"}, settings.max_upload_bytes)
+    uploads = await _uploads(request, {"images", "masks"})
     images, masks = uploads["images"], uploads["masks"]
     _check_count(images, "images", settings.max_batch)
     if masks and len(masks) != len(images):

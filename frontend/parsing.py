@@ -3,11 +3,13 @@ multipart uploads read as a stream with per-file limits."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
 import numpy as np
 from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from frontend.errors import BadRequest, FieldError, PayloadTooLarge, ValidationFailed
 from frontend.services import ExtractionOptions, Prompt, Upload
@@ -123,10 +125,24 @@ def check_content_length(request: web.Request, max_files: int, max_file_bytes: i
         raise PayloadTooLarge(f"Upload too large: each file may be at most {max_file_bytes // (1024 * 1024)} MB")
 
 
-async def read_uploads(request: web.Request, fields: set[str], max_file_bytes: int) -> dict[str, list[Upload]]:
-    """Stream the multipart body; keep the named file fields, enforce the size limit per file."""
+async def read_uploads(
+    request: web.Request, fields: set[str], max_file_bytes: int, timeout_s: float = 120.0
+) -> dict[str, list[Upload]]:
+    """Stream the multipart body within ``timeout_s``; keep the named file fields, enforce the size limit per file."""
     if not request.content_type.startswith("multipart/form-data"):
         raise BadRequest("Send the files as multipart/form-data")
+    if "boundary=" not in request.headers.get("Content-Type", ""):
+        raise BadRequest("Malformed multipart body: no boundary")
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_parts(request, fields, max_file_bytes)
+    except TimeoutError:
+        raise BadRequest(f"Upload too slow: the body must arrive within {timeout_s:.0f} s") from None
+    except HttpProcessingError as exc:  # aiohttp's parser: a header line too long, a broken part
+        raise BadRequest(f"Malformed multipart body: {exc.message}") from None
+
+
+async def _read_parts(request: web.Request, fields: set[str], max_file_bytes: int) -> dict[str, list[Upload]]:
     try:
         reader: MultipartReader = await request.multipart()
     except (ValueError, AssertionError):

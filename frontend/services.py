@@ -10,6 +10,7 @@ contract's status; a batch turns it into that image's failed result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -97,6 +98,33 @@ class BatchOutcome:
     wall_ms: float
 
 
+class Admission:
+    """Bounds the images this process has accepted and not yet answered.
+
+    Past the bound a request is refused at once with 503 (before its credits
+    move), so a burst cannot grow queues and memory without limit, and the
+    latency of admitted requests stays bounded by the bound over the service
+    rate.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.admitted = 0
+
+    def full(self, images: int = 1) -> bool:
+        return self.admitted + images > self.limit
+
+    @contextlib.contextmanager
+    def admit(self, images: int):
+        if self.full(images):
+            raise Unavailable("The server is overloaded; retry later")
+        self.admitted += images
+        try:
+            yield
+        finally:
+            self.admitted -= images
+
+
 class ImageJobs:
     def __init__(
         self,
@@ -117,6 +145,7 @@ class ImageJobs:
         self.signer = signer
         self._executor = executor
         self._slots = asyncio.Semaphore(settings.inflight_images)
+        self.admission = Admission(settings.max_admitted_images)
         self.metrics = metrics or Metrics()
         self.models: list[ModelInfo] | None = None
 
@@ -259,6 +288,12 @@ class ImageJobs:
     async def single(
         self, key: ApiKey, kind: str, item: Item, prompt: Prompt | None, opts: ExtractionOptions | None = None
     ) -> Job:
+        with self.admission.admit(1):
+            return await self._single(key, kind, item, prompt, opts)
+
+    async def _single(
+        self, key: ApiKey, kind: str, item: Item, prompt: Prompt | None, opts: ExtractionOptions | None
+    ) -> Job:
         version = await self.model_version() if item.mask is None else "uploaded-mask"
         prep = await self._prepare(kind, item, prompt, version)
         if not (await self.store.reserve_jobs(key.id, None, [prep.job]))[0]:
@@ -272,6 +307,12 @@ class ImageJobs:
 
     async def batch(
         self, key: ApiKey, kind: str, items: list[Item], prompt: Prompt | None, opts: ExtractionOptions | None = None
+    ) -> BatchOutcome:
+        with self.admission.admit(len(items)):
+            return await self._batch(key, kind, items, prompt, opts)
+
+    async def _batch(
+        self, key: ApiKey, kind: str, items: list[Item], prompt: Prompt | None, opts: ExtractionOptions | None
     ) -> BatchOutcome:
         started = time.perf_counter()
         batch_id = uuid.uuid4().hex
