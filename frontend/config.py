@@ -22,6 +22,7 @@ Every setting, its environment variable and default:
 | inflight_images | MASKSERVE_INFLIGHT_IMAGES | 16 images decoded/encoded at once per process |
 | max_admitted_images | MASKSERVE_MAX_ADMITTED_IMAGES | 100 images accepted and not yet answered per process; more get a fast 503 |
 | upload_timeout_s | MASKSERVE_UPLOAD_TIMEOUT_S | 120 s to receive a request's whole body; slower uploads get 400 |
+| shutdown_timeout_s | MASKSERVE_SHUTDOWN_TIMEOUT_S | 60 s for in-flight requests to finish after SIGTERM |
 | triton_shm_slots | MASKSERVE_TRITON_SHM_SLOTS | 8 shared-memory slots of 32 MiB for tensors to a Triton on loopback (0 = plain gRPC) |
 """
 
@@ -57,6 +58,7 @@ class Settings:
     triton_shm_slots: int = 8
     max_admitted_images: int = 100
     upload_timeout_s: float = 120.0
+    shutdown_timeout_s: float = 60.0
 
     @property
     def database_path(self) -> Path:

@@ -20,7 +20,8 @@ async def _serve_app(settings: Settings, stop: asyncio.Event) -> None:
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    # on SIGTERM: stop accepting, give in-flight requests up to this long, then stop
+    site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=settings.shutdown_timeout_s)
     await site.start()
     log.info("maskserve API listening on http://%s:%d (Triton %s, data %s)",
              settings.host, settings.port, settings.triton_url, settings.data_dir.resolve())

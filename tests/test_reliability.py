@@ -104,7 +104,7 @@ async def _post(session, url: str, key: str, data: bytes, path: str = SEG, field
         return r.status, await r.json(), time.monotonic() - started
 
 
-def test_triton_killed_mid_request_then_restarted(exported_repo, tmp_path):
+def test_triton_killed_mid_request_then_restarted(exported_repo, tmp_path, report):
     served = Served(exported_repo, tmp_path)
     try:
         async def scenario():
@@ -123,7 +123,11 @@ def test_triton_killed_mid_request_then_restarted(exported_repo, tmp_path):
         state = ledger_state(served.data / "maskserve.db", served.key_id)
         assert state["processing"] == 0 and state["balance"] == state["ledger"] == 50 - state["charged"]
         # the supervisor restarts Triton; the same frontend serves again
+        killed_at = time.monotonic()
         served.wait_ready()
+        report(f"fault: Triton SIGKILLed mid-request: single answered 503 in {s_time:.2f} s, batch of 4 answered in "
+               f"{b_time:.2f} s ({sum(r['status'] == 'failed' for r in b_body['results'])} failed, 0 charged), "
+               f"ready again after {time.monotonic() - killed_at:.1f} s; balance {state['balance']} = ledger {state['ledger']}")
         r = requests.post(f"{served.url}{SEG}?points={POINT}", files={"file": ("a.jpg", image_bytes(320, 240, seed=6002))},
                           headers=auth(served.key), timeout=120)
         assert r.status_code == 200, r.text
@@ -154,7 +158,7 @@ def test_sigterm_finishes_in_flight_work_then_exits(exported_repo, tmp_path):
         requests.get(f"{served.url}/healthz", timeout=5)
 
 
-def test_overload_is_refused_fast_and_never_charged(triton_server, tmp_path_factory):
+def test_overload_is_refused_fast_and_never_charged(triton_server, tmp_path_factory, report):
     api = start_api(tmp_path_factory, triton_server.opts.grpc_url, max_admitted_images=2)
     try:
         key_id, key = api.create_key(100)
@@ -170,6 +174,8 @@ def test_overload_is_refused_fast_and_never_charged(triton_server, tmp_path_fact
         assert all(t < 2.0 for _, _, t in refused)  # refused at once, not after queueing
         assert all(isinstance(b["detail"], str) for _, b, _ in refused)
         assert api.call(api.store().get_key(key_id)).credits == 100 - len(ok)
+        report(f"overload: 8 simultaneous new images, admission limit 2: {len(ok)} served "
+               f"(max {max(t for _, _, t in ok):.1f} s), {len(refused)} refused 503 in <= {max(t for _, _, t in refused) * 1000:.0f} ms")
     finally:
         api.stop()
 
@@ -237,7 +243,7 @@ def test_hostile_and_unusual_images(api, data, expected):
         assert (r.json()["result"]["original_width"], r.json()["result"]["original_height"]) == (64, 48)
 
 
-def test_500_concurrent_requests_on_100_credits(api):
+def test_500_concurrent_requests_on_100_credits(api, report):
     """Singles and batches at once: exactly 100 credits of work, everything else refused or failed."""
     key_id, key = api.create_key(100)
     photo = image_bytes(320, 240, seed=6300)
@@ -268,6 +274,10 @@ def test_500_concurrent_requests_on_100_credits(api):
     state = ledger_state(api.settings.database_path, key_id)
     assert charged == 100 and state["balance"] == 0
     assert state["ledger"] == 0 and state["processing"] == 0
+    from collections import Counter
+
+    report(f"money: 500 concurrent (400 single + 100 batches of 3) on 100 credits: statuses "
+           f"{dict(sorted(Counter(s for s, _ in results).items()))}, charged {charged}, balance 0, ledger sum 0")
 
 
 def test_secrets_at_rest_and_on_disk(tmp_path):
@@ -297,3 +307,18 @@ def test_triton_and_admin_stay_on_loopback(exported_repo, tmp_path):
 
     routes = {r.resource.canonical for r in create_app(Settings(data_dir=tmp_path)).router.routes()}
     assert not any("key" in r or "credit" in r or "admin" in r for r in routes)
+
+
+def test_schemathesis_finds_no_5xx_and_no_schema_breaks(api, report):
+    """Property-based requests generated from our own /openapi.json."""
+    _, key = api.create_key(10_000)
+    checks = ("not_a_server_error,status_code_conformance,content_type_conformance,"
+              "response_schema_conformance,response_headers_conformance")
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "schemathesis"), "run", f"{api.url}/openapi.json", "-H", f"Authorization: Bearer {key}", "--checks", checks,
+         "-n", "25", "--request-timeout", "120", "--generation-deterministic", "--no-color"],
+        capture_output=True, text=True, timeout=900, cwd=Path(sys.executable).parent,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    summary = next(line for line in proc.stdout.splitlines() if "generated" in line and "passed" in line)
+    report(f"schemathesis: {summary.strip()}")
