@@ -18,10 +18,9 @@ from frontend.config import Settings
 from frontend.errors import ApiError, RateLimited, Unauthorized
 from frontend.files import LocalFiles, UrlSigner, load_or_create_secret
 from frontend.metrics import Metrics, monitor_loop_lag
-from frontend.ratelimit import RateLimiter
+from frontend.ratelimit import RateLimiter, SharedRateLimiter
 from frontend.services import ImageJobs
-from frontend.sqlite_store import SqliteStore
-from frontend.store import KEY_PREFIX, ApiKey, Store
+from frontend.store import KEY_PREFIX, ApiKey, Store, open_store
 from frontend.triton_client import InferenceUnavailable, TritonClient
 
 log = logging.getLogger("maskserve.frontend")
@@ -31,7 +30,7 @@ STORE = web.AppKey("store", Store)
 JOBS = web.AppKey("jobs", ImageJobs)
 SIGNER = web.AppKey("signer", UrlSigner)
 FILES = web.AppKey("files", LocalFiles)
-LIMITER = web.AppKey("limiter", RateLimiter)
+LIMITER = web.AppKey("limiter", object)
 TRITON = web.AppKey("triton", TritonClient)
 CACHE = web.AppKey("cache", EmbeddingCache)
 METRICS = web.AppKey("metrics", Metrics)
@@ -106,7 +105,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     key = await request.app[STORE].authenticate(secret)
     if key is None:
         raise Unauthorized()
-    decision = request.app[LIMITER].check(key.id, bucket)
+    decision = await request.app[LIMITER].check(key.id, bucket)
     request[RATE] = decision
     if not decision.allowed:
         raise RateLimited(decision.reset_s)
@@ -146,9 +145,9 @@ def _yield_to_models() -> None:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = SqliteStore(settings.database_path)
+    store = open_store(settings)
     await store.open()
-    stale = await store.fail_stale_processing("Interrupted by a server restart")
+    stale = 0 if settings.database_url else await store.fail_stale_processing("Interrupted by a server restart")
     if stale:
         log.warning("refunded %d jobs left processing by a previous run", stale)
     signer = UrlSigner(load_or_create_secret(settings.secret_path), settings.url_ttl_s)
@@ -158,11 +157,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="maskserve-cpu", initializer=_yield_to_models)
     jobs = ImageJobs(settings, store, triton, cache, files, signer, executor, app[METRICS])
     app[STORE], app[SIGNER], app[FILES], app[TRITON], app[CACHE], app[JOBS] = store, signer, files, triton, cache, jobs
-    app[LIMITER] = RateLimiter({
+    limits = {
         "single": settings.rate_single_per_min,
         "batch": settings.rate_batch_per_min,
         "read": settings.rate_read_per_min,
-    })
+    }
+    app[LIMITER] = SharedRateLimiter(limits, store) if settings.database_url else RateLimiter(limits)
     try:
         models = await jobs.refresh_models()
         for m in models:

@@ -6,7 +6,8 @@ Every setting, its environment variable and default:
 | --- | --- | --- |
 | host | MASKSERVE_HOST | 127.0.0.1 |
 | port | MASKSERVE_PORT | 8080 |
-| data_dir | MASKSERVE_DATA_DIR | ./data (database, output files, signing secret) |
+| data_dir | MASKSERVE_DATA_DIR | ./data (SQLite database, output files, signing secret) |
+| database_url | MASKSERVE_DATABASE_URL | (empty: SQLite in data_dir) or `postgresql://user:pass@host:port/db` shared by several frontends |
 | triton_url | MASKSERVE_TRITON_URL | 127.0.0.1:8001 |
 | public_url | MASKSERVE_PUBLIC_URL | (empty: output URLs use the request's own host) |
 | max_upload_bytes | MASKSERVE_MAX_UPLOAD_BYTES | 25 MB (25 * 1024 * 1024) per file |
@@ -42,6 +43,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = Path("data")
+    database_url: str = ""
     triton_url: str = "127.0.0.1:8001"
     public_url: str = ""
     max_upload_bytes: int = 25 * MB

@@ -25,13 +25,20 @@ class RateDecision:
         }
 
 
+def _decision(allowed: bool, limit: int, hits: int, oldest: float | None, now: float) -> RateDecision:
+    reset = 0 if oldest is None else max(1, math.ceil(oldest + WINDOW_S - now))
+    return RateDecision(allowed, limit, max(0, limit - hits), reset)
+
+
 class RateLimiter:
+    """In this process's memory: exact for one frontend (the embedded default)."""
+
     def __init__(self, limits: dict[str, int], clock=time.monotonic) -> None:
         self._limits = limits
         self._clock = clock
         self._hits: dict[tuple[str, str], deque[float]] = {}
 
-    def check(self, key_id: str, bucket: str) -> RateDecision:
+    async def check(self, key_id: str, bucket: str) -> RateDecision:
         """Count one request if the window has room; say how the window stands."""
         limit = self._limits[bucket]
         now = self._clock()
@@ -41,6 +48,18 @@ class RateLimiter:
         allowed = len(hits) < limit
         if allowed:
             hits.append(now)
-        remaining = max(0, limit - len(hits))
-        reset = 0 if not hits else max(1, math.ceil(hits[0] + WINDOW_S - now))
-        return RateDecision(allowed, limit, remaining, reset)
+        return _decision(allowed, limit, len(hits), hits[0] if hits else None, now)
+
+
+class SharedRateLimiter:
+    """The same sliding window kept in PostgreSQL, so every frontend counts together."""
+
+    def __init__(self, limits: dict[str, int], store) -> None:
+        self._limits = limits
+        self._store = store
+
+    async def check(self, key_id: str, bucket: str) -> RateDecision:
+        limit = self._limits[bucket]
+        now = time.time()
+        allowed, hits, oldest = await self._store.rate_hit(key_id, bucket, limit, WINDOW_S, now)
+        return _decision(allowed, limit, hits, oldest, now)

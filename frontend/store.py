@@ -132,3 +132,16 @@ class Store(Protocol):
     async def expired_outputs(self, before: float) -> list[Job]: ...
     async def forget_output(self, job_id: str) -> None: ...
     async def fail_stale_processing(self, error: str) -> int: ...
+
+
+def open_store(settings) -> Store:
+    """SQLite in the data directory by default; PostgreSQL when a database URL is set."""
+    if settings.database_url:
+        if not settings.database_url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("MASKSERVE_DATABASE_URL must be a postgresql:// URL")
+        from frontend.postgres_store import PostgresStore
+
+        return PostgresStore(settings.database_url)
+    from frontend.sqlite_store import SqliteStore
+
+    return SqliteStore(settings.database_path)

@@ -8,12 +8,12 @@ import sys
 import time
 
 from frontend.config import Settings
-from frontend.sqlite_store import SqliteStore
+from frontend.store import open_store
 
 
 async def _admin(args: argparse.Namespace) -> int:
-    settings = Settings.from_env(data_dir=args.data_dir)
-    store = SqliteStore(settings.database_path)
+    settings = Settings.from_env(data_dir=args.data_dir, database_url=getattr(args, "database_url", None))
+    store = open_store(settings)
     await store.open()
     try:
         if args.command == "keys" and args.keys_command == "create":

@@ -31,10 +31,12 @@ def _triton_options(args: argparse.Namespace) -> TritonOptions:
 def _add_frontend_arguments(parser: argparse.ArgumentParser, port: int = 8080) -> None:
     parser.add_argument("--port", type=int, help=f"API port (default {port})")
     parser.add_argument("--data-dir", type=Path, help="database, output files and signing secret (default ./data)")
+    parser.add_argument("--database-url", help="postgresql://... to share accounts and jobs between frontends")
 
 
 def _data_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="the same directory `serve` uses (default ./data)")
+    parser.add_argument("--database-url", help="postgresql://... when the frontends share PostgreSQL")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +122,8 @@ def _run_service(args: argparse.Namespace) -> int:
     from frontend.server import run_embedded, run_frontend
 
     if args.command == "frontend":
-        settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir, triton_url=args.triton_url)
+        settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
+                                     triton_url=args.triton_url, database_url=args.database_url)
         asyncio.run(run_frontend(settings))
         return 0
     triton = TritonOptions(
@@ -129,7 +132,8 @@ def _run_service(args: argparse.Namespace) -> int:
         http_port=args.triton_http_port,
         metrics_port=args.triton_metrics_port,
     )
-    settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir, triton_url=triton.grpc_url)
+    settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
+                                 triton_url=triton.grpc_url, database_url=args.database_url)
     try:
         asyncio.run(run_embedded(settings, triton))
     except TritonSetupError as exc:

@@ -9,6 +9,14 @@ VENV=${VENV:-.venv}
 TORCH_VERSION=2.13.0   # the CPU build; an unpinned torch pulls GBs of CUDA wheels
 SAM2_VERSION=1.1.0
 
+# PostgreSQL server binaries (Debian's package) for the shared-store tests and
+# scale-out deployments; the embedded default itself uses SQLite.
+if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+  echo "[setup] installing PostgreSQL (Debian package)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV with $($PYTHON --version)"
   "$PYTHON" -m venv "$VENV"
