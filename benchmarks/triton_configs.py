@@ -28,7 +28,7 @@ import numpy as np
 
 from benchmarks.loadgen import percentile
 from benchmarks.stack import export_default, free_port
-from export.repository import CPU_BATCHING, BatchingSettings, CpuRuntime, ModelRuntime, provenance_of, read_manifest, render_config
+from export.repository import CPU_BATCHING, BatchingSettings, CpuRuntime, ModelRuntime, render_config, repository_provenance
 from maskserve import signatures as sig
 
 
@@ -69,7 +69,7 @@ def variant_repo(source: Path, config: Config, work: Path) -> Path:
             max_batch_size=config.encoder_batch if is_encoder else config.decoder_batch,
             instances=config.encoder_instances if is_encoder else config.decoder_instances,
         )
-        text = render_config(model, "cpu", cpu, provenance_of(read_manifest(version)), batching)
+        text = render_config(model, "cpu", cpu, repository_provenance(source / model), batching)
         (repo / model / "config.pbtxt").write_text(text)
     return repo
 

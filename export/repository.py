@@ -210,7 +210,7 @@ def write_version(
     }
     (staging / "manifest.json").write_text(json.dumps(full_manifest, indent=2) + "\n")
     staging.rename(version_dir)  # a version appears whole or not at all
-    config = render_config(model, target, cpu, provenance=provenance_of(full_manifest))
+    config = render_config(model, target, cpu, provenance=repository_provenance(model_dir))
     tmp = model_dir / "config.pbtxt.tmp"
     tmp.write_text(config)
     tmp.replace(model_dir / "config.pbtxt")
@@ -224,6 +224,19 @@ def provenance_of(manifest: dict) -> dict[str, str]:
     else:
         described = f"checkpoint {weights['file']} (sha256 {weights['sha256']})"
     return {"model": manifest["model"], "weights": described, "version": str(manifest["version"])}
+
+
+def repository_provenance(model_dir: Path) -> dict[str, str]:
+    """Provenance of every version in ``model_dir`` (``model_vN``, ``weights_vN``), the newest unsuffixed too."""
+    out: dict[str, str] = {}
+    versions = sorted((p for p in model_dir.iterdir() if p.name.isdigit() and (p / "manifest.json").is_file()),
+                      key=lambda p: int(p.name))
+    for version_dir in versions:
+        info = provenance_of(read_manifest(version_dir))
+        out[f"model_v{version_dir.name}"] = info["model"]
+        out[f"weights_v{version_dir.name}"] = info["weights"]
+        out.update(info)
+    return out
 
 
 def read_manifest(version_dir: Path) -> dict:

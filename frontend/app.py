@@ -20,7 +20,7 @@ from frontend.files import LocalFiles, UrlSigner, load_or_create_secret
 from frontend.metrics import Metrics, monitor_loop_lag
 from frontend.ratelimit import RateLimiter, SharedRateLimiter
 from frontend.services import ImageJobs
-from frontend.store import KEY_PREFIX, ApiKey, Store, open_store
+from frontend.store import ACTIVE_MODEL_VERSION, KEY_PREFIX, ApiKey, Store, open_store
 from frontend.triton_client import InferenceUnavailable, TritonClient
 
 log = logging.getLogger("maskserve.frontend")
@@ -143,6 +143,23 @@ def _yield_to_models() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
+async def _follow_promotions(app: web.Application, interval: float = 1.0) -> None:
+    """Switch new requests to the version `maskserve models promote` recorded in the store."""
+    jobs = app[JOBS]
+    while True:
+        try:
+            pinned = await app[STORE].get_state(ACTIVE_MODEL_VERSION)
+            if pinned != jobs.pinned_version:
+                jobs.pinned_version = pinned
+                models = await jobs.refresh_models()
+                log.info("traffic now goes to model version %s (%s)", models[0].version, models[0].weights)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Triton or the store briefly away: keep the current version
+            log.warning("could not follow the promoted model version: %s", exc)
+        await asyncio.sleep(interval)
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = open_store(settings)
@@ -163,6 +180,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         "read": settings.rate_read_per_min,
     }
     app[LIMITER] = SharedRateLimiter(limits, store) if settings.database_url else RateLimiter(limits)
+    jobs.pinned_version = await store.get_state(ACTIVE_MODEL_VERSION)
     try:
         models = await jobs.refresh_models()
         for m in models:
@@ -171,7 +189,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                 log.warning("%s runs RANDOM WEIGHTS: masks are meaningless", m.name)
     except InferenceUnavailable as exc:
         log.warning("Triton at %s is not ready yet (%s); requests get 503 until it is", settings.triton_url, exc)
-    background = [asyncio.ensure_future(_sweep_expired(app)), asyncio.ensure_future(monitor_loop_lag(app[METRICS]))]
+    background = [asyncio.ensure_future(_sweep_expired(app)), asyncio.ensure_future(monitor_loop_lag(app[METRICS])),
+                  asyncio.ensure_future(_follow_promotions(app))]
     try:
         yield
     finally:

@@ -74,6 +74,9 @@ MIGRATIONS = [
     );
     CREATE INDEX rate_hits_key ON rate_hits(key_id, bucket, at);
     """,
+    """
+    CREATE TABLE service_state (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL);
+    """,
 ]
 
 _JOB_COLUMNS = [f.name for f in fields(Job) if f.name != "extra"]
@@ -264,6 +267,16 @@ class PostgresStore:
     async def expired_outputs(self, before: float) -> list[Job]:
         rows = await self.pool.fetch("SELECT * FROM jobs WHERE output_path IS NOT NULL AND expires_at < $1", before)
         return [self._job(r) for r in rows]
+
+    async def get_state(self, name: str) -> str | None:
+        return await self.pool.fetchval("SELECT value FROM service_state WHERE name = $1", name)
+
+    async def set_state(self, name: str, value: str) -> None:
+        await self.pool.execute(
+            "INSERT INTO service_state (name, value, updated_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            name, value, now(),
+        )
 
     async def forget_output(self, job_id: str) -> None:
         await self.pool.execute("UPDATE jobs SET output_path = NULL WHERE id = $1", job_id)

@@ -148,26 +148,30 @@ class ImageJobs:
         self.admission = Admission(settings.max_admitted_images)
         self.metrics = metrics or Metrics()
         self.models: list[ModelInfo] | None = None
+        self.pinned_version: str | None = None  # set by `maskserve models promote`, via the store
 
     async def _cpu(self, fn: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
 
     async def refresh_models(self) -> list[ModelInfo]:
+        """The version traffic goes to (the promoted one, else Triton's newest), checked READY."""
         try:
-            self.models = await self.triton.model_info()
+            version = self.pinned_version or await self.triton.latest_ready_version()
+            self.models = await self.triton.model_info(version)
         except InferenceUnavailable:
             self.models = None
             raise
         return self.models
 
     async def model_version(self) -> str:
-        if self.models is None:
+        """The version a new request uses for all its Triton calls (and its cache key)."""
+        if self.models is None or (self.pinned_version and self.models[0].version != self.pinned_version):
             try:
                 await self.refresh_models()
             except InferenceUnavailable as exc:
                 raise Unavailable(UNAVAILABLE) from exc
         assert self.models is not None
-        return ",".join(f"{m.name}:{m.version}" for m in self.models)
+        return self.models[0].version
 
     # --- preparation: everything that can be refused before credits move --
 
@@ -210,7 +214,7 @@ class ImageJobs:
                 prep.decoded = await self._cpu(imaging.decode_image, prep.item.image.data, self.settings.max_pixels)
             tensor = await self._cpu(imaging.preprocess, prep.decoded.rgb)
             with self.metrics.triton.labels("encoder").time():
-                return await self.triton.encode(tensor)
+                return await self.triton.encode(tensor, version)
 
         embeddings, hit = await self.cache.get_or_compute(prep.digest, version, compute)
         self.metrics.cache.labels("hit" if hit else "miss").inc()
@@ -225,7 +229,7 @@ class ImageJobs:
         box = None if prompt.box is None else imaging.to_model_frame(prompt.box, width, height).reshape(4)
         coords, labels = pack_prompt(points, prompt.labels, box)
         with self.metrics.triton.labels("decoder").time():
-            masks, iou = await self.triton.decode(embeddings, coords, labels)
+            masks, iou = await self.triton.decode(embeddings, coords, labels, version=version)
         logits, _ = select_mask(masks, iou, is_multimask(prompt.points, prompt.box))
         return logits
 

@@ -79,6 +79,9 @@ MIGRATIONS = [
     CREATE INDEX jobs_status ON jobs(status);
     CREATE INDEX jobs_expires ON jobs(expires_at);
     """,
+    """
+    CREATE TABLE service_state (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
+    """,
 ]
 
 _JOB_COLUMNS = [f.name for f in fields(Job) if f.name != "extra"]
@@ -300,6 +303,18 @@ class SqliteStore:
             "SELECT * FROM jobs WHERE output_path IS NOT NULL AND expires_at < ?", (before,)
         )
         return [self._job(r) for r in await cursor.fetchall()]
+
+    async def get_state(self, name: str) -> str | None:
+        row = await (await self.db.execute("SELECT value FROM service_state WHERE name = ?", (name,))).fetchone()
+        return None if row is None else row[0]
+
+    async def set_state(self, name: str, value: str) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO service_state (name, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (name, value, now()),
+            )
 
     async def forget_output(self, job_id: str) -> None:
         async with self._tx() as db:

@@ -133,6 +133,13 @@ class Store(Protocol):
     async def forget_output(self, job_id: str) -> None: ...
     async def fail_stale_processing(self, error: str) -> int: ...
 
+    async def get_state(self, name: str) -> str | None: ...
+    async def set_state(self, name: str, value: str) -> None: ...
+
+
+ACTIVE_MODEL_VERSION = "active_model_version"
+"""Service state: the model version frontends send traffic to (set by ``maskserve models promote``)."""
+
 
 def open_store(settings) -> Store:
     """SQLite in the data directory by default; PostgreSQL when a database URL is set."""

@@ -110,24 +110,25 @@ class TritonClient:
                 self._pool.registered = False
         return await fallback()
 
-    async def _call(self, model: str, inputs: list, outputs: list):
+    async def _call(self, model: str, inputs: list, outputs: list, version: str = ""):
         try:
             return await asyncio.wait_for(
-                self._client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout_s),
+                self._client.infer(model, inputs, model_version=version, outputs=outputs, client_timeout=self.timeout_s),
                 timeout=self.timeout_s + 5,
             )
         except (InferenceServerException, asyncio.TimeoutError, OSError) as exc:
             raise InferenceUnavailable(f"{model}: {exc}") from exc
 
-    async def _infer(self, model: str, inputs: list, outputs: tuple[str, ...]):
-        result = await self._call(model, inputs, [grpcaio.InferRequestedOutput(n) for n in outputs])
+    async def _infer(self, model: str, inputs: list, outputs: tuple[str, ...], version: str = ""):
+        result = await self._call(model, inputs, [grpcaio.InferRequestedOutput(n) for n in outputs], version)
         return [result.as_numpy(n) for n in outputs]
 
-    async def encode(self, image: np.ndarray) -> Embeddings:
+    async def encode(self, image: np.ndarray, version: str = "") -> Embeddings:
+        """``version`` "" lets Triton pick its newest loaded version."""
         outputs = tuple(spec.name for spec in sig.ENCODER_OUTPUTS)
 
         async def plain() -> Embeddings:
-            return Embeddings(*await self._infer(sig.ENCODER_MODEL, [_input("image", image)], outputs))
+            return Embeddings(*await self._infer(sig.ENCODER_MODEL, [_input("image", image)], outputs, version))
 
         async def shared(slot: Slot) -> Embeddings:
             offset = slot.write(0, image)
@@ -142,7 +143,7 @@ class TritonClient:
                 requested.append(out)
                 layout.append((offset, shape))
                 offset += nbytes
-            await self._call(sig.ENCODER_MODEL, [tensor], requested)
+            await self._call(sig.ENCODER_MODEL, [tensor], requested, version)
             return Embeddings(*(slot.read(off, np.float32, shape) for off, shape in layout))
 
         return await self._with_slot(shared, plain)
@@ -153,6 +154,7 @@ class TritonClient:
         point_coords: np.ndarray,
         point_labels: np.ndarray,
         mask_input: np.ndarray | None = None,
+        version: str = "",
     ) -> tuple[np.ndarray, np.ndarray]:
         """One prompt → all four masks' logits [4,256,256] and IoU predictions [4]."""
         has_mask = mask_input is not None
@@ -168,7 +170,7 @@ class TritonClient:
         outputs = ("low_res_masks", "iou_predictions")
 
         async def plain():
-            return await self._infer(sig.DECODER_MODEL, [_input(n, a) for n, a in big] + small, outputs)
+            return await self._infer(sig.DECODER_MODEL, [_input(n, a) for n, a in big] + small, outputs, version)
 
         async def shared(slot: Slot):
             inputs, offset = [], 0
@@ -177,27 +179,39 @@ class TritonClient:
                 tensor.set_shared_memory(slot.name, array.nbytes, offset)
                 offset = slot.write(offset, array)
                 inputs.append(tensor)
-            return await self._infer(sig.DECODER_MODEL, inputs + small, outputs)
+            return await self._infer(sig.DECODER_MODEL, inputs + small, outputs, version)
 
         masks, iou = await self._with_slot(shared, plain)
         return masks[0], iou[0]
 
-    async def model_info(self) -> list[ModelInfo]:
-        """Readiness and provenance of both models; raises if either is not ready."""
+    async def latest_ready_version(self) -> str:
+        """The newest version both models have READY (what an unpinned request would use)."""
+        try:
+            common = None
+            for model in sig.SIGNATURES:
+                meta = await self._client.get_model_metadata(model, client_timeout=5)
+                ready = set(meta.versions)
+                common = ready if common is None else common & ready
+        except InferenceServerException as exc:
+            raise InferenceUnavailable(str(exc)) from exc
+        if not common:
+            raise InferenceUnavailable("no model version is loaded in both models")
+        return max(common, key=int)
+
+    async def model_info(self, version: str) -> list[ModelInfo]:
+        """Readiness and provenance of ``version`` of both models; raises if either is not ready."""
         infos = []
         try:
             for model in sig.SIGNATURES:
-                if not await self._client.is_model_ready(model, client_timeout=5):
-                    raise InferenceUnavailable(f"{model} is not ready")
-                meta = await self._client.get_model_metadata(model, client_timeout=5)
+                if not await self._client.is_model_ready(model, version, client_timeout=5):
+                    raise InferenceUnavailable(f"{model} version {version} is not ready")
                 config = (await self._client.get_model_config(model, client_timeout=5)).config
                 params = {k: v.string_value for k, v in config.parameters.items()}
-                versions = sorted(meta.versions, key=int)
                 infos.append(ModelInfo(
                     name=model,
-                    version=versions[-1] if versions else "",
-                    variant=params.get("maskserve_model", "unknown"),
-                    weights=params.get("maskserve_weights", "unknown"),
+                    version=version,
+                    variant=params.get(f"maskserve_model_v{version}", params.get("maskserve_model", "unknown")),
+                    weights=params.get(f"maskserve_weights_v{version}", params.get("maskserve_weights", "unknown")),
                 ))
         except InferenceServerException as exc:
             raise InferenceUnavailable(str(exc)) from exc

@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     _data_dir_argument(revoke)
 
+    from maskserve.models import add_arguments as add_models_arguments
+
+    models = sub.add_parser("models", help="list, load, unload and promote model versions in Triton (admin)")
+    add_models_arguments(models)
+
     credits = sub.add_parser("credits", help="manage credits (admin)")
     credits_sub = credits.add_subparsers(dest="credits_command", required=True)
     add = credits_sub.add_parser("add", help="add credits to a key")
@@ -110,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.command in ("serve", "frontend"):
         return _run_service(args)
+    if args.command == "models":
+        from maskserve.models import run_models
+
+        return run_models(args)
     from maskserve.admin import run_admin
 
     return run_admin(args)

@@ -46,19 +46,21 @@ def ledger_state(db_path: Path, key_id: str) -> dict:
 class Served:
     """`maskserve serve` as a process, with its log captured."""
 
-    def __init__(self, repo: Path, tmp: Path) -> None:
+    def __init__(self, repo: Path, tmp: Path, credits: int = 50, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
+        self.triton_grpc_port = free_port()
+        self.triton_url = f"127.0.0.1:{self.triton_grpc_port}"
         self.data = tmp / "data"
         self.log_path = tmp / "serve.log"
         cli = [sys.executable, "-m", "maskserve.cli"]
-        out = subprocess.run([*cli, "keys", "create", "--name", "r", "--credits", "50", "--data-dir", str(self.data)],
+        out = subprocess.run([*cli, "keys", "create", "--name", "r", "--credits", str(credits), "--data-dir", str(self.data)],
                              capture_output=True, text=True, check=True)
         self.key = next(l.split()[-1] for l in out.stdout.splitlines() if l.startswith("api key:"))
         self.key_id = next(l.split()[-1] for l in out.stdout.splitlines() if l.startswith("key id:"))
-        env = {**os.environ, "HOME": str(tmp), "PYTHONUNBUFFERED": "1", "MASKSERVE_TRITON_TIMEOUT_S": "30"}
+        env = {**os.environ, "HOME": str(tmp), "PYTHONUNBUFFERED": "1", "MASKSERVE_TRITON_TIMEOUT_S": "30", **(env or {})}
         self.proc = subprocess.Popen(
             [*cli, "serve", "--port", str(self.port), "--data-dir", str(self.data), "--model-repository", str(repo),
-             "--triton-grpc-port", str(free_port()), "--triton-http-port", str(free_port()),
+             "--triton-grpc-port", str(self.triton_grpc_port), "--triton-http-port", str(free_port()),
              "--triton-metrics-port", str(free_port())],
             env=env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True,
         )

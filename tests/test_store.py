@@ -106,3 +106,12 @@ def test_shared_rate_window_on_postgresql(postgres_url, tmp_path):
         assert [d.allowed for d in decisions] == [True, True, True, False]
         assert decisions[-1].remaining == 0 and 1 <= decisions[-1].reset_s <= 60
     run(settings, scenario)
+
+
+def test_service_state(settings):
+    async def scenario(store):
+        assert await store.get_state("active_model_version") is None
+        await store.set_state("active_model_version", "1")
+        await store.set_state("active_model_version", "2")
+        assert await store.get_state("active_model_version") == "2"
+    run(settings, scenario)
