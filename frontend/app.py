@@ -16,7 +16,7 @@ from aiohttp import web
 from frontend.cache import EmbeddingCache
 from frontend.config import Settings
 from frontend.errors import ApiError, RateLimited, Unauthorized
-from frontend.files import LocalFiles, UrlSigner, load_or_create_secret
+from frontend.files import DatabaseFiles, LocalFiles, UrlSigner, load_or_create_secret, shared_secret
 from frontend.metrics import Metrics, monitor_loop_lag
 from frontend.ratelimit import RateLimiter, SharedRateLimiter
 from frontend.services import ImageJobs
@@ -29,7 +29,7 @@ SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 JOBS = web.AppKey("jobs", ImageJobs)
 SIGNER = web.AppKey("signer", UrlSigner)
-FILES = web.AppKey("files", LocalFiles)
+FILES = web.AppKey("files", object)
 LIMITER = web.AppKey("limiter", object)
 TRITON = web.AppKey("triton", TritonClient)
 CACHE = web.AppKey("cache", EmbeddingCache)
@@ -54,8 +54,8 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     metrics = request.app[METRICS]
     metrics.requests.labels(route, str(response.status)).inc()
     metrics.latency.labels(route).observe(time.perf_counter() - started)
-    if response.status == 429:
-        metrics.rejected.labels("rate_limit").inc()
+    if response.status in (429, 503):  # rate limits; overload, Triton queue limits or Triton away
+        metrics.rejected.labels("rate_limit" if response.status == 429 else "unavailable").inc()
     return response
 
 
@@ -123,7 +123,7 @@ async def _sweep_expired(app: web.Application) -> None:
         try:
             for job in await app[STORE].expired_outputs(time.time()):
                 if job.output_path:
-                    app[FILES].delete(job.output_path)
+                    await app[FILES].remove(job.output_path)
                 await app[STORE].forget_output(job.id)
         except asyncio.CancelledError:
             raise
@@ -167,8 +167,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     stale = 0 if settings.database_url else await store.fail_stale_processing("Interrupted by a server restart")
     if stale:
         log.warning("refunded %d jobs left processing by a previous run", stale)
-    signer = UrlSigner(load_or_create_secret(settings.secret_path), settings.url_ttl_s)
-    files = LocalFiles(settings.files_dir)
+    if settings.database_url:  # several frontends: one secret and one file store for all
+        signer = UrlSigner(await shared_secret(store), settings.url_ttl_s)
+        files = LocalFiles(settings.files_dir) if settings.files_backend == "local" else DatabaseFiles(store)
+    else:
+        signer = UrlSigner(load_or_create_secret(settings.secret_path), settings.url_ttl_s)
+        files = LocalFiles(settings.files_dir)
     triton = TritonClient(settings.triton_url, settings.triton_timeout_s, settings.triton_shm_slots)
     cache = EmbeddingCache(settings.cache_bytes)
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="maskserve-cpu", initializer=_yield_to_models)

@@ -7,6 +7,7 @@ Every setting, its environment variable and default:
 | host | MASKSERVE_HOST | 127.0.0.1 |
 | port | MASKSERVE_PORT | 8080 |
 | data_dir | MASKSERVE_DATA_DIR | ./data (SQLite database, output files, signing secret) |
+| files_backend | MASKSERVE_FILES_BACKEND | `database` (with a database URL: output files in PostgreSQL, readable by every frontend) or `local` (the data directory, e.g. on a shared mount) |
 | database_url | MASKSERVE_DATABASE_URL | (empty: SQLite in data_dir) or `postgresql://user:pass@host:port/db` shared by several frontends |
 | triton_url | MASKSERVE_TRITON_URL | 127.0.0.1:8001 |
 | public_url | MASKSERVE_PUBLIC_URL | (empty: output URLs use the request's own host) |
@@ -44,6 +45,7 @@ class Settings:
     port: int = 8080
     data_dir: Path = Path("data")
     database_url: str = ""
+    files_backend: str = "database"
     triton_url: str = "127.0.0.1:8001"
     public_url: str = ""
     max_upload_bytes: int = 25 * MB

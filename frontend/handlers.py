@@ -166,14 +166,17 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     job_id = request.match_info["job_id"]
     request.app[SIGNER].verify(job_id, request.query.get("expires"), request.query.get("sig"))
     job = await request.app[STORE].get_job(job_id) if valid_job_id(job_id) else None
-    path = request.app[FILES].resolve(job.output_path) if job and job.output_path else None
-    if job is None or path is None:
+    found = await request.app[FILES].get(job.output_path) if job and job.output_path else None
+    if job is None or found is None:
         raise NotFound("File not found")
-    return web.FileResponse(path, headers={
+    headers = {
         "Content-Type": job.content_type or "application/octet-stream",
         "Cache-Control": "private, max-age=300",
         "X-Content-Type-Options": "nosniff",
-    })
+    }
+    if isinstance(found, bytes):
+        return web.Response(body=found, headers=headers)
+    return web.FileResponse(found, headers=headers)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -77,6 +77,9 @@ MIGRATIONS = [
     """
     CREATE TABLE service_state (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL);
     """,
+    """
+    CREATE TABLE output_files (job_id TEXT PRIMARY KEY, data BYTEA NOT NULL, created_at DOUBLE PRECISION NOT NULL);
+    """,
 ]
 
 _JOB_COLUMNS = [f.name for f in fields(Job) if f.name != "extra"]
@@ -277,6 +280,24 @@ class PostgresStore:
             " ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
             name, value, now(),
         )
+
+    async def set_state_if_absent(self, name: str, value: str) -> None:
+        await self.pool.execute(
+            "INSERT INTO service_state (name, value, updated_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+            name, value, now(),
+        )
+
+    async def put_file(self, job_id: str, data: bytes) -> None:
+        await self.pool.execute(
+            "INSERT INTO output_files (job_id, data, created_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (job_id) DO UPDATE SET data = excluded.data", job_id, data, now(),
+        )
+
+    async def get_file(self, job_id: str) -> bytes | None:
+        return await self.pool.fetchval("SELECT data FROM output_files WHERE job_id = $1", job_id)
+
+    async def delete_file(self, job_id: str) -> None:
+        await self.pool.execute("DELETE FROM output_files WHERE job_id = $1", job_id)
 
     async def forget_output(self, job_id: str) -> None:
         await self.pool.execute("UPDATE jobs SET output_path = NULL WHERE id = $1", job_id)

@@ -257,9 +257,9 @@ class ImageJobs:
             async with self._slots:
                 logits = None if prep.mask is not None else await self._segment(prep, prompt, version)
                 data, extension = await self._cpu(self._render, kind, prep, logits, opts)
-            path = await self._cpu(self.files.write, job_id, extension, data)
+            location = await self.files.put(job_id, extension, data)
             done = Completion(
-                output_path=str(path),
+                output_path=location,
                 content_type=imaging.OUTPUT_TYPES[extension],
                 output_width=prep.width,
                 output_height=prep.height,
@@ -269,7 +269,7 @@ class ImageJobs:
                 model_version=version if prep.mask is None else None,
             )
             if not await self.store.complete_job(job_id, done):
-                self.files.delete(str(path))  # never a stored result without its charge
+                await self.files.remove(location)  # never a stored result without its charge
                 raise RuntimeError(f"job {job_id} was no longer processing")
         except InferenceUnavailable as exc:
             log.warning("job %s: %s", job_id, exc)

@@ -308,6 +308,13 @@ class SqliteStore:
         row = await (await self.db.execute("SELECT value FROM service_state WHERE name = ?", (name,))).fetchone()
         return None if row is None else row[0]
 
+    async def set_state_if_absent(self, name: str, value: str) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO service_state (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) DO NOTHING",
+                (name, value, now()),
+            )
+
     async def set_state(self, name: str, value: str) -> None:
         async with self._tx() as db:
             await db.execute(

@@ -39,12 +39,12 @@ def _frontend(triton_url: str, database_url: str, data_dir, tmp_path) -> tuple[s
 
 
 def test_two_frontends_share_one_postgresql(triton_server, postgres_url, tmp_path, report):
-    shared = tmp_path / "shared"  # the output files live on storage both can read
+    shared = tmp_path / "admin"  # each frontend below has its own data directory: nothing local is shared
     created = subprocess.run([*CLI, "keys", "create", "--name", "two", "--credits", "10", "--database-url", postgres_url,
                               "--data-dir", str(shared)], capture_output=True, text=True, check=True)
     key = next(l.split()[-1] for l in created.stdout.splitlines() if l.startswith("api key:"))
     key_id = next(l.split()[-1] for l in created.stdout.splitlines() if l.startswith("key id:"))
-    frontends = [_frontend(triton_server.opts.grpc_url, postgres_url, shared, tmp_path) for _ in range(2)]
+    frontends = [_frontend(triton_server.opts.grpc_url, postgres_url, tmp_path / f"host{i}", tmp_path) for i in range(2)]
     photo = image_bytes(320, 240, seed=8800)
     try:
         urls = [url for _, url in frontends]
@@ -65,7 +65,7 @@ def test_two_frontends_share_one_postgresql(triton_server, postgres_url, tmp_pat
         statuses = sorted(s for s, _ in results)
         assert statuses.count(200) == 9 and statuses.count(402) == 21, statuses
 
-        # a link signed by one frontend is served by the other (shared secret and files)
+        # a link signed by one frontend is served by the other: one secret, files in PostgreSQL
         body = next(b for s, b in results if s == 200)
         link = body["result"]["output_url"].replace(urls[0], urls[1]) if urls[0] in body["result"]["output_url"] \
             else body["result"]["output_url"].replace(urls[1], urls[0])
