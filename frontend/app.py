@@ -117,10 +117,15 @@ def api_key(request: web.Request) -> ApiKey:
     return request[API_KEY]
 
 
+STALE_AFTER_S = 3600.0  # longer than any request can run (Triton deadlines, upload timeout, batches)
+
+
 async def _sweep_expired(app: web.Application) -> None:
     settings = app[SETTINGS]
     while True:
         try:
+            if settings.database_url:
+                await app[STORE].fail_stale_processing("Interrupted: its frontend stopped", STALE_AFTER_S)
             for job in await app[STORE].expired_outputs(time.time()):
                 if job.output_path:
                     await app[FILES].remove(job.output_path)
@@ -164,7 +169,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = open_store(settings)
     await store.open()
-    stale = 0 if settings.database_url else await store.fail_stale_processing("Interrupted by a server restart")
+    # Alone, every leftover `processing` job is ours to refund; sharing a database with
+    # other frontends, only jobs older than any request could run (the sweep repeats it).
+    stale = await store.fail_stale_processing("Interrupted by a server restart",
+                                              STALE_AFTER_S if settings.database_url else 0.0)
     if stale:
         log.warning("refunded %d jobs left processing by a previous run", stale)
     if settings.database_url:  # several frontends: one secret and one file store for all

@@ -247,9 +247,10 @@ class PostgresStore:
             )
         return True
 
-    async def fail_stale_processing(self, error: str) -> int:
-        """Only safe when no other frontend is running; shared deployments call it from the admin side."""
-        ids = [r["id"] for r in await self.pool.fetch("SELECT id FROM jobs WHERE status = 'processing'")]
+    async def fail_stale_processing(self, error: str, older_than_s: float = 0.0) -> int:
+        """Refund jobs left ``processing``; with other frontends running, only those older than any request can be."""
+        ids = [r["id"] for r in await self.pool.fetch(
+            "SELECT id FROM jobs WHERE status = 'processing' AND started_at <= $1", now() - older_than_s)]
         async with self.pool.acquire() as conn, conn.transaction():
             for job_id in ids:
                 await self._fail(conn, job_id, error)

@@ -281,9 +281,10 @@ class SqliteStore:
             )
         return True
 
-    async def fail_stale_processing(self, error: str) -> int:
-        """At start-up: jobs a previous process left ``processing`` are failed and refunded."""
-        cursor = await self.db.execute("SELECT id FROM jobs WHERE status = 'processing'")
+    async def fail_stale_processing(self, error: str, older_than_s: float = 0.0) -> int:
+        """Jobs a previous process left ``processing`` (and older than ``older_than_s``) are failed and refunded."""
+        cursor = await self.db.execute(
+            "SELECT id FROM jobs WHERE status = 'processing' AND started_at <= ?", (now() - older_than_s,))
         ids = [r[0] for r in await cursor.fetchall()]
         async with self._tx() as db:
             for job_id in ids:

@@ -115,3 +115,13 @@ def test_service_state(settings):
         await store.set_state("active_model_version", "2")
         assert await store.get_state("active_model_version") == "2"
     run(settings, scenario)
+
+
+def test_only_old_processing_jobs_are_swept_when_shared(settings):
+    async def scenario(store):
+        key, _ = await store.create_key("k", 2)
+        await store.reserve_jobs(key.id, None, [job()])
+        assert await store.fail_stale_processing("x", older_than_s=3600) == 0  # may belong to a live frontend
+        assert await store.fail_stale_processing("x") == 1
+        assert (await store.get_key(key.id)).credits == 2
+    run(settings, scenario)
