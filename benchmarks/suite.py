@@ -56,8 +56,10 @@ def _timed(fn) -> float:
     return time.perf_counter() - started
 
 
-async def _encoder_rate(grpc_url: str, tensors: list[np.ndarray], concurrency: int) -> tuple[float, list[float]]:
-    """Images/s through Triton with ``concurrency`` requests in flight, and each call's seconds."""
+async def encoder_rate(grpc_url: str, tensors: list[np.ndarray], concurrency: int) -> tuple[float, list[float]]:
+    """Images/s through Triton with ``concurrency`` requests in flight, and each call's seconds.
+
+    Each tensor is one request (its first axis the images it carries)."""
     from frontend.triton_client import TritonClient
 
     client = TritonClient(grpc_url, 600, shm_slots=concurrency)
@@ -75,7 +77,7 @@ async def _encoder_rate(grpc_url: str, tensors: list[np.ndarray], concurrency: i
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return len(tensors) / (time.perf_counter() - started), latencies
+        return sum(t.shape[0] for t in tensors) / (time.perf_counter() - started), latencies
     finally:
         await client.close()
 
@@ -125,7 +127,7 @@ def run(sizes: Sizes) -> dict:
 
     with running_stack(env={"MASKSERVE_CACHE_BYTES": str(CACHE_BYTES)}) as stack:
         # T1: encoder images/s through Triton vs PyTorch fp32
-        rate_1, lat_1 = asyncio.run(_encoder_rate(stack.grpc_url, tensors, 1))
+        rate_1, lat_1 = asyncio.run(encoder_rate(stack.grpc_url, tensors, 1))
         encoder_single_s = statistics.median(lat_1)
         results["encoder"] = {
             "ours_images_per_s": rate_1, "reference_images_per_s": 1 / statistics.median(ref_encode),
@@ -143,7 +145,7 @@ def run(sizes: Sizes) -> dict:
 
         # T3: concurrency 8, distinct images, vs encoder-only at the same concurrency
         enc_tensors = [imaging.preprocess(imaging.decode_image(d, 10**8).rgb) for d in concurrent_images[: max(2, sizes.concurrent_images // 2)]]
-        rate_8, _ = asyncio.run(_encoder_rate(stack.grpc_url, enc_tensors, 8))
+        rate_8, _ = asyncio.run(encoder_rate(stack.grpc_url, enc_tensors, 8))
         rest = asyncio.run(run_load(stack.url, stack.key, ["new"] * sizes.concurrent_images, 8, None, list(concurrent_images), cached))
         results["concurrent_c8"] = {
             "rest_images_per_s": rest["images_per_s"], "encoder_only_images_per_s": rate_8,

@@ -75,27 +75,15 @@ def variant_repo(source: Path, config: Config, work: Path) -> Path:
 
 
 async def _measure(grpc_url: str, images: list[np.ndarray], concurrency: int, client_batch: int) -> dict:
+    from benchmarks.suite import encoder_rate
     from frontend.triton_client import TritonClient
     from maskserve.prompts import pack_prompt
 
-    client = TritonClient(grpc_url, 900, shm_slots=concurrency + 8)
+    requests_ = [np.concatenate(images[i : i + client_batch]) for i in range(0, len(images), client_batch)]
+    rate, latencies = await encoder_rate(grpc_url, requests_, concurrency)
+    client = TritonClient(grpc_url, 900, shm_slots=8)
     try:
-        batch = np.concatenate(images[:client_batch]) if client_batch > 1 else images[0]
         emb = await client.encode(images[0])
-        await client.encode(batch)
-        requests_ = [np.concatenate(images[i : i + client_batch]) for i in range(0, len(images), client_batch)]
-        latencies: list[float] = []
-
-        async def worker(queue: list) -> None:
-            while queue:
-                x = queue.pop()
-                started = time.perf_counter()
-                await client.encode(x)
-                latencies.append(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(requests_) for _ in range(concurrency)))
-        encoder_rate = len(images) / (time.perf_counter() - started)
         coords, labels = pack_prompt(np.array([[400.0, 500.0]]), np.array([1]), None)
         dec_lat: list[float] = []
         prompts = list(range(48))
@@ -112,7 +100,7 @@ async def _measure(grpc_url: str, images: list[np.ndarray], concurrency: int, cl
         await asyncio.gather(*(dworker() for _ in range(8)))
         decoder_rate = 48 / (time.perf_counter() - started)
         return {
-            "encoder_images_per_s": encoder_rate,
+            "encoder_images_per_s": rate,
             "encoder_request_ms": {q: 1000 * percentile(latencies, q) for q in (50, 95, 99)},
             "decoder_prompts_per_s": decoder_rate,
             "decoder_request_ms": {q: 1000 * percentile(dec_lat, q) for q in (50, 95, 99)},
