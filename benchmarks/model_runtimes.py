@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from export import reference
-    from export.checkpoints import build_model, load_checkpoint
+    from export.checkpoints import build_model
     from export.command import ExportRequest, run_export
     from export.repository import read_manifest
     from export.variants import get_variant

@@ -25,7 +25,7 @@ import requests
 from PIL import Image
 
 from benchmarks.images import photo, photos
-from benchmarks.loadgen import percentile, run_load
+from benchmarks.loadgen import run_load
 from benchmarks.reference import TorchPeer
 from benchmarks.stack import Stack, rss_mb, running_stack
 

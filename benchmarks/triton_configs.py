@@ -28,7 +28,7 @@ import numpy as np
 
 from benchmarks.loadgen import percentile
 from benchmarks.stack import export_default, free_port
-from export.repository import CPU_BATCHING, BatchingSettings, CpuRuntime, ModelRuntime, render_config, repository_provenance
+from export.repository import CPU_BATCHING, CpuRuntime, ModelRuntime, render_config, repository_provenance
 from maskserve import signatures as sig
 
 

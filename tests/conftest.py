@@ -7,7 +7,6 @@ import os
 import socket
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from export.command import ExportRequest, run_export

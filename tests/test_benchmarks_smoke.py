@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-from tests.helpers import image_bytes  # noqa: F401 - keeps the tests package importable the same way
 
 
 def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -16,7 +16,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
-import numpy as np
 import pytest
 import requests
 from PIL import Image
