@@ -83,8 +83,8 @@ def test_two_frontends_share_one_postgresql(triton_server, postgres_url, tmp_pat
 
         balance, ledger, charged, processing = asyncio.run(books())
         assert (balance, ledger, charged, processing) == (0, 0, 10, 0)
-        report(f"scale-out: 2 frontends, 1 PostgreSQL, 30 concurrent requests on 9 credits: 9 x 200, 21 x 402, "
-               f"charged 10 in all, balance 0, ledger 0")
+        report("scale-out: 2 frontends, 1 PostgreSQL, 30 concurrent requests on 9 credits: 9 x 200, 21 x 402, "
+               "charged 10 in all, balance 0, ledger 0")
 
         # one batch-rate window (30/min) shared by both frontends
         codes = [requests.post(f"{urls[i % 2]}/v1/services/image-segmentation/batch", files={"x": ("a", b"a")},
