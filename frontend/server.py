@@ -15,6 +15,30 @@ from maskserve.tritonserver import TritonOptions, TritonServer
 
 log = logging.getLogger("maskserve.serve")
 
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+
+def tune_allocator() -> None:
+    """Give large buffers back to the OS as soon as they are freed.
+
+    Every request allocates several multi-megabyte arrays (images, 16 MiB of
+    embeddings) in executor threads. glibc raises its mmap threshold after
+    such frees and then serves them from per-thread arenas, which fragment:
+    a 30-minute soak grew the frontend's RSS by ~140 MB that way. A fixed
+    threshold of 1 MiB keeps big buffers in mmap (released on free), and
+    capping the arenas bounds what small allocations can spread over.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+        libc.mallopt(_M_ARENA_MAX, 2)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
 
 async def _serve_app(settings: Settings, stop: asyncio.Event) -> None:
     app = create_app(settings)
@@ -65,12 +89,14 @@ async def _supervise(server: TritonServer, stop: asyncio.Event) -> None:
 
 
 async def run_frontend(settings: Settings) -> None:
+    tune_allocator()
     stop = asyncio.Event()
     _install_signals(stop)
     await _serve_app(settings, stop)
 
 
 async def run_embedded(settings: Settings, triton: TritonOptions) -> None:
+    tune_allocator()
     stop = asyncio.Event()
     _install_signals(stop)
     server = TritonServer(triton)
