@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import platform
 import statistics
 import time
@@ -106,7 +107,7 @@ def run(sizes: Sizes) -> dict:
     from frontend import imaging
 
     results: dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.processor()}".strip(),
-                     "cpus": __import__("os").cpu_count(), "sizes": sizes.__dict__}
+                     "cpus": os.cpu_count(), "sizes": sizes.__dict__}
     peer = TorchPeer()
     images = photos(sizes.model_images + sizes.concurrent_images + sizes.batch_images + 8)
     model_images = images[: sizes.model_images]

@@ -92,17 +92,26 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
-def decode_image(data: bytes, max_pixels: int, what: str = "image") -> DecodedImage:
-    """Bytes → oriented RGB (+ alpha), refusing anything outside the contract."""
+def _open_oriented(data: bytes, max_pixels: int, what: str) -> tuple[Image.Image, str]:
+    """Checked open, EXIF orientation applied, at most 8 bits per channel; and the format."""
     img = _open(data, max_pixels, what)
     fmt = img.format or ""
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block must not cost the image
         pass
-    img = _to_8bit(img)
+    return _to_8bit(img), fmt
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+
+
+def decode_image(data: bytes, max_pixels: int, what: str = "image") -> DecodedImage:
+    """Bytes → oriented RGB (+ alpha), refusing anything outside the contract."""
+    img, fmt = _open_oriented(data, max_pixels, what)
     alpha = None
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if _has_alpha(img):
         rgba = img.convert("RGBA")
         alpha = np.asarray(rgba.getchannel("A"))
         rgb = np.asarray(rgba.convert("RGB"))
@@ -177,17 +186,12 @@ def decode_mask(data: bytes, width: int, height: int, max_pixels: int) -> np.nda
     Soft grayscale is kept as soft alpha. A mask with its own transparency is
     read as luminance times its alpha, so transparent areas are removed.
     """
-    img = _open(data, max_pixels, "mask")
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:
-        pass
-    img = _to_8bit(img)
+    img, _ = _open_oriented(data, max_pixels, "mask")
     if img.size != (width, height):
         raise ImageRejected(
             f"mask is {img.size[0]}x{img.size[1]} but the image is {width}x{height}; sizes must match"
         )
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if _has_alpha(img):
         rgba = img.convert("RGBA")
         lum = np.asarray(rgba.convert("L"), np.uint16)
         return (lum * np.asarray(rgba.getchannel("A"), np.uint16) // 255).astype(np.uint8)

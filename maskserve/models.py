@@ -28,9 +28,8 @@ from maskserve.prompts import pack_prompt
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Subcommands and the Triton address; the store options come from the CLI's shared helper."""
     parser.add_argument("--triton-url", default="127.0.0.1:8001")
-    parser.add_argument("--data-dir", type=__import__("pathlib").Path, help="the store `serve` uses (default ./data)")
-    parser.add_argument("--database-url", help="postgresql://... when the frontends share PostgreSQL")
     sub = parser.add_subparsers(dest="models_command", required=True)
     sub.add_parser("list", help="versions in the repository, their state, and the active one")
     for name, text in (("load", "load VERSION beside the loaded ones"), ("unload", "unload VERSION (not the active one)"),
