@@ -53,13 +53,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from export import reference
-    from export.checkpoints import build_model
-    from export.command import ExportRequest, run_export
-    from export.repository import read_manifest
-    from export.variants import get_variant
-    from maskserve import signatures as sig
-    from maskserve.prompts import pack_prompt
+    from maskserve.export import reference
+    from maskserve.export.checkpoints import build_model
+    from maskserve.export.command import ExportRequest, run_export
+    from maskserve.export.repository import read_manifest
+    from maskserve.export.variants import get_variant
+    from maskserve.core import signatures as sig
+    from maskserve.core.prompts import pack_prompt
 
     torch.set_num_threads(args.threads)
     repo = args.repo

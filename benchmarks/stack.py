@@ -40,7 +40,7 @@ def rss_mb(pid: int) -> float:
 
 
 def export_default(work: Path) -> Path:
-    from export.command import ExportRequest, run_export
+    from maskserve.export.command import ExportRequest, run_export
 
     repo = work / "model_repository"
     run_export(ExportRequest(out=repo, random_weights=True, seed=0))

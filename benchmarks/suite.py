@@ -61,7 +61,7 @@ async def encoder_rate(grpc_url: str, tensors: list[np.ndarray], concurrency: in
     """Images/s through Triton with ``concurrency`` requests in flight, and each call's seconds.
 
     Each tensor is one request (its first axis the images it carries)."""
-    from frontend.triton_client import TritonClient
+    from maskserve.frontend.adapters.triton import TritonClient
 
     client = TritonClient(grpc_url, 600, shm_slots=concurrency)
     try:
@@ -104,7 +104,7 @@ def agreement(stack: Stack, peer: TorchPeer, count: int) -> dict:
 
 
 def run(sizes: Sizes) -> dict:
-    from frontend import imaging
+    from maskserve.frontend import imaging
 
     results: dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.processor()}".strip(),
                      "cpus": os.cpu_count(), "sizes": sizes.__dict__}

@@ -28,8 +28,8 @@ import numpy as np
 
 from benchmarks.loadgen import percentile
 from benchmarks.stack import export_default, free_port
-from export.repository import CPU_BATCHING, CpuRuntime, ModelRuntime, render_config, repository_provenance
-from maskserve import signatures as sig
+from maskserve.export.repository import CPU_BATCHING, CpuRuntime, ModelRuntime, render_config, repository_provenance
+from maskserve.core import signatures as sig
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,8 @@ def variant_repo(source: Path, config: Config, work: Path) -> Path:
 
 async def _measure(grpc_url: str, images: list[np.ndarray], concurrency: int, client_batch: int) -> dict:
     from benchmarks.suite import encoder_rate
-    from frontend.triton_client import TritonClient
-    from maskserve.prompts import pack_prompt
+    from maskserve.frontend.adapters.triton import TritonClient
+    from maskserve.core.prompts import pack_prompt
 
     requests_ = [np.concatenate(images[i : i + client_batch]) for i in range(0, len(images), client_batch)]
     rate, latencies = await encoder_rate(grpc_url, requests_, concurrency)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     for x in images[: max(1, args.images // 2)]:
         started = time.perf_counter()
         with torch.no_grad():
-            from export import reference
+            from maskserve.export import reference
 
             reference.encode(peer.model, torch.from_numpy(x))
         ref_enc.append(time.perf_counter() - started)

@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.variants import Variant
+from maskserve.export.variants import Variant
 
 log = logging.getLogger(__name__)
 

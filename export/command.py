@@ -9,9 +9,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from export import checkpoints, repository
-from export.variants import DEFAULT_VARIANT, VARIANTS, get_variant
-from maskserve import __version__, signatures as sig
+from maskserve.export import checkpoints, repository
+from maskserve.export.variants import DEFAULT_VARIANT, VARIANTS, get_variant
+from maskserve import __version__
+from maskserve.core import signatures as sig
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def _load_weights(req: ExportRequest):
 
 def run_export(req: ExportRequest) -> int:
     """Export both graphs as one new version; returns the version number."""
-    from export.onnx_export import OPSET, export_decoder, export_encoder
+    from maskserve.export.onnx_export import OPSET, export_decoder, export_encoder
 
     try:
         variant, model, weights = _load_weights(req)

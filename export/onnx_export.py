@@ -1,4 +1,4 @@
-"""torch → ONNX for the two graphs, with the tensor names of maskserve.signatures."""
+"""torch → ONNX for the two graphs, with the tensor names of maskserve.core.signatures."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from export.wrappers import ImageEncoder, PromptDecoder
-from maskserve import signatures as sig
+from maskserve.export.wrappers import ImageEncoder, PromptDecoder
+from maskserve.core import signatures as sig
 
 log = logging.getLogger(__name__)
 

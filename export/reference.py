@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from maskserve.signatures import BOX_BOTTOM_RIGHT_LABEL, BOX_TOP_LEFT_LABEL
+from maskserve.core.signatures import BOX_BOTTOM_RIGHT_LABEL, BOX_TOP_LEFT_LABEL
 
 
 @torch.no_grad()

@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.checkpoints import sha256_of
-from maskserve import signatures as sig
+from maskserve.export.checkpoints import sha256_of
+from maskserve.core import signatures as sig
 
 BACKEND_SOURCE = Path(__file__).with_name("backend") / "model.py"
 TARGETS = ("cpu", "gpu")

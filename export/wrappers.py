@@ -11,7 +11,7 @@ one padding point (label -1) to the prompt; the graph keeps the first label -1
 slot as that token and masks every further one out of the attention, which is
 exactly equivalent to leaving those slots out (a test proves it). It returns all
 four mask tokens' logits and IoU predictions; choosing among them
-(:func:`maskserve.masks.select_mask`) is cheap and stays outside the graph.
+(:func:`maskserve.core.masks.select_mask`) is cheap and stays outside the graph.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maskserve.signatures import ENCODER_OUTPUTS, LOW_RES_MASK_SIZE, NUM_MASK_OUTPUTS, PAD_LABEL
+from maskserve.core.signatures import ENCODER_OUTPUTS, LOW_RES_MASK_SIZE, NUM_MASK_OUTPUTS, PAD_LABEL
 
 _MASKED = -1e30  # additive attention bias that removes a key (exp underflows to 0)
 

@@ -1,68 +1,87 @@
 """Frontend settings: one frozen dataclass, read once at start-up, passed explicitly.
 
-Every setting, its environment variable and default:
-
-| setting | env | default |
-| --- | --- | --- |
-| host | MASKSERVE_HOST | 127.0.0.1 |
-| port | MASKSERVE_PORT | 8080 |
-| data_dir | MASKSERVE_DATA_DIR | ./data (SQLite database, output files, signing secret) |
-| files_backend | MASKSERVE_FILES_BACKEND | `database` (with a database URL: output files in PostgreSQL, readable by every frontend) or `local` (the data directory, e.g. on a shared mount) |
-| database_url | MASKSERVE_DATABASE_URL | (empty: SQLite in data_dir) or `postgresql://user:pass@host:port/db` shared by several frontends |
-| triton_url | MASKSERVE_TRITON_URL | 127.0.0.1:8001 |
-| public_url | MASKSERVE_PUBLIC_URL | (empty: output URLs use the request's own host) |
-| max_upload_bytes | MASKSERVE_MAX_UPLOAD_BYTES | 25 MB (25 * 1024 * 1024) per file |
-| max_pixels | MASKSERVE_MAX_PIXELS | 40,000,000 per image |
-| max_batch | MASKSERVE_MAX_BATCH | 50 |
-| url_ttl_s | MASKSERVE_URL_TTL_S | 3600 |
-| sweep_interval_s | MASKSERVE_SWEEP_INTERVAL_S | 60 |
-| cache_bytes | MASKSERVE_CACHE_BYTES | 512 MiB of image embeddings |
-| triton_timeout_s | MASKSERVE_TRITON_TIMEOUT_S | 60 |
-| rate_single_per_min | MASKSERVE_RATE_SINGLE | 60 |
-| rate_batch_per_min | MASKSERVE_RATE_BATCH | 30 |
-| rate_read_per_min | MASKSERVE_RATE_READ | 600 (job and account lookups) |
-| inflight_images | MASKSERVE_INFLIGHT_IMAGES | 16 images decoded/encoded at once per process |
-| max_admitted_images | MASKSERVE_MAX_ADMITTED_IMAGES | 100 images accepted and not yet answered per process; more get a fast 503 |
-| upload_timeout_s | MASKSERVE_UPLOAD_TIMEOUT_S | 120 s to receive a request's whole body; slower uploads get 400 |
-| shutdown_timeout_s | MASKSERVE_SHUTDOWN_TIMEOUT_S | 60 s for in-flight requests to finish after SIGTERM |
-| triton_shm_slots | MASKSERVE_TRITON_SHM_SLOTS | 8 shared-memory slots of 32 MiB for tensors to a Triton on loopback (0 = plain gRPC) |
+Each field declares its environment variable, its help text and its range or
+allowed values; ``Settings.from_env`` parses each by its declared type and
+``Settings`` validates itself on construction, so a bad value stops the
+service at start-up with a message naming the variable. The settings table in
+``docs/API.md`` is generated from the same metadata (``settings_table``) and a
+test keeps the two equal.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any, get_type_hints
 
 MB = 1024 * 1024
-_PARSERS = {"str": str, "int": int, "float": float, "Path": Path}
+FILES_BACKENDS = ("auto", "local", "database")
+
+
+class SettingsError(ValueError):
+    """A setting has a value outside its declared type, range or choices."""
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    env: str | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    shown: str | None = None,
+) -> Any:
+    """A field with the metadata that parsing, validation and the docs table read."""
+    meta = {"env": env, "help": help, "min": min, "max": max, "choices": choices, "shown": shown}
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    data_dir: Path = Path("data")
-    database_url: str = ""
-    files_backend: str = "database"
-    triton_url: str = "127.0.0.1:8001"
-    public_url: str = ""
-    max_upload_bytes: int = 25 * MB
-    max_pixels: int = 40_000_000
-    max_batch: int = 50
-    url_ttl_s: int = 3600
-    sweep_interval_s: float = 60.0
-    cache_bytes: int = 512 * MB
-    triton_timeout_s: float = 60.0
-    rate_single_per_min: int = 60
-    rate_batch_per_min: int = 30
-    rate_read_per_min: int = 600
-    inflight_images: int = 16
-    triton_shm_slots: int = 8
-    max_admitted_images: int = 100
-    upload_timeout_s: float = 120.0
-    shutdown_timeout_s: float = 60.0
+    host: str = setting("127.0.0.1", "address the API listens on")
+    port: int = setting(8080, "API port", min=1, max=65535)
+    data_dir: Path = setting(Path("data"), "SQLite database, output files and signing secret", shown="./data")
+    database_url: str = setting(
+        "", "empty: SQLite in `data_dir`; or `postgresql://user:pass@host:port/db` shared by several frontends"
+    )
+    files_backend: str = setting(
+        "auto",
+        "where output files live: `local` (the data directory, e.g. a shared mount), `database` (rows of the "
+        "database, readable by every frontend); `auto` = `database` with a database URL, else `local`",
+        choices=FILES_BACKENDS,
+    )
+    triton_url: str = setting("127.0.0.1:8001", "Triton gRPC address, HOST:PORT")
+    public_url: str = setting("", "base of output URLs (empty: the request's own scheme and host)")
+    max_upload_bytes: int = setting(25 * MB, "largest uploaded file", min=1, shown="25 MiB")
+    max_pixels: int = setting(40_000_000, "largest image, in pixels", min=1)
+    max_batch: int = setting(50, "files per batch", min=1, max=50)
+    url_ttl_s: int = setting(3600, "lifetime of output links, seconds", min=1)
+    sweep_interval_s: float = setting(60.0, "how often expired files are deleted, seconds", min=0.01)
+    cache_bytes: int = setting(512 * MB, "image embeddings kept in memory, bytes", min=0, shown="512 MiB")
+    triton_timeout_s: float = setting(60.0, "deadline of one Triton call, seconds", min=0.1)
+    rate_single_per_min: int = setting(
+        60, "single-image requests per key and minute", env="MASKSERVE_RATE_SINGLE", min=1
+    )
+    rate_batch_per_min: int = setting(30, "batch requests per key and minute", env="MASKSERVE_RATE_BATCH", min=1)
+    rate_read_per_min: int = setting(
+        600, "job and account lookups per key and minute", env="MASKSERVE_RATE_READ", min=1
+    )
+    inflight_images: int = setting(16, "images decoded or encoded at once per process", min=1)
+    triton_shm_slots: int = setting(
+        8, "shared-memory slots of 32 MiB for tensors to a Triton on loopback (0 = plain gRPC)", min=0, max=64
+    )
+    max_admitted_images: int = setting(
+        100, "images accepted and not yet answered per process; more get a fast 503", min=1
+    )
+    upload_timeout_s: float = setting(120.0, "time to receive a request's whole body; slower uploads get 400", min=1)
+    shutdown_timeout_s: float = setting(60.0, "time in-flight requests get to finish after SIGTERM", min=0)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check(f, getattr(self, f.name))
 
     @property
     def database_path(self) -> Path:
@@ -76,19 +95,66 @@ class Settings:
     def secret_path(self) -> Path:
         return self.data_dir / "signing.key"
 
+    @property
+    def shared(self) -> bool:
+        """Whether other frontends may share this one's database (PostgreSQL)."""
+        return bool(self.database_url)
+
+    @property
+    def files_in_database(self) -> bool:
+        return self.files_backend == "database" or (self.files_backend == "auto" and self.shared)
+
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
-        """Defaults, then ``MASKSERVE_*`` variables, then explicit (CLI) overrides."""
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Defaults, then ``MASKSERVE_*`` variables, then explicit (CLI) overrides that are not None."""
         env = os.environ if env is None else env
-        names = {
-            "rate_single_per_min": "MASKSERVE_RATE_SINGLE",
-            "rate_batch_per_min": "MASKSERVE_RATE_BATCH",
-            "rate_read_per_min": "MASKSERVE_RATE_READ",
-        }
-        values: dict[str, object] = {}
+        types = get_type_hints(cls)
+        values: dict[str, Any] = {}
         for f in fields(cls):
-            var = names.get(f.name, "MASKSERVE_" + f.name.upper())
+            var = env_name(f)
             if var in env:
-                values[f.name] = _PARSERS[str(f.type)](env[var])
-        settings = replace(cls(), **values)
-        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+                values[f.name] = _parse(var, types[f.name], env[var])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)
+
+
+def env_name(f: Field[Any]) -> str:
+    return f.metadata.get("env") or "MASKSERVE_" + f.name.upper()
+
+
+def _parse(var: str, kind: type, raw: str) -> Any:
+    try:
+        return kind(raw.strip()) if kind in (int, float) else kind(raw)
+    except ValueError:
+        raise SettingsError(f"{var}={raw!r}: expected {'an integer' if kind is int else 'a number'}") from None
+
+
+def _check(f: Field[Any], value: Any) -> None:
+    meta, var = f.metadata, env_name(f)
+    if meta["choices"] is not None and value not in meta["choices"]:
+        raise SettingsError(f"{var}={value!r}: must be one of {', '.join(meta['choices'])}")
+    if meta["min"] is not None and value < meta["min"]:
+        raise SettingsError(f"{var}={value!r}: must be at least {meta['min']:g}")
+    if meta["max"] is not None and value > meta["max"]:
+        raise SettingsError(f"{var}={value!r}: must be at most {meta['max']:g}")
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting (docs/API.md holds exactly this)."""
+    rows = ["| setting | env | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
+    for f in fields(Settings):
+        meta = f.metadata
+        default = meta["shown"] or (f.default if f.default is not MISSING else "")
+        allowed = ", ".join(f"`{c}`" for c in meta["choices"]) if meta["choices"] else _range(meta)
+        rows.append(f"| {f.name} | `{env_name(f)}` | {default if default != '' else '(empty)'} | {allowed} "
+                    f"| {meta['help']} |")
+    return "\n".join(rows)
+
+
+def _range(meta: Mapping[str, Any]) -> str:
+    low, high = meta["min"], meta["max"]
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f"≥ {low:g}"
+    return f"{low:g}–{high:g}"

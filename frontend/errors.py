@@ -7,6 +7,7 @@ contract. Anything else is a bug: logged, and answered 500 without details.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 
 class ApiError(Exception):
@@ -16,7 +17,7 @@ class ApiError(Exception):
         super().__init__(detail)
         self.detail = detail
 
-    def body(self) -> dict:
+    def body(self) -> dict[str, Any]:
         return {"detail": self.detail}
 
 
@@ -62,14 +63,17 @@ class Unavailable(ApiError):
     status = 503
 
 
+Location = Literal["query", "body", "header"]
+
+
 @dataclass(frozen=True)
 class FieldError:
-    location: str  # "query" | "body"
+    location: Location
     name: str
     msg: str
     type: str = "value_error"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"loc": [self.location, self.name], "msg": self.msg, "type": self.type}
 
 
@@ -83,26 +87,35 @@ class ValidationFailed(ApiError):
         self.errors = errors
 
     @classmethod
-    def one(cls, location: str, name: str, msg: str) -> "ValidationFailed":
+    def one(cls, location: Location, name: str, msg: str) -> "ValidationFailed":
         return cls(FieldError(location, name, msg))
 
-    def body(self) -> dict:
+    def body(self) -> dict[str, Any]:
         return {"detail": [e.as_dict() for e in self.errors]}
 
 
 class ImageRejected(Exception):
-    """An uploaded file is not an image we process; carries the status it maps to.
+    """An uploaded file is not an image we process; carries its form field and the status it maps to.
 
     Raised by the imaging layer (no HTTP there); services convert it into a 413
     or 422 for a single request, or into the failed item of a batch.
     """
 
-    def __init__(self, message: str, too_large: bool = False) -> None:
+    def __init__(self, field: str, message: str, too_large: bool = False) -> None:
         super().__init__(message)
+        self.field = field
         self.message = message
         self.too_large = too_large
 
-    def to_api_error(self, field: str) -> ApiError:
+    def to_api_error(self) -> ApiError:
         if self.too_large:
             return PayloadTooLarge(self.message)
-        return ValidationFailed.one("body", field, self.message)
+        return ValidationFailed.one("body", self.field, self.message)
+
+
+class InferenceUnavailable(RuntimeError):
+    """Triton (or one of its models) cannot be reached or is not ready: 503, never charged."""
+
+
+class SharedMemoryLost(InferenceUnavailable):
+    """Triton no longer knows our shared-memory regions (it restarted): register them again."""

@@ -12,8 +12,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from frontend.errors import ImageRejected
-from maskserve.signatures import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD
+from maskserve.frontend.errors import ImageRejected
+from maskserve.core.signatures import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD
 
 ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 OUTPUT_TYPES = {"png": "image/png", "webp": "image/webp"}
@@ -36,30 +36,30 @@ class DecodedImage:
 
 def _open(data: bytes, max_pixels: int, what: str) -> Image.Image:
     if not data:
-        raise ImageRejected(f"{what} is empty")
+        raise ImageRejected(what, f"{what} is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
     except UnidentifiedImageError:
-        raise ImageRejected(f"{what} is not a JPEG, PNG or WebP image") from None
+        raise ImageRejected(what, f"{what} is not a JPEG, PNG or WebP image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageRejected(f"{what} exceeds the pixel limit", too_large=True) from None
+        raise ImageRejected(what, f"{what} exceeds the pixel limit", too_large=True) from None
     except Exception as exc:  # Pillow raises many types on a broken header
-        raise ImageRejected(f"{what} could not be read: {exc}") from None
+        raise ImageRejected(what, f"{what} could not be read: {exc}") from None
     width, height = img.size
     if width < 1 or height < 1:
-        raise ImageRejected(f"{what} has no pixels")
+        raise ImageRejected(what, f"{what} has no pixels")
     if width * height > max_pixels:
         raise ImageRejected(
-            f"{what} has {width}x{height} pixels, over the limit of {max_pixels}", too_large=True
+            what, f"{what} has {width}x{height} pixels, over the limit of {max_pixels}", too_large=True
         )
     if getattr(img, "n_frames", 1) > 1:
-        raise ImageRejected(f"{what} is animated; send a still image")
+        raise ImageRejected(what, f"{what} is animated; send a still image")
     try:
         img.load()
     except Exception as exc:
-        raise ImageRejected(f"{what} is truncated or corrupt: {exc}") from None
+        raise ImageRejected(what, f"{what} is truncated or corrupt: {exc}") from None
     return img
 
 
@@ -72,7 +72,7 @@ def probe_image(data: bytes, max_pixels: int, what: str = "image") -> tuple[int,
     img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
     width, height = img.size
     if width * height > max_pixels:
-        raise ImageRejected(f"{what} exceeds the pixel limit", too_large=True)
+        raise ImageRejected(what, f"{what} exceeds the pixel limit", too_large=True)
     try:
         orientation = img.getexif().get(0x0112, 1)
     except Exception:
@@ -189,7 +189,7 @@ def decode_mask(data: bytes, width: int, height: int, max_pixels: int) -> np.nda
     img, _ = _open_oriented(data, max_pixels, "mask")
     if img.size != (width, height):
         raise ImageRejected(
-            f"mask is {img.size[0]}x{img.size[1]} but the image is {width}x{height}; sizes must match"
+            "mask", f"mask is {img.size[0]}x{img.size[1]} but the image is {width}x{height}; sizes must match"
         )
     if _has_alpha(img):
         rgba = img.convert("RGBA")

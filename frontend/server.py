@@ -9,8 +9,8 @@ import signal
 
 from aiohttp import web
 
-from frontend.app import create_app
-from frontend.config import Settings
+from maskserve.frontend.app import create_app
+from maskserve.frontend.config import Settings
 from maskserve.tritonserver import TritonOptions, TritonServer
 
 log = logging.getLogger("maskserve.serve")

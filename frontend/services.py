@@ -15,37 +15,46 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
-from frontend import imaging
-from frontend.cache import EmbeddingCache
-from frontend.config import Settings
-from frontend.errors import (
+from maskserve.core.masks import select_mask
+from maskserve.core.prompts import is_multimask, pack_prompt
+from maskserve.frontend import imaging
+from maskserve.frontend.adapters.cache import EmbeddingCache
+from maskserve.frontend.config import Settings
+from maskserve.frontend.domain import (
+    UPLOADED_MASK,
+    ApiKey,
+    Completion,
+    Embeddings,
+    Failure,
+    Job,
+    JobKind,
+    JobStatus,
+    ModelInfo,
+    NewJob,
+)
+from maskserve.frontend.errors import (
     ApiError,
     FieldError,
     ImageRejected,
+    InferenceUnavailable,
     InsufficientCredits,
     Unavailable,
     ValidationFailed,
 )
-from frontend.files import LocalFiles, UrlSigner
-from frontend.metrics import Metrics
-from frontend.store import ApiKey, Completion, Job, NewJob, Store
-from frontend.triton_client import Embeddings, InferenceUnavailable, ModelInfo, TritonClient
-from maskserve.masks import select_mask
-from maskserve.prompts import is_multimask, pack_prompt
+from maskserve.frontend.metrics import Metrics
+from maskserve.frontend.ports import InferenceClient, OutputFiles, Store
+from maskserve.frontend.signing import UrlSigner
 
 log = logging.getLogger("maskserve.frontend")
 T = TypeVar("T")
-
-COSTS = {"segmentation": 1, "extraction": 2}
-UNAVAILABLE = "The inference server is unavailable"
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,7 @@ class Admission:
         return self.admitted + images > self.limit
 
     @contextlib.contextmanager
-    def admit(self, images: int):
+    def admit(self, images: int) -> Iterator[None]:
         if self.full(images):
             raise Unavailable("The server is overloaded; retry later")
         self.admitted += images
@@ -130,9 +139,9 @@ class ImageJobs:
         self,
         settings: Settings,
         store: Store,
-        triton: TritonClient,
+        triton: InferenceClient,
         cache: EmbeddingCache,
-        files: LocalFiles,
+        files: OutputFiles,
         signer: UrlSigner,
         executor: Executor | None = None,
         metrics: Metrics | None = None,
@@ -150,7 +159,7 @@ class ImageJobs:
         self.models: list[ModelInfo] | None = None
         self.pinned_version: str | None = None  # set by `maskserve models promote`, via the store
 
-    async def _cpu(self, fn: Callable[..., T], *args) -> T:
+    async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
 
     async def refresh_models(self) -> list[ModelInfo]:
@@ -169,17 +178,17 @@ class ImageJobs:
             try:
                 await self.refresh_models()
             except InferenceUnavailable as exc:
-                raise Unavailable(UNAVAILABLE) from exc
+                raise Unavailable(Failure.UNAVAILABLE) from exc
         assert self.models is not None
         return self.models[0].version
 
     # --- preparation: everything that can be refused before credits move --
 
-    def _decode(self, kind: str, item: Item, prompt: Prompt | None, version: str) -> _Prepared:
+    def _decode(self, kind: JobKind, item: Item, prompt: Prompt | None, version: str) -> _Prepared:
         limit = self.settings.max_pixels
         digest = hashlib.sha256(item.image.data).hexdigest()
         decoded = None
-        if kind == "segmentation" and self.cache.contains(digest, version):
+        if kind is JobKind.SEGMENTATION and self.cache.contains(digest, version):
             width, height = imaging.probe_image(item.image.data, limit, what=item.image.field)
         else:
             decoded = imaging.decode_image(item.image.data, limit, what=item.image.field)
@@ -191,7 +200,6 @@ class ImageJobs:
         job = NewJob(
             id=uuid.uuid4().hex,
             kind=kind,
-            cost=COSTS[kind],
             input_filename=item.image.filename,
             input_bytes=len(item.image.data),
             original_width=width,
@@ -199,12 +207,11 @@ class ImageJobs:
         )
         return _Prepared(job, item, decoded, width, height, digest, mask)
 
-    async def _prepare(self, kind: str, item: Item, prompt: Prompt | None, version: str) -> _Prepared:
+    async def _prepare(self, kind: JobKind, item: Item, prompt: Prompt | None, version: str) -> _Prepared:
         try:
             return await self._cpu(self._decode, kind, item, prompt, version)
         except ImageRejected as exc:
-            field = "mask" if exc.message.startswith("mask") else item.image.field
-            raise exc.to_api_error(field) from None
+            raise exc.to_api_error() from None
 
     # --- running one reserved image ---------------------------------------
 
@@ -221,8 +228,10 @@ class ImageJobs:
         self.metrics.cache_bytes.set(self.cache.size_bytes)
         return embeddings
 
-    async def _segment(self, prep: _Prepared, prompt: Prompt, version: str) -> np.ndarray:
+    async def _segment(self, prep: _Prepared, prompt: Prompt | None, version: str) -> np.ndarray:
         """The chosen mask's 256x256 logits for this prompt."""
+        if prompt is None:
+            raise ValueError("segmenting needs a prompt")
         width, height = prep.width, prep.height
         embeddings = await self._embeddings(prep, version)
         points = None if prompt.points is None else imaging.to_model_frame(prompt.points, width, height)
@@ -234,7 +243,7 @@ class ImageJobs:
         return logits
 
     def _render(
-        self, kind: str, prep: _Prepared, logits: np.ndarray | None, opts: ExtractionOptions | None
+        self, kind: JobKind, prep: _Prepared, logits: np.ndarray | None, opts: ExtractionOptions | None
     ) -> tuple[bytes, str]:
         """Mask (from the logits, or the uploaded one) → the encoded output image."""
         if logits is not None:
@@ -242,17 +251,19 @@ class ImageJobs:
         else:
             assert prep.mask is not None
             alpha = prep.mask
-        if kind == "segmentation":
+        if kind is JobKind.SEGMENTATION:
             return imaging.encode_mask_png(alpha), "png"
         assert opts is not None and prep.decoded is not None
         soft = imaging.feather(alpha, opts.feather)
         return imaging.encode_cutout(imaging.cutout(prep.decoded, soft), opts.output_format), opts.output_format
 
     async def _run(
-        self, kind: str, prep: _Prepared, prompt: Prompt | None, opts: ExtractionOptions | None, version: str
-    ) -> Job:
+        self, kind: JobKind, prep: _Prepared, prompt: Prompt | None, opts: ExtractionOptions | None, version: str
+    ) -> tuple[Job, Failure | None]:
+        """Run one reserved image to its end: completed and charged, or failed and refunded (and why)."""
         started = time.perf_counter()
         job_id = prep.job.id
+        failure: Failure | None = None
         try:
             async with self._slots:
                 logits = None if prep.mask is not None else await self._segment(prep, prompt, version)
@@ -273,55 +284,62 @@ class ImageJobs:
                 raise RuntimeError(f"job {job_id} was no longer processing")
         except InferenceUnavailable as exc:
             log.warning("job %s: %s", job_id, exc)
-            await self.store.fail_job(job_id, UNAVAILABLE)
+            failure = Failure.UNAVAILABLE
+            await self.store.fail_job(job_id, failure)
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
                 log.exception("job %s failed", job_id)
-            await asyncio.shield(self.store.fail_job(job_id, "Internal error while processing this image"))
+            failure = Failure.INTERNAL
+            await asyncio.shield(self.store.fail_job(job_id, failure))
             if isinstance(exc, asyncio.CancelledError):
                 raise
         job = await self.store.get_job(job_id)
         assert job is not None
-        self.metrics.images.labels(kind, job.status).inc()
-        if job.status == "completed":
+        self.metrics.images.labels(kind.value, job.status.value).inc()
+        if job.status is JobStatus.COMPLETED:
             self.metrics.credits.inc(job.credits_used)
-        return job
+        return job, failure
 
     # --- public operations -------------------------------------------------
 
     async def single(
-        self, key: ApiKey, kind: str, item: Item, prompt: Prompt | None, opts: ExtractionOptions | None = None
+        self, key: ApiKey, kind: JobKind, item: Item, prompt: Prompt | None, opts: ExtractionOptions | None = None
     ) -> Job:
         with self.admission.admit(1):
             return await self._single(key, kind, item, prompt, opts)
 
     async def _single(
-        self, key: ApiKey, kind: str, item: Item, prompt: Prompt | None, opts: ExtractionOptions | None
+        self, key: ApiKey, kind: JobKind, item: Item, prompt: Prompt | None, opts: ExtractionOptions | None
     ) -> Job:
-        version = await self.model_version() if item.mask is None else "uploaded-mask"
+        version = await self.model_version() if item.mask is None else UPLOADED_MASK
         prep = await self._prepare(kind, item, prompt, version)
         if not (await self.store.reserve_jobs(key.id, None, [prep.job]))[0]:
             raise InsufficientCredits()
-        job = await self._run(kind, prep, prompt, opts, version)
-        if job.status != "completed":
-            if job.error == UNAVAILABLE:
-                raise Unavailable(UNAVAILABLE)
+        job, failure = await self._run(kind, prep, prompt, opts, version)
+        if failure is Failure.UNAVAILABLE:
+            raise Unavailable(failure)
+        if job.status is not JobStatus.COMPLETED:
             raise ApiError()
         return job
 
     async def batch(
-        self, key: ApiKey, kind: str, items: list[Item], prompt: Prompt | None, opts: ExtractionOptions | None = None
+        self,
+        key: ApiKey,
+        kind: JobKind,
+        items: list[Item],
+        prompt: Prompt | None,
+        opts: ExtractionOptions | None = None,
     ) -> BatchOutcome:
         with self.admission.admit(len(items)):
             return await self._batch(key, kind, items, prompt, opts)
 
     async def _batch(
-        self, key: ApiKey, kind: str, items: list[Item], prompt: Prompt | None, opts: ExtractionOptions | None
+        self, key: ApiKey, kind: JobKind, items: list[Item], prompt: Prompt | None, opts: ExtractionOptions | None
     ) -> BatchOutcome:
         started = time.perf_counter()
         batch_id = uuid.uuid4().hex
         needs_model = any(item.mask is None for item in items)
-        version = await self.model_version() if needs_model else "uploaded-mask"
+        version = await self.model_version() if needs_model else UPLOADED_MASK
 
         async def prepare(item: Item) -> _Prepared | ApiError:
             try:
@@ -337,11 +355,12 @@ class ImageJobs:
         for index, (item, prep) in enumerate(zip(items, prepared)):
             if isinstance(prep, ApiError):
                 refused[index] = uuid.uuid4().hex
-                failed = NewJob(refused[index], kind, COSTS[kind], item.image.filename, len(item.image.data))
+                failed = NewJob(refused[index], kind, item.image.filename, len(item.image.data))
                 await self.store.record_failed(key.id, batch_id, failed, _item_error(prep))
 
         async def run(prep: _Prepared) -> Job:
-            return await self._run(kind, prep, prompt, opts, version)
+            job, _ = await self._run(kind, prep, prompt, opts, version)
+            return job
 
         runs = {p.job.id: asyncio.ensure_future(run(p)) for p in ready if p.job.id in paid}
         if runs:

@@ -4,15 +4,12 @@ and one real Triton server from the pip wheel serving that export."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
-from export.command import ExportRequest, run_export
-from export.variants import DEFAULT_VARIANT
+from tests.helpers import SEED, free_port, start_api
 
-SEED = 0
 FIGURES: list[str] = []
 
 
@@ -33,8 +30,8 @@ def report():
 def sam2_model():
     import torch
 
-    from export.checkpoints import build_model
-    from export.variants import get_variant
+    from maskserve.export.checkpoints import build_model
+    from maskserve.export.variants import DEFAULT_VARIANT, get_variant
 
     torch.set_num_threads(2)
     return build_model(get_variant(DEFAULT_VARIANT), seed=SEED)
@@ -42,15 +39,11 @@ def sam2_model():
 
 @pytest.fixture(scope="session")
 def exported_repo(tmp_path_factory) -> Path:
+    from maskserve.export.command import ExportRequest, run_export
+
     out = tmp_path_factory.mktemp("model_repository")
     run_export(ExportRequest(out=out, random_weights=True, seed=SEED))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -66,77 +59,6 @@ def triton_server(exported_repo, tmp_path_factory):
     )
     with TritonServer(opts) as server:
         yield server
-
-
-class ApiServer:
-    """The real frontend app on a loopback port, in a thread with its own event loop."""
-
-    def __init__(self, settings) -> None:
-        import asyncio
-        import threading
-
-        self.settings = settings
-        self.url = f"http://127.0.0.1:{settings.port}"
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._runner = None
-        self.app = None
-
-    def _run(self) -> None:
-        import asyncio
-
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._start())
-        self._ready.set()
-        self._loop.run_forever()
-
-    async def _start(self) -> None:
-        from aiohttp import web
-
-        from frontend.app import create_app
-
-        self.app = create_app(self.settings)
-        self._runner = web.AppRunner(self.app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.settings.port).start()
-
-    def start(self) -> "ApiServer":
-        self._thread.start()
-        assert self._ready.wait(60), "frontend did not start"
-        return self
-
-    def call(self, coro):
-        """Run a coroutine on the server's loop (e.g. a store query) and wait for it."""
-        import asyncio
-
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(60)
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            self.call(self._runner.cleanup())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(30)
-
-    def create_key(self, credits: int, name: str = "test") -> tuple[str, str]:
-        from frontend.app import STORE
-
-        key, secret = self.call(self.app[STORE].create_key(name, credits))
-        return key.id, secret
-
-    def store(self):
-        from frontend.app import STORE
-
-        return self.app[STORE]
-
-
-def start_api(tmp_path_factory, triton_url: str, **overrides) -> ApiServer:
-    from frontend.config import Settings
-
-    settings = Settings(
-        port=free_port(), data_dir=tmp_path_factory.mktemp("data"), triton_url=triton_url, **overrides
-    )
-    return ApiServer(settings).start()
 
 
 @pytest.fixture(scope="session")

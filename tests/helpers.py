@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+import requests
+
+SEED = 0
+"""The random-weights seed of the suite's one exported model."""
+
+
 
 
 def make_image(height: int = 1024, width: int = 1024, seed: int = 1) -> np.ndarray:
     """A deterministic picture with structure (shapes on a gradient), normalised as SAM 2 does."""
-    from maskserve.signatures import PIXEL_MEAN, PIXEL_STD
+    from maskserve.core.signatures import PIXEL_MEAN, PIXEL_STD
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -61,3 +77,149 @@ def png_mask(width: int, height: int, box: tuple[int, int, int, int], soft: bool
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ApiServer:
+    """The real frontend app on a loopback port, in a thread with its own event loop."""
+
+    def __init__(self, settings) -> None:
+        import asyncio
+        import threading
+
+        self.settings = settings
+        self.url = f"http://127.0.0.1:{settings.port}"
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._runner = None
+        self.app = None
+
+    def _run(self) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _start(self) -> None:
+        from aiohttp import web
+
+        from maskserve.frontend.app import create_app
+
+        self.app = create_app(self.settings)
+        self._runner = web.AppRunner(self.app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.settings.port).start()
+
+    def start(self) -> "ApiServer":
+        self._thread.start()
+        assert self._ready.wait(60), "frontend did not start"
+        return self
+
+    def call(self, coro):
+        """Run a coroutine on the server's loop (e.g. a store query) and wait for it."""
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(60)
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            self.call(self._runner.cleanup())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+
+    def create_key(self, credits: int, name: str = "test") -> tuple[str, str]:
+        from maskserve.frontend.http.state import STORE
+
+        key, secret = self.call(self.app[STORE].create_key(name, credits))
+        return key.id, secret
+
+    def store(self):
+        from maskserve.frontend.http.state import STORE
+
+        return self.app[STORE]
+
+
+def start_api(tmp_path_factory, triton_url: str, **overrides) -> ApiServer:
+    from maskserve.frontend.config import Settings
+
+    settings = Settings(
+        port=free_port(), data_dir=tmp_path_factory.mktemp("data"), triton_url=triton_url, **overrides
+    )
+    return ApiServer(settings).start()
+
+
+def auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def ledger_state(db_path: Path, key_id: str) -> dict:
+    with sqlite3.connect(db_path) as db:
+        return {
+            "balance": db.execute("SELECT credits FROM api_keys WHERE id = ?", (key_id,)).fetchone()[0],
+            "ledger": db.execute("SELECT COALESCE(SUM(delta), 0) FROM ledger WHERE key_id = ?", (key_id,)).fetchone()[0],
+            "charged": db.execute("SELECT COALESCE(SUM(credits_used), 0) FROM jobs WHERE key_id = ?", (key_id,)).fetchone()[0],
+            "processing": db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'processing'").fetchone()[0],
+            "completed": db.execute("SELECT COUNT(*) FROM jobs WHERE key_id = ? AND status = 'completed'", (key_id,)).fetchone()[0],
+        }
+
+
+class Served:
+    """`maskserve serve` as a process, with its log captured."""
+
+    def __init__(self, repo: Path, tmp: Path, credits: int = 50, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.triton_grpc_port = free_port()
+        self.triton_url = f"127.0.0.1:{self.triton_grpc_port}"
+        self.data = tmp / "data"
+        self.log_path = tmp / "serve.log"
+        cli = [sys.executable, "-m", "maskserve.cli"]
+        out = subprocess.run([*cli, "keys", "create", "--name", "r", "--credits", str(credits), "--data-dir", str(self.data)],
+                             capture_output=True, text=True, check=True)
+        self.key = next(l.split()[-1] for l in out.stdout.splitlines() if l.startswith("api key:"))
+        self.key_id = next(l.split()[-1] for l in out.stdout.splitlines() if l.startswith("key id:"))
+        env = {**os.environ, "HOME": str(tmp), "PYTHONUNBUFFERED": "1", "MASKSERVE_TRITON_TIMEOUT_S": "30", **(env or {})}
+        self.proc = subprocess.Popen(
+            [*cli, "serve", "--port", str(self.port), "--data-dir", str(self.data), "--model-repository", str(repo),
+             "--triton-grpc-port", str(self.triton_grpc_port), "--triton-http-port", str(free_port()),
+             "--triton-metrics-port", str(free_port())],
+            env=env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log()[-3000:]
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError("not ready:\n" + self.log()[-3000:])
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def triton_pid(self) -> int:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid), "-f", "bin/tritonserver"], capture_output=True, text=True)
+        return int(out.stdout.split()[0])
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode

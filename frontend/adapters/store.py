@@ -1,0 +1,357 @@
+"""The store: one implementation of the money rules for SQLite and PostgreSQL.
+
+SQLAlchemy Core (async) over aiosqlite or asyncpg; the schema is in
+``tables.py`` and Alembic migrates it when the store opens. Concurrency rests
+on the database itself, the same way on both: a reservation is one
+conditional ``UPDATE … WHERE credits >= cost``, completion and failure are
+conditional on the job still being ``processing``, and each runs in one
+transaction with its ledger row.
+
+SQLite specifics: writes start with ``BEGIN IMMEDIATE`` (the write lock up
+front, with a busy timeout), so two processes on one file (a frontend and an
+admin command) serialise instead of failing on a lock upgrade; reads use their
+own connections and never wait for a writer (WAL).
+PostgreSQL specifics: one advisory lock serialises the migrators of several
+frontends starting together, and one per key and bucket the shared rate window.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from maskserve.frontend.adapters.tables import api_keys, jobs, ledger, output_files, rate_hits, service_state
+from maskserve.frontend.domain import (
+    INSUFFICIENT_CREDITS,
+    ApiKey,
+    Completion,
+    Job,
+    JobKind,
+    JobStatus,
+    LedgerReason,
+    NewJob,
+    RateWindow,
+    hash_key,
+    key_matches,
+    key_prefix,
+    new_key_secret,
+    now,
+)
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATION_LOCK = 7301
+PROCESSING, COMPLETED, FAILED = JobStatus.PROCESSING.value, JobStatus.COMPLETED.value, JobStatus.FAILED.value
+
+
+def database_url(url: str, sqlite_path: Path) -> str:
+    """The SQLAlchemy URL: SQLite in the data directory, or the PostgreSQL the settings name."""
+    if not url:
+        return f"sqlite+aiosqlite:///{sqlite_path}"
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith("postgresql+asyncpg://"):
+        return url
+    raise ValueError("MASKSERVE_DATABASE_URL must be a postgresql:// URL")
+
+
+def _sqlite_engine(url: str, pool_size: int, immediate: bool) -> AsyncEngine:
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, connect_args={"timeout": 10})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        for pragma in ("journal_mode=WAL", "busy_timeout=10000", "foreign_keys=ON", "synchronous=NORMAL"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+class SqlStore:
+    def __init__(self, url: str, pool_size: int = 10) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self.sqlite = url.startswith("sqlite")
+        self._writer: AsyncEngine | None = None
+        self._reader: AsyncEngine | None = None
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def open(self) -> None:
+        if self.sqlite:
+            Path(self.url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+            self._writer = _sqlite_engine(self.url, 1, immediate=True)
+            self._reader = _sqlite_engine(self.url, 4, immediate=False)
+        else:
+            self._writer = self._reader = create_async_engine(self.url, pool_size=self.pool_size, max_overflow=0)
+        async with self._tx() as conn:
+            if not self.sqlite:  # several frontends may start together: one migrator at a time
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+            await conn.run_sync(_upgrade)
+
+    async def close(self) -> None:
+        for engine in {self._writer, self._reader} - {None}:
+            assert engine is not None
+            await engine.dispose()
+        self._writer = self._reader = None
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncConnection]:
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        async with self._writer.begin() as conn:
+            yield conn
+
+    async def _all(self, query: sa.Executable) -> list[sa.Row[Any]]:
+        if self._reader is None:
+            raise RuntimeError("store is not open")
+        async with self._reader.connect() as conn:
+            return list((await conn.execute(query)).all())
+
+    async def _one(self, query: sa.Executable) -> sa.Row[Any] | None:
+        rows = await self._all(query)
+        return rows[0] if rows else None
+
+    async def ping(self) -> None:
+        await self._all(sa.select(sa.literal(1)))
+
+    # --- keys and credits ---------------------------------------------------
+
+    @staticmethod
+    def _key(row: sa.Row[Any]) -> ApiKey:
+        return ApiKey(row.id, row.name, row.prefix, int(row.credits), row.created_at, row.revoked_at)
+
+    async def create_key(self, name: str, credits: int) -> tuple[ApiKey, str]:
+        if credits < 0:
+            raise ValueError("credits must be >= 0")
+        secret = new_key_secret()
+        key = ApiKey(uuid.uuid4().hex, name, key_prefix(secret), credits, now())
+        async with self._tx() as conn:
+            await conn.execute(api_keys.insert().values(
+                id=key.id, name=name, prefix=key.prefix, key_hash=hash_key(secret), credits=credits,
+                created_at=key.created_at))
+            if credits:
+                await self._ledger(conn, key.id, credits, LedgerReason.INITIAL, None, key.created_at)
+        return key, secret
+
+    async def list_keys(self) -> list[ApiKey]:
+        return [self._key(r) for r in await self._all(sa.select(api_keys).order_by(api_keys.c.created_at))]
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        row = await self._one(sa.select(api_keys).where(api_keys.c.id == key_id))
+        return None if row is None else self._key(row)
+
+    async def revoke_key(self, key_id: str) -> bool:
+        async with self._tx() as conn:
+            result = await conn.execute(api_keys.update()
+                                        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                                        .values(revoked_at=now()))
+            return result.rowcount == 1
+
+    async def add_credits(self, key_id: str, amount: int, reason: str = LedgerReason.TOP_UP) -> int:
+        async with self._tx() as conn:
+            balance = (await conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id, api_keys.c.credits + amount >= 0)
+                .values(credits=api_keys.c.credits + amount)
+                .returning(api_keys.c.credits))).scalar()
+            if balance is None:
+                raise KeyError(key_id)
+            await self._ledger(conn, key_id, amount, reason, None, now())
+            return int(balance)
+
+    async def authenticate(self, secret: str) -> ApiKey | None:
+        rows = await self._all(sa.select(api_keys).where(api_keys.c.prefix == key_prefix(secret),
+                                                         api_keys.c.revoked_at.is_(None)))
+        found = None
+        for row in rows:  # compare every candidate, in constant time
+            if key_matches(secret, row.key_hash):
+                found = self._key(row)
+        return found
+
+    async def ledger_sum(self, key_id: str) -> int:
+        row = await self._one(sa.select(sa.func.coalesce(sa.func.sum(ledger.c.delta), 0))
+                              .where(ledger.c.key_id == key_id))
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    async def _ledger(conn: AsyncConnection, key_id: str, delta: int, reason: str, job_id: str | None,
+                      at: float) -> None:
+        await conn.execute(ledger.insert().values(key_id=key_id, delta=delta, reason=str(reason), job_id=job_id,
+                                                  created_at=at))
+
+    # --- jobs ---------------------------------------------------------------
+
+    async def reserve_jobs(self, key_id: str, batch_id: str | None, new_jobs: list[NewJob]) -> list[bool]:
+        """In order: reserve each job's cost if the balance covers it, else record it failed."""
+        results = []
+        created = now()
+        async with self._tx() as conn:
+            for job in new_jobs:
+                taken = await conn.execute(
+                    api_keys.update()
+                    .where(api_keys.c.id == key_id, api_keys.c.credits >= job.cost)
+                    .values(credits=api_keys.c.credits - job.cost))
+                ok = taken.rowcount == 1
+                await self._insert_job(conn, key_id, batch_id, job, created, JobStatus.PROCESSING if ok else
+                                       JobStatus.FAILED, job.cost if ok else 0, None if ok else INSUFFICIENT_CREDITS)
+                if ok:
+                    await self._ledger(conn, key_id, -job.cost, LedgerReason.RESERVE, job.id, created)
+                results.append(ok)
+        return results
+
+    async def record_failed(self, key_id: str, batch_id: str | None, job: NewJob, error: str) -> None:
+        async with self._tx() as conn:
+            await self._insert_job(conn, key_id, batch_id, job, now(), JobStatus.FAILED, 0, error)
+
+    @staticmethod
+    async def _insert_job(conn: AsyncConnection, key_id: str, batch_id: str | None, job: NewJob, created: float,
+                          status: JobStatus, reserved: int, error: str | None) -> None:
+        await conn.execute(jobs.insert().values(
+            id=job.id, key_id=key_id, batch_id=batch_id, kind=job.kind.value, status=status.value,
+            input_filename=job.input_filename, created_at=created,
+            started_at=created if status is JobStatus.PROCESSING else None,
+            finished_at=created if status is JobStatus.FAILED else None,
+            reserved=reserved, error=error, original_width=job.original_width,
+            original_height=job.original_height, input_bytes=job.input_bytes))
+
+    async def complete_job(self, job_id: str, done: Completion) -> bool:
+        async with self._tx() as conn:
+            result = await conn.execute(
+                jobs.update().where(jobs.c.id == job_id, jobs.c.status == PROCESSING).values(
+                    status=COMPLETED, credits_used=jobs.c.reserved, finished_at=now(),
+                    processing_ms=done.processing_ms, output_path=done.output_path, content_type=done.content_type,
+                    output_width=done.output_width, output_height=done.output_height,
+                    output_bytes=done.output_bytes, expires_at=done.expires_at, model_version=done.model_version))
+            return result.rowcount == 1
+
+    async def fail_job(self, job_id: str, error: str) -> bool:
+        async with self._tx() as conn:
+            return await self._fail(conn, job_id, error)
+
+    async def _fail(self, conn: AsyncConnection, job_id: str, error: str) -> bool:
+        stamp = now()
+        row = (await conn.execute(
+            jobs.update().where(jobs.c.id == job_id, jobs.c.status == PROCESSING)
+            .values(status=FAILED, error=error, credits_used=0, finished_at=stamp)
+            .returning(jobs.c.key_id, jobs.c.reserved))).first()
+        if row is None:
+            return False
+        if row.reserved:
+            await conn.execute(api_keys.update().where(api_keys.c.id == row.key_id)
+                               .values(credits=api_keys.c.credits + row.reserved))
+            await self._ledger(conn, row.key_id, int(row.reserved), LedgerReason.RELEASE, job_id, stamp)
+        return True
+
+    async def fail_stale_processing(self, error: str, older_than_s: float = 0.0) -> int:
+        """Refund jobs left ``processing``; with other frontends running, only those older than any request can be."""
+        rows = await self._all(sa.select(jobs.c.id).where(jobs.c.status == PROCESSING,
+                                                          jobs.c.started_at <= now() - older_than_s))
+        failed = 0
+        async with self._tx() as conn:
+            for row in rows:
+                failed += await self._fail(conn, row.id, error)
+        return failed
+
+    @staticmethod
+    def _job(row: sa.Row[Any]) -> Job:
+        values = dict(row._mapping)
+        for name in ("reserved", "credits_used", "input_bytes", "output_bytes"):
+            if values[name] is not None:
+                values[name] = int(values[name])
+        values["kind"], values["status"] = JobKind(values["kind"]), JobStatus(values["status"])
+        return Job(**values)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        row = await self._one(sa.select(jobs).where(jobs.c.id == job_id))
+        return None if row is None else self._job(row)
+
+    async def expired_outputs(self, before: float) -> list[Job]:
+        rows = await self._all(sa.select(jobs).where(jobs.c.output_path.is_not(None), jobs.c.expires_at < before))
+        return [self._job(r) for r in rows]
+
+    async def forget_output(self, job_id: str) -> None:
+        async with self._tx() as conn:
+            await conn.execute(jobs.update().where(jobs.c.id == job_id).values(output_path=None))
+
+    # --- service state ------------------------------------------------------
+
+    def _insert(self, table: sa.Table) -> Any:
+        """The dialect's INSERT, which has ``on_conflict_do_…`` on both databases."""
+        if self.sqlite:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            return sqlite_insert(table)
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+
+    async def get_state(self, name: str) -> str | None:
+        row = await self._one(sa.select(service_state.c.value).where(service_state.c.name == name))
+        return None if row is None else str(row.value)
+
+    async def set_state(self, name: str, value: str) -> None:
+        insert = self._insert(service_state).values(name=name, value=value, updated_at=now())
+        async with self._tx() as conn:
+            await conn.execute(insert.on_conflict_do_update(
+                index_elements=[service_state.c.name],
+                set_={"value": insert.excluded.value, "updated_at": insert.excluded.updated_at}))
+
+    async def set_state_if_absent(self, name: str, value: str) -> None:
+        insert = self._insert(service_state).values(name=name, value=value, updated_at=now())
+        async with self._tx() as conn:
+            await conn.execute(insert.on_conflict_do_nothing(index_elements=[service_state.c.name]))
+
+    # --- output files as rows -----------------------------------------------
+
+    async def put_file(self, job_id: str, data: bytes) -> None:
+        insert = self._insert(output_files).values(job_id=job_id, data=data, created_at=now())
+        async with self._tx() as conn:
+            await conn.execute(insert.on_conflict_do_update(index_elements=[output_files.c.job_id],
+                                                            set_={"data": insert.excluded.data}))
+
+    async def get_file(self, job_id: str) -> bytes | None:
+        row = await self._one(sa.select(output_files.c.data).where(output_files.c.job_id == job_id))
+        return None if row is None else bytes(row.data)
+
+    async def delete_file(self, job_id: str) -> None:
+        async with self._tx() as conn:
+            await conn.execute(output_files.delete().where(output_files.c.job_id == job_id))
+
+    # --- the shared rate window ---------------------------------------------
+
+    async def rate_hit(self, key_id: str, bucket: str, limit: int, window_s: float, at: float) -> RateWindow:
+        """Sliding window shared by every frontend on this database."""
+        mine = (rate_hits.c.key_id == key_id) & (rate_hits.c.bucket == bucket)
+        async with self._tx() as conn:
+            if not self.sqlite:  # SQLite's BEGIN IMMEDIATE already serialises writers
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"{key_id}:{bucket}"))))
+            await conn.execute(rate_hits.delete().where(mine, rate_hits.c.at <= at - window_s))
+            count = int((await conn.execute(sa.select(sa.func.count()).select_from(rate_hits).where(mine))).scalar_one())
+            allowed = count < limit
+            if allowed:
+                await conn.execute(rate_hits.insert().values(key_id=key_id, bucket=bucket, at=at))
+                count += 1
+            oldest = (await conn.execute(sa.select(sa.func.min(rate_hits.c.at)).where(mine))).scalar()
+            return RateWindow(allowed, count, oldest)
+
+
+def _upgrade(sync_conn: sa.Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = sync_conn
+    command.upgrade(config, "head")

@@ -1,0 +1,100 @@
+"""The database schema, once, for SQLite and PostgreSQL (SQLAlchemy Core).
+
+Alembic's migrations (``migrations/versions``) create it; a test checks that a
+migrated database matches these definitions on both backends.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+# SQLite only makes an INTEGER PRIMARY KEY an auto-incrementing row id; PostgreSQL gets BIGINT.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Money = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Seconds = sa.Double()
+
+metadata = sa.MetaData()
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("prefix", sa.Text, nullable=False, index=True),
+    sa.Column("key_hash", sa.Text, nullable=False, unique=True),
+    sa.Column("credits", Money, sa.CheckConstraint("credits >= 0", name="credits_not_negative"), nullable=False),
+    sa.Column("created_at", Seconds, nullable=False),
+    sa.Column("revoked_at", Seconds),
+)
+
+ledger = sa.Table(
+    "ledger",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("key_id", sa.Text, sa.ForeignKey("api_keys.id"), nullable=False, index=True),
+    sa.Column("delta", Money, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("job_id", sa.Text),
+    sa.Column("created_at", Seconds, nullable=False),
+)
+
+JOB_STATUSES = ("pending", "processing", "completed", "failed")
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("key_id", sa.Text, sa.ForeignKey("api_keys.id"), nullable=False, index=True),
+    sa.Column("batch_id", sa.Text),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column(
+        "status",
+        sa.Text,
+        sa.CheckConstraint(f"status IN {JOB_STATUSES!r}", name="job_status"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("input_filename", sa.Text),
+    sa.Column("created_at", Seconds, nullable=False),
+    sa.Column("started_at", Seconds),
+    sa.Column("finished_at", Seconds),
+    sa.Column("processing_ms", Seconds),
+    sa.Column("reserved", Money, nullable=False, server_default="0"),
+    sa.Column("credits_used", Money, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),
+    sa.Column("original_width", sa.Integer),
+    sa.Column("original_height", sa.Integer),
+    sa.Column("output_width", sa.Integer),
+    sa.Column("output_height", sa.Integer),
+    sa.Column("input_bytes", Money),
+    sa.Column("output_bytes", Money),
+    sa.Column("output_path", sa.Text),
+    sa.Column("content_type", sa.Text),
+    sa.Column("expires_at", Seconds, index=True),
+    sa.Column("model_version", sa.Text),
+)
+
+rate_hits = sa.Table(
+    "rate_hits",
+    metadata,
+    sa.Column("key_id", sa.Text, nullable=False),
+    sa.Column("bucket", sa.Text, nullable=False),
+    sa.Column("at", Seconds, nullable=False),
+    sa.Index("rate_hits_window", "key_id", "bucket", "at"),
+)
+
+service_state = sa.Table(
+    "service_state",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", Seconds, nullable=False),
+)
+
+output_files = sa.Table(
+    "output_files",
+    metadata,
+    sa.Column("job_id", sa.Text, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", Seconds, nullable=False),
+)

@@ -1,0 +1,233 @@
+"""HTTP handlers: parse into typed values, call a service, serialise. Nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from maskserve.frontend.domain import Job, JobKind, JobStatus
+from maskserve.frontend.errors import BadRequest, InferenceUnavailable, NotFound, Unavailable
+from maskserve.frontend.http import parsing
+from maskserve.frontend.http.openapi import openapi_document
+from maskserve.frontend.http.state import FILES, JOBS, METRICS, SETTINGS, SIGNER, STORE, api_key
+from maskserve.frontend.services import BatchOutcome, Item, Upload
+from maskserve.frontend.signing import valid_job_id
+
+
+def _base_url(request: web.Request) -> str:
+    configured = request.app[SETTINGS].public_url
+    return configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"
+
+
+def result_object(request: web.Request, job: Job) -> dict[str, Any]:
+    url = None
+    if job.status is JobStatus.COMPLETED and job.expires_at is not None:
+        query = request.app[SIGNER].query(job.id, int(job.expires_at))
+        url = f"{_base_url(request)}/v1/files/{job.id}?{query}"
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "input_filename": job.input_filename,
+        "output_url": url,
+        "processing_time_ms": round(job.processing_ms or 0.0, 1),
+        "error": job.error,
+        "original_width": job.original_width,
+        "original_height": job.original_height,
+        "output_width": job.output_width,
+        "output_height": job.output_height,
+        "credits_used": job.credits_used,
+    }
+
+
+def _single_response(request: web.Request, job: Job) -> web.Response:
+    return web.json_response({"job_id": job.id, "status": job.status, "result": result_object(request, job), "error": job.error})
+
+
+def _batch_response(request: web.Request, outcome: BatchOutcome) -> web.Response:
+    completed = sum(1 for j in outcome.jobs if j.status is JobStatus.COMPLETED)
+    failed = len(outcome.jobs) - completed
+    all_failed = completed == 0
+    return web.json_response({
+        "batch_id": outcome.batch_id,
+        "status": JobStatus.FAILED if all_failed else JobStatus.COMPLETED,
+        "total_files": len(outcome.jobs),
+        "completed": completed,
+        "failed": failed,
+        "results": [result_object(request, j) for j in outcome.jobs],
+        "total_processing_time_ms": round(outcome.wall_ms, 1),
+        "total_credits_used": sum(j.credits_used for j in outcome.jobs),
+        "error": f"All {failed} images failed" if all_failed else None,
+    })
+
+
+async def _uploads(request: web.Request, fields: set[str]) -> dict[str, list[Upload]]:
+    """Refuse at once when the process is full (before reading a byte), else read the body."""
+    if request.app[JOBS].admission.full():
+        raise Unavailable("The server is overloaded; retry later")
+    settings = request.app[SETTINGS]
+    return await parsing.read_uploads(request, fields, settings.max_upload_bytes, settings.upload_timeout_s)
+
+
+def _one(uploads: dict[str, list[Upload]], name: str, required: bool) -> Upload | None:
+    found = uploads.get(name, [])
+    if len(found) > 1:
+        raise BadRequest(f"Send one '{name}' file per request (use the batch endpoint for more)")
+    if not found and required:
+        raise BadRequest(f"No file provided: send the image as the '{name}' field")
+    return found[0] if found else None
+
+
+async def segment(request: web.Request) -> web.Response:
+    parsing.check_query(request.query, {"points", "labels", "box"})
+    prompt = parsing.parse_prompt(request.query)
+    settings = request.app[SETTINGS]
+    parsing.check_content_length(request, 1, settings.max_upload_bytes)
+    uploads = await _uploads(request, {"file"})
+    upload = _one(uploads, "file", required=True)
+    if not prompt.given:
+        raise BadRequest("Segmentation needs 'points' or 'box'")
+    job = await request.app[JOBS].single(api_key(request), JobKind.SEGMENTATION, Item(upload), prompt)
+    return _single_response(request, job)
+
+
+async def extract(request: web.Request) -> web.Response:
+    prompt = parsing.parse_prompt(request.query)
+    opts = parsing.parse_extraction_options(request.query)
+    settings = request.app[SETTINGS]
+    parsing.check_content_length(request, 2, settings.max_upload_bytes)
+    uploads = await _uploads(request, {"image", "mask"})
+    image = _one(uploads, "image", required=True)
+    mask = _one(uploads, "mask", required=False)
+    _check_mask_source(mask is not None, prompt.given)
+    item = Item(image, mask)
+    job = await request.app[JOBS].single(api_key(request), JobKind.EXTRACTION, item, None if mask else prompt, opts)
+    return _single_response(request, job)
+
+
+def _check_mask_source(has_mask: bool, has_prompt: bool) -> None:
+    if not has_mask and not has_prompt:
+        raise BadRequest("Extraction needs a 'mask' file or 'points'/'box' prompts")
+    if has_mask and has_prompt:
+        raise BadRequest("Send either a 'mask' file or prompts, not both")
+
+
+def _check_count(files: list[Upload], name: str, max_batch: int) -> None:
+    if not files:
+        raise BadRequest(f"No file provided: send 1 to {max_batch} '{name}' fields")
+    if len(files) > max_batch:
+        raise BadRequest(f"At most {max_batch} files per batch, got {len(files)}")
+
+
+async def segment_batch(request: web.Request) -> web.Response:
+    parsing.check_query(request.query, {"points", "labels", "box"})
+    prompt = parsing.parse_prompt(request.query)
+    settings = request.app[SETTINGS]
+    parsing.check_content_length(request, settings.max_batch, settings.max_upload_bytes)
+    uploads = await _uploads(request, {"files"})
+    _check_count(uploads["files"], "files", settings.max_batch)
+    if not prompt.given:
+        raise BadRequest("Segmentation needs 'points' or 'box'")
+    items = [Item(u) for u in uploads["files"]]
+    outcome = await request.app[JOBS].batch(api_key(request), JobKind.SEGMENTATION, items, prompt)
+    return _batch_response(request, outcome)
+
+
+async def extract_batch(request: web.Request) -> web.Response:
+    prompt = parsing.parse_prompt(request.query)
+    opts = parsing.parse_extraction_options(request.query)
+    settings = request.app[SETTINGS]
+    parsing.check_content_length(request, 2 * settings.max_batch, settings.max_upload_bytes)
+    uploads = await _uploads(request, {"images", "masks"})
+    images, masks = uploads["images"], uploads["masks"]
+    _check_count(images, "images", settings.max_batch)
+    if masks and len(masks) != len(images):
+        raise BadRequest(f"Got {len(images)} images but {len(masks)} masks; send one mask per image or none")
+    _check_mask_source(bool(masks), prompt.given)
+    items = [Item(image, masks[i] if masks else None) for i, image in enumerate(images)]
+    outcome = await request.app[JOBS].batch(
+        api_key(request), JobKind.EXTRACTION, items, None if masks else prompt, opts
+    )
+    return _batch_response(request, outcome)
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job_id = request.match_info["job_id"]
+    job = await request.app[STORE].get_job(job_id) if valid_job_id(job_id) else None
+    if job is None or job.key_id != api_key(request).id:
+        raise NotFound("Job not found")
+    return web.json_response(result_object(request, job))
+
+
+async def get_account(request: web.Request) -> web.Response:
+    key = await request.app[STORE].get_key(api_key(request).id)
+    if key is None:  # revoked and deleted between the auth check and now
+        raise NotFound("Account not found")
+    return web.json_response({"name": key.name, "key_prefix": key.prefix, "credits": key.credits})
+
+
+async def get_file(request: web.Request) -> web.StreamResponse:
+    job_id = request.match_info["job_id"]
+    request.app[SIGNER].verify(job_id, request.query.get("expires"), request.query.get("sig"))
+    job = await request.app[STORE].get_job(job_id) if valid_job_id(job_id) else None
+    found = await request.app[FILES].get(job.output_path) if job and job.output_path else None
+    if job is None or found is None:
+        raise NotFound("File not found")
+    headers = {
+        "Content-Type": job.content_type or "application/octet-stream",
+        "Cache-Control": "private, max-age=300",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if isinstance(found, bytes):
+        return web.Response(body=found, headers=headers)
+    return web.FileResponse(found, headers=headers)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    problems: list[str] = []
+    try:
+        await request.app[STORE].ping()
+    except Exception as exc:  # any store failure means not ready
+        problems.append(f"store: {exc}")
+    models = []
+    try:
+        models = await request.app[JOBS].refresh_models()
+    except InferenceUnavailable as exc:
+        problems.append(f"triton: {exc}")
+    body = {
+        "status": "ready" if not problems else "unavailable",
+        "models": [{"name": m.name, "version": m.version, "model": m.variant, "weights": m.weights} for m in models],
+        "random_weights": any(m.random_weights for m in models),
+        "problems": problems,
+    }
+    return web.json_response(body, status=200 if not problems else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format (next to Triton's own metrics on its metrics port)."""
+    return web.Response(body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(request.app[SETTINGS]))
+
+
+def add_routes(app: web.Application) -> None:
+    """Every route has a name: the auth middleware lets only names in ``PUBLIC_ROUTES`` through without a key."""
+    app.router.add_post("/v1/services/image-segmentation", segment, name="segment")
+    app.router.add_post("/v1/services/image-segmentation/batch", segment_batch, name="segment_batch")
+    app.router.add_post("/v1/services/object-extraction", extract, name="extract")
+    app.router.add_post("/v1/services/object-extraction/batch", extract_batch, name="extract_batch")
+    app.router.add_get("/v1/jobs/{job_id}", get_job, name="job")
+    app.router.add_get("/v1/account", get_account, name="account")
+    app.router.add_get("/v1/files/{job_id}", get_file, name="file")
+    app.router.add_get("/healthz", healthz, name="healthz")
+    app.router.add_get("/readyz", readyz, name="readyz")
+    app.router.add_get("/openapi.json", openapi, name="openapi")
+    app.router.add_get("/metrics", metrics, name="metrics")
+

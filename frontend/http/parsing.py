@@ -1,0 +1,184 @@
+"""Turning an HTTP request into typed values: query prompts and options, and
+multipart uploads read as a stream with per-file limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import numpy as np
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from maskserve.frontend.errors import BadRequest, FieldError, PayloadTooLarge, ValidationFailed
+from maskserve.frontend.services import ExtractionOptions, Prompt, Upload
+from maskserve.core.signatures import MAX_PROMPT_POINTS
+
+MAX_FEATHER = 50
+OUTPUT_FORMATS = ("webp", "png")
+MAX_PARTS = 2 * 50 + 16
+MAX_FIELD_NAME = 64
+KNOWN_QUERY = {"points", "labels", "box", "feather", "output_format"}
+
+
+def _unique(query, name: str) -> str | None:
+    values = query.getall(name, [])
+    if len(values) > 1:
+        raise ValidationFailed.one("query", name, "given more than once")
+    return values[0] if values else None
+
+
+def _json_array(query, name: str) -> list | None:
+    raw = _unique(query, name)
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw, parse_constant=lambda c: float("nan"))
+    except (ValueError, RecursionError):
+        raise ValidationFailed.one("query", name, "invalid JSON array") from None
+    if not isinstance(value, list):
+        raise ValidationFailed.one("query", name, "invalid JSON array")
+    return value
+
+
+def _number(x: object) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    try:
+        value = float(x)
+    except OverflowError:  # an integer with hundreds of digits
+        return None
+    return value if math.isfinite(value) else None
+
+
+def parse_prompt(query) -> Prompt:
+    """``points``, ``labels`` and ``box`` from the query string; 422 on anything malformed."""
+    errors: list[FieldError] = []
+    points = labels = box = None
+    raw_points = _json_array(query, "points")
+    raw_labels = _json_array(query, "labels")
+    raw_box = _json_array(query, "box")
+    if raw_points is not None:
+        if not raw_points:
+            errors.append(FieldError("query", "points", "must contain at least one [x, y] pair"))
+        elif not all(isinstance(p, list) and len(p) == 2 and all(_number(c) is not None for c in p) for p in raw_points):
+            errors.append(FieldError("query", "points", "must be an array of [x, y] pairs of finite numbers"))
+        else:
+            points = np.array(raw_points, dtype=np.float64).reshape(-1, 2).astype(np.float32)
+    if raw_labels is not None:
+        if raw_points is None:
+            errors.append(FieldError("query", "labels", "labels need points"))
+        elif not all(isinstance(v, int) and not isinstance(v, bool) and v in (0, 1) for v in raw_labels):
+            errors.append(FieldError("query", "labels", "labels must be 0 or 1"))
+        elif points is not None and len(raw_labels) != len(points):
+            errors.append(FieldError("query", "labels", "labels must have the same length as points"))
+        else:
+            labels = np.array(raw_labels, np.int32)
+    if raw_box is not None:
+        values = [_number(v) for v in raw_box]
+        if len(raw_box) != 4 or any(v is None for v in values):
+            errors.append(FieldError("query", "box", "must be [x1, y1, x2, y2] of finite numbers"))
+        elif not (values[0] < values[2] and values[1] < values[3]):
+            errors.append(FieldError("query", "box", "must satisfy x1 < x2 and y1 < y2"))
+        else:
+            box = np.array(values, np.float32)
+    if points is not None and labels is None and not any(e.name == "labels" for e in errors):
+        labels = np.ones(len(points), np.int32)
+    used = (0 if points is None else len(points)) + (0 if box is None else 2)
+    if used > MAX_PROMPT_POINTS:
+        errors.append(FieldError("query", "points", f"at most {MAX_PROMPT_POINTS} points (a box counts as 2)"))
+    if errors:
+        raise ValidationFailed(*errors)
+    return Prompt(points=points, labels=labels, box=box)
+
+
+def parse_extraction_options(query) -> ExtractionOptions:
+    errors = []
+    feather = 0
+    raw = _unique(query, "feather")
+    if raw is not None:
+        try:
+            feather = int(raw)
+            if not 0 <= feather <= MAX_FEATHER:
+                raise ValueError
+        except ValueError:
+            errors.append(FieldError("query", "feather", f"must be an integer from 0 to {MAX_FEATHER}"))
+    output_format = (_unique(query, "output_format") or "webp").lower()
+    if output_format not in OUTPUT_FORMATS:
+        errors.append(FieldError("query", "output_format", "must be 'webp' or 'png'"))
+    if errors:
+        raise ValidationFailed(*errors)
+    return ExtractionOptions(feather=feather, output_format=output_format)
+
+
+def check_query(query, allowed: set[str]) -> None:
+    for name in set(query.keys()):
+        if name in KNOWN_QUERY and name not in allowed:
+            raise ValidationFailed.one("query", name, "not accepted by this endpoint")
+
+
+def check_content_length(request: web.Request, max_files: int, max_file_bytes: int) -> None:
+    """Refuse a body that cannot fit before reading any of it."""
+    length = request.content_length
+    if length is not None and length > max_files * max_file_bytes + 1024 * 1024:
+        raise PayloadTooLarge(f"Upload too large: each file may be at most {max_file_bytes // (1024 * 1024)} MB")
+
+
+async def read_uploads(
+    request: web.Request, fields: set[str], max_file_bytes: int, timeout_s: float = 120.0
+) -> dict[str, list[Upload]]:
+    """Stream the multipart body within ``timeout_s``; keep the named file fields, enforce the size limit per file."""
+    if not request.content_type.startswith("multipart/form-data"):
+        raise BadRequest("Send the files as multipart/form-data")
+    if "boundary=" not in request.headers.get("Content-Type", ""):
+        raise BadRequest("Malformed multipart body: no boundary")
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_parts(request, fields, max_file_bytes)
+    except TimeoutError:
+        raise BadRequest(f"Upload too slow: the body must arrive within {timeout_s:.0f} s") from None
+    except HttpProcessingError as exc:  # aiohttp's parser: a header line too long, a broken part
+        raise BadRequest(f"Malformed multipart body: {exc.message}") from None
+
+
+async def _read_parts(request: web.Request, fields: set[str], max_file_bytes: int) -> dict[str, list[Upload]]:
+    try:
+        reader: MultipartReader = await request.multipart()
+    except (ValueError, AssertionError):
+        raise BadRequest("Malformed multipart body") from None
+    uploads: dict[str, list[Upload]] = {name: [] for name in fields}
+    parts = 0
+    try:
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            parts += 1
+            if parts > MAX_PARTS:
+                raise BadRequest(f"Too many parts in the multipart body (at most {MAX_PARTS})")
+            if not isinstance(part, BodyPartReader):
+                raise BadRequest("Nested multipart bodies are not accepted")
+            name = part.name or ""
+            if len(name) > MAX_FIELD_NAME:
+                raise BadRequest("Multipart field name too long")
+            data = await _read_limited(part, max_file_bytes, name)
+            if name in uploads:
+                uploads[name].append(Upload(name, part.filename, data))
+    except (ValueError, AssertionError) as exc:
+        raise BadRequest(f"Malformed multipart body: {exc}") from None
+    return uploads
+
+
+async def _read_limited(part: BodyPartReader, limit: int, name: str) -> bytes:
+    chunks = []
+    size = 0
+    while True:
+        chunk = await part.read_chunk(256 * 1024)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"File '{name}' is over the limit of {limit // (1024 * 1024)} MB")
+        chunks.append(chunk)
+    return b"".join(chunks)

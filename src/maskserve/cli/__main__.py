@@ -1,0 +1,5 @@
+import sys
+
+from maskserve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""Admin commands (keys, credits): they open the same database as ``serve``.
+
+That is the SQLite file in the same ``--data-dir``, or the PostgreSQL that
+``--database-url`` (or ``MASKSERVE_DATABASE_URL``) names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+
+from maskserve.frontend.adapters.backends import build_store
+from maskserve.frontend.config import Settings
+
+
+async def _admin(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(data_dir=args.data_dir, database_url=getattr(args, "database_url", None))
+    store = build_store(settings)
+    await store.open()
+    try:
+        if args.command == "keys" and args.keys_command == "create":
+            if args.credits < 0:
+                print("credits must be >= 0", file=sys.stderr)
+                return 2
+            key, secret = await store.create_key(args.name, args.credits)
+            print(f"key id:  {key.id}\nname:    {key.name}\ncredits: {key.credits}\napi key: {secret}")
+            print("The API key is shown only now; store it safely.", file=sys.stderr)
+            return 0
+        if args.command == "keys" and args.keys_command == "list":
+            print(f"{'id':32s}  {'name':20s}  {'prefix':18s}  {'credits':>8s}  status")
+            for key in await store.list_keys():
+                revoked = time.strftime("%Y-%m-%d", time.gmtime(key.revoked_at or 0))
+                status = "active" if key.active else f"revoked {revoked}"
+                print(f"{key.id:32s}  {key.name[:20]:20s}  {key.prefix:18s}  {key.credits:8d}  {status}")
+            return 0
+        if args.command == "keys" and args.keys_command == "revoke":
+            if await store.revoke_key(args.key_id):
+                print(f"revoked {args.key_id}")
+                return 0
+            print(f"no active key {args.key_id}", file=sys.stderr)
+            return 1
+        if args.command == "credits" and args.credits_command == "add":
+            try:
+                balance = await store.add_credits(args.key_id, args.amount)
+            except KeyError:
+                print(f"no key {args.key_id} (or the balance would go negative)", file=sys.stderr)
+                return 1
+            print(f"{args.key_id}: balance {balance}")
+            return 0
+    finally:
+        await store.close()
+    return 2
+
+
+def run_admin(args: argparse.Namespace) -> int:
+    return asyncio.run(_admin(args))

@@ -1,0 +1,6 @@
+"""The bottom layer: tensor signatures, prompt packing and mask selection.
+
+Shared by the exporter (which names the ONNX tensors from here) and the
+server (which packs prompts and picks masks the same way); it imports nothing
+else of maskserve.
+"""

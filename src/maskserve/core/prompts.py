@@ -1,0 +1,51 @@
+"""Packing one object's prompt into the decoder's fixed point slots.
+
+Coordinates are in the model's 1024×1024 frame. Order and padding follow SAM 2's
+image predictor: box corners first (labels 2 and 3), then the points, then one
+padding point (label -1) the predictor always appends; the remaining slots are
+also label -1, which the exported decoder ignores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from maskserve.core.signatures import (
+    BOX_BOTTOM_RIGHT_LABEL,
+    BOX_TOP_LEFT_LABEL,
+    DECODER_POINTS,
+    MAX_PROMPT_POINTS,
+    PAD_LABEL,
+)
+
+
+class PromptTooLarge(ValueError):
+    pass
+
+
+def pack_prompt(
+    points: np.ndarray | None, labels: np.ndarray | None, box: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """→ ``point_coords`` [DECODER_POINTS, 2] float32 and ``point_labels`` [DECODER_POINTS] int32."""
+    coords: list[np.ndarray] = []
+    labs: list[np.ndarray] = []
+    if box is not None:
+        coords.append(np.asarray(box, np.float32).reshape(2, 2))
+        labs.append(np.array([BOX_TOP_LEFT_LABEL, BOX_BOTTOM_RIGHT_LABEL], np.int32))
+    if points is not None and len(points):
+        coords.append(np.asarray(points, np.float32).reshape(-1, 2))
+        labs.append(np.asarray(labels, np.int32).reshape(-1))
+    used = sum(len(c) for c in coords)
+    if used > MAX_PROMPT_POINTS:
+        raise PromptTooLarge(f"at most {MAX_PROMPT_POINTS} prompt points (a box counts as 2), got {used}")
+    point_coords = np.zeros((DECODER_POINTS, 2), np.float32)
+    point_labels = np.full((DECODER_POINTS,), PAD_LABEL, np.int32)
+    if used:
+        point_coords[:used] = np.concatenate(coords)
+        point_labels[:used] = np.concatenate(labs)
+    return point_coords, point_labels
+
+
+def is_multimask(points: np.ndarray | None, box: np.ndarray | None) -> bool:
+    """The predictor's rule as our contract states it: one point and no box."""
+    return box is None and points is not None and len(points) == 1

@@ -1,0 +1,269 @@
+"""Running the pip-installed ``tritonserver`` (from the ``nvidia-pytriton`` wheel).
+
+The wheel ships the server binary, its shared libraries and one python-backend
+stub per Python version. We assemble a backend directory of our own (links to
+the wheel's files plus the stub matching the running interpreter) instead of
+editing the installed package, put the wheel's libraries on
+``LD_LIBRARY_PATH`` and this interpreter's environment on ``PATH``/``PYTHONPATH``
+so the backend stub sees the same packages we do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import util as importlib_util
+from pathlib import Path
+
+from maskserve.core import signatures as sig
+
+log = logging.getLogger("maskserve.triton")
+
+
+class TritonSetupError(RuntimeError):
+    """Something the server needs is missing; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class TritonDistribution:
+    binary: Path
+    libs: Path
+    python_backend: Path  # folder with libtriton_python.so
+    stub: Path
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    model_repository: Path = Path("model_repository")
+    host: str = "127.0.0.1"
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_port: int = 8002
+    models: tuple[str, ...] = tuple(sig.SIGNATURES)
+    work_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "maskserve" / "triton")
+    log_verbose: int = 0
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+
+def find_distribution() -> TritonDistribution:
+    spec = importlib_util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonSetupError(
+            "Triton Inference Server is not installed: `pip install nvidia-pytriton` "
+            "provides the tritonserver binary (scripts/setup.sh installs it)."
+        )
+    root = Path(list(spec.submodule_search_locations)[0])
+    server = root / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    dist = TritonDistribution(
+        binary=server / "bin" / "tritonserver",
+        libs=root.parent / "nvidia_pytriton.libs",
+        python_backend=server / "backends" / "python",
+        stub=server / "python_backend_stubs" / version / "triton_python_backend_stub",
+    )
+    for what, path in (
+        ("tritonserver binary", dist.binary),
+        ("Triton's libraries", dist.libs),
+        ("the python backend", dist.python_backend / "libtriton_python.so"),
+        (f"a python-backend stub for Python {version}", dist.stub),
+    ):
+        if not path.exists():
+            raise TritonSetupError(
+                f"The nvidia-pytriton wheel at {root} lacks {what} ({path}). "
+                "Reinstall it, on a Python version it ships a stub for."
+            )
+    return dist
+
+
+def check_repository(repo: Path, models: tuple[str, ...] = tuple(sig.SIGNATURES)) -> None:
+    """Refuse early, with the command to run, when exported models are missing."""
+    hint = (
+        "Export them first, e.g. `maskserve export --model sam2.1_hiera_tiny "
+        f"--random-weights --out {repo}` (or --checkpoint PATH for real weights)."
+    )
+    if not repo.is_dir():
+        raise TritonSetupError(f"Model repository {repo} does not exist. {hint}")
+    for model in models:
+        model_dir = repo / model
+        if not (model_dir / "config.pbtxt").is_file():
+            raise TritonSetupError(f"{model_dir}/config.pbtxt is missing. {hint}")
+        versions = [p for p in model_dir.iterdir() if p.name.isdigit() and (p / "model.onnx").is_file()]
+        if not versions:
+            raise TritonSetupError(f"{model_dir} has no exported version (model.onnx). {hint}")
+
+
+def prepare_backends(dist: TritonDistribution, work_dir: Path) -> Path:
+    """A backend directory whose python backend uses this interpreter's stub."""
+    backends = work_dir / "backends"
+    python_dir = backends / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    links = {
+        "libtriton_python.so": dist.python_backend / "libtriton_python.so",
+        "triton_python_backend_utils.py": dist.python_backend / "triton_python_backend_utils.py",
+        "triton_python_backend_stub": dist.stub,
+    }
+    for name, target in links.items():
+        link = python_dir / name
+        if link.is_symlink() and Path(os.readlink(link)) == target:
+            continue
+        tmp = python_dir / f".{name}.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
+        tmp.replace(link)
+    return backends
+
+
+def server_env(dist: TritonDistribution) -> dict[str, str]:
+    env = os.environ.copy()
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        p for p in (str(dist.libs), env.get("LD_LIBRARY_PATH", "")) if p
+    )
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    site_paths = [p for p in sys.path if p and Path(p).is_dir()]
+    env["PYTHONPATH"] = os.pathsep.join(site_paths)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # keep the model repository free of __pycache__
+    return env
+
+
+def server_command(dist: TritonDistribution, opts: TritonOptions, backends: Path) -> list[str]:
+    cmd = [
+        str(dist.binary),
+        f"--model-repository={opts.model_repository.resolve()}",
+        f"--backend-directory={backends}",
+        "--model-control-mode=explicit",
+        f"--grpc-address={opts.host}",
+        f"--grpc-port={opts.grpc_port}",
+        f"--http-address={opts.host}",
+        f"--http-port={opts.http_port}",
+        f"--metrics-address={opts.host}",
+        f"--metrics-port={opts.metrics_port}",
+        "--allow-gpu-metrics=false",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        "--exit-timeout-secs=30",
+        f"--log-verbose={opts.log_verbose}",
+        # each stub's shared memory starts big enough for a batch of embeddings
+        # (16 MiB each) instead of growing 1 MiB at a time
+        "--backend-config=python,shm-default-byte-size=134217728",
+        "--backend-config=python,shm-growth-byte-size=67108864",
+    ]
+    cmd += [f"--load-model={m}" for m in opts.models]
+    return cmd
+
+
+class TritonServer:
+    """One supervised ``tritonserver`` process with its logs forwarded to ours."""
+
+    def __init__(self, opts: TritonOptions) -> None:
+        self.opts = opts
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log_thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        dist = find_distribution()
+        check_repository(self.opts.model_repository, self.opts.models)
+        backends = prepare_backends(dist, self.opts.work_dir)
+        cmd = server_command(dist, self.opts, backends)
+        log.info("starting %s", " ".join(cmd))
+        self.process = subprocess.Popen(
+            cmd,
+            env=server_env(dist),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # our signals reach it only through stop()
+        )
+        self._log_thread = threading.Thread(target=self._forward_logs, daemon=True)
+        self._log_thread.start()
+
+    def _forward_logs(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for raw in self.process.stdout:
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            if line:
+                log.info("%s", line)
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        """Block until every model is READY; raise if the server dies or times out."""
+        import tritonclient.grpc as grpcclient
+
+        deadline = time.monotonic() + timeout
+        client = grpcclient.InferenceServerClient(self.opts.grpc_url)
+        try:
+            while True:
+                if self.process is None or self.process.poll() is not None:
+                    code = None if self.process is None else self.process.returncode
+                    raise TritonSetupError(f"tritonserver exited (code {code}) before its models were ready; see its log above")
+                try:
+                    if client.is_server_live() and all(client.is_model_ready(m) for m in self.opts.models):
+                        return
+                except Exception:  # not listening yet
+                    pass
+                if time.monotonic() > deadline:
+                    raise TritonSetupError(f"models not READY after {timeout:.0f} s")
+                time.sleep(0.25)
+        finally:
+            client.close()
+
+    def stop(self, timeout: float = 40.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver did not stop in %.0f s; killing it", timeout)
+                proc.kill()
+                proc.wait()
+        if self._log_thread is not None:
+            self._log_thread.join(timeout=5)
+        return proc.returncode
+
+    def __enter__(self) -> "TritonServer":
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_forever(opts: TritonOptions) -> int:
+    """``maskserve triton``: serve until SIGINT/SIGTERM, then shut down cleanly."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    server = TritonServer(opts)
+    server.start()
+    try:
+        server.wait_ready()
+        log.info(
+            "models READY: %s; gRPC %s, HTTP %s:%d, metrics %s:%d",
+            ", ".join(opts.models), opts.grpc_url, opts.host, opts.http_port, opts.host, opts.metrics_port,
+        )
+        while not stop.is_set():
+            if server.process is not None and server.process.poll() is not None:
+                log.error("tritonserver exited with code %s", server.process.returncode)
+                return 1
+            stop.wait(0.5)
+        log.info("shutting down")
+        return 0
+    finally:
+        code = server.stop()
+        log.info("tritonserver stopped (exit code %s)", code)

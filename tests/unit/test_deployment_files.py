@@ -1,0 +1,78 @@
+"""The deployment files stay consistent with the code (no Docker engine or cluster here)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from maskserve.frontend.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+# Triton 2.51 (the nvidia-pytriton wheel's server) is NGC release 24.10.
+NGC_TRITON = "nvcr.io/nvidia/tritonserver:24.10-py3"
+SETTING_VARS = {"MASKSERVE_" + f.name.upper() for f in fields(Settings)} | {
+    "MASKSERVE_RATE_SINGLE", "MASKSERVE_RATE_BATCH", "MASKSERVE_RATE_READ"}
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_wires_export_triton_postgres_frontends_and_a_balancer():
+    services = _compose()["services"]
+    assert set(services) == {"export", "triton", "postgres", "frontend", "lb"}
+    assert services["triton"]["image"] == NGC_TRITON
+    assert services["triton"]["depends_on"]["export"]["condition"] == "service_completed_successfully"
+    assert "--model-control-mode=explicit" in services["triton"]["command"]
+    assert services["triton"]["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    export_cmd = " ".join(services["export"]["command"])
+    assert "maskserve export" in export_cmd and "--target gpu" in export_cmd and "--out /models" in export_cmd
+    front = services["frontend"]
+    assert front["command"][:3] == ["frontend", "--triton-url", "triton:8001"]
+    assert {"triton", "postgres"} <= set(front["depends_on"]) and "readyz" in " ".join(front["healthcheck"]["test"])
+    env = front["environment"]
+    assert set(env) <= SETTING_VARS and env["MASKSERVE_DATABASE_URL"].startswith("postgresql://")
+    assert "frontend:8080" in (ROOT / "deploy/nginx/nginx.conf").read_text()
+    for name in ("triton", "postgres", "frontend"):
+        assert "healthcheck" in services[name]
+
+
+def test_compose_commands_exist_in_the_cli():
+    from maskserve.cli import build_parser
+
+    parser = build_parser()
+    services = _compose()["services"]
+    parser.parse_args(services["frontend"]["command"])
+    export = re.sub(r"\$\{[^}]*\}", "", " ".join(services["export"]["command"])).split("maskserve ", 1)[1].split()
+    parser.parse_args(export + ["--random-weights"])
+
+
+def test_kubernetes_manifests():
+    docs = [d for d in yaml.safe_load_all((ROOT / "deploy/kubernetes/maskserve.yaml").read_text()) if d]
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {("Job", "maskserve-export"), ("Deployment", "triton"), ("Deployment", "maskserve-frontend"),
+            ("Service", "triton"), ("Service", "maskserve"), ("PersistentVolumeClaim", "maskserve-models")} <= kinds
+    from maskserve.cli import build_parser
+
+    for doc in docs:
+        assert doc["apiVersion"] and doc["metadata"]["name"]
+        if doc["kind"] in ("Deployment", "Job"):
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                if doc["kind"] == "Deployment":
+                    assert container["readinessProbe"]["httpGet"]["path"] in ("/readyz", "/v2/health/ready")
+                if container["image"].startswith("maskserve"):
+                    build_parser().parse_args(container["args"])
+                    for var in container.get("env", []):
+                        assert var["name"] in SETTING_VARS
+                else:
+                    assert container["image"] == NGC_TRITON
+        if doc["kind"] == "Deployment":
+            assert doc["spec"]["selector"]["matchLabels"] == doc["spec"]["template"]["metadata"]["labels"]
+
+
+def test_docs_name_the_same_triton_image():
+    assert NGC_TRITON in (ROOT / "docs" / "TRITON.md").read_text()
+    assert NGC_TRITON in (ROOT / "docs" / "DEPLOYMENT.md").read_text()

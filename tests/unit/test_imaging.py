@@ -1,0 +1,130 @@
+"""Unit tests of the pure image functions against SAM 2's own (PyTorch) operations."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from maskserve.frontend import imaging
+from maskserve.frontend.errors import ImageRejected
+from maskserve.core.signatures import PIXEL_MEAN, PIXEL_STD
+from tests.helpers import image_bytes
+
+
+def _torch_preprocess(rgb: np.ndarray) -> np.ndarray:
+    """What SAM2Transforms does: ToTensor, Resize((1024, 1024)) (antialiased bilinear), Normalize."""
+    x = torch.from_numpy(rgb).permute(2, 0, 1).float()[None] / 255.0
+    x = F.interpolate(x, (1024, 1024), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
+    return ((x - mean) / std).numpy()
+
+
+@pytest.mark.parametrize("size", [(1080, 1920), (300, 200), (1024, 1024)])
+def test_preprocess_matches_sam2_transforms(size):
+    rgb = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    ours = imaging.preprocess(rgb)
+    want = _torch_preprocess(rgb)
+    assert ours.shape == (1, 3, 1024, 1024) and ours.dtype == np.float32
+    # the resize output is rounded to 8 bits: at most one grey level, 1/255/0.225 after normalising
+    assert np.abs(ours - want).max() < 1.05 / 255 / min(PIXEL_STD)
+    assert np.abs(ours - want).mean() < 0.01
+
+
+@pytest.mark.parametrize("size", [(1080, 1920), (100, 60), (256, 256)])
+def test_upsample_matches_torch_interpolate(size):
+    logits = np.random.default_rng(1).standard_normal((256, 256)).astype(np.float32)
+    ours = imaging.upsample_logits(logits, *size)
+    want = F.interpolate(torch.from_numpy(logits)[None, None], size, mode="bilinear", align_corners=False)[0, 0].numpy()
+    assert np.abs(ours - want).max() < 5e-4  # float32 index arithmetic differs slightly
+    assert np.mean((ours > 0) == (want > 0)) > 0.99999
+
+
+def test_coordinates_scale_to_the_model_frame():
+    out = imaging.to_model_frame(np.array([[960.0, 540.0], [0.0, 1080.0]]), 1920, 1080)
+    np.testing.assert_allclose(out, [[512.0, 512.0], [0.0, 1024.0]])
+
+
+def _exif_rotated(orientation: int) -> bytes:
+    img = Image.fromarray(np.zeros((40, 100, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(orientation):
+    decoded = imaging.decode_image(_exif_rotated(orientation), 10**8)
+    expected = (100, 40) if orientation in (5, 6, 7, 8) else (40, 100)
+    assert (decoded.height, decoded.width) == expected
+
+
+@pytest.mark.parametrize("fmt,mode", [("PNG", "P"), ("PNG", "LA"), ("PNG", "RGBA"), ("PNG", "L"), ("PNG", "I;16"),
+                                      ("JPEG", "CMYK"), ("JPEG", "L"), ("WEBP", "RGBA"), ("WEBP", "RGB")])
+def test_modes_decode_to_rgb(fmt, mode):
+    decoded = imaging.decode_image(image_bytes(64, 48, fmt=fmt, mode=mode), 10**8)
+    assert decoded.rgb.shape == (48, 64, 3) and decoded.rgb.dtype == np.uint8
+    if fmt == "PNG":  # WebP's encoder may drop an all-opaque alpha channel
+        assert (decoded.alpha is not None) == (mode in ("LA", "RGBA"))
+
+
+def test_sixteen_bit_keeps_its_range():
+    array = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    decoded = imaging.decode_image(buf.getvalue(), 10**8)
+    assert decoded.rgb.min() == 0 and decoded.rgb.max() == 255
+
+
+@pytest.mark.parametrize("data,too_large", [
+    (b"", False),
+    (b"GIF89a" + b"\0" * 100, False),
+    (b"not an image at all", False),
+    (image_bytes(64, 48)[:200], False),
+])
+def test_bad_files_are_rejected(data, too_large):
+    with pytest.raises(ImageRejected) as info:
+        imaging.decode_image(data, 10**8)
+    assert info.value.too_large is too_large
+
+
+def test_other_formats_are_rejected():
+    buf = io.BytesIO()
+    Image.new("RGB", (10, 10)).save(buf, format="GIF")
+    with pytest.raises(ImageRejected, match="not a JPEG, PNG or WebP"):
+        imaging.decode_image(buf.getvalue(), 10**8)
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    with pytest.raises(ImageRejected) as info:
+        imaging.decode_image(image_bytes(400, 300, fmt="PNG"), max_pixels=100_000)
+    assert info.value.too_large
+
+
+def test_feather_softens_only_when_asked():
+    alpha = np.zeros((100, 100), np.uint8)
+    alpha[30:70, 30:70] = 255
+    assert set(np.unique(imaging.feather(alpha, 0))) == {0, 255}
+    soft = imaging.feather(alpha, 10)
+    assert np.any((soft > 0) & (soft < 255))
+
+
+def test_cutout_is_lossless_and_transparent_elsewhere():
+    rgb = np.random.default_rng(2).integers(0, 256, (50, 60, 3), dtype=np.uint8)
+    decoded = imaging.DecodedImage(rgb=rgb, alpha=None, format="PNG")
+    alpha = np.zeros((50, 60), np.uint8)
+    alpha[10:40, 10:50] = 255
+    for fmt in ("png", "webp"):
+        out = Image.open(io.BytesIO(imaging.encode_cutout(imaging.cutout(decoded, alpha), fmt)))
+        arr = np.asarray(out.convert("RGBA"))
+        assert out.size == (60, 50)
+        np.testing.assert_array_equal(arr[10:40, 10:50, :3], rgb[10:40, 10:50])
+        np.testing.assert_array_equal(arr[..., 3], alpha)
+        assert not out.info.get("exif") and not out.info.get("icc_profile")
