@@ -32,7 +32,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered))) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
 @dataclass
@@ -54,9 +54,15 @@ class LoadResult:
             "errors_by_status": errors,
             "error_rate": sum(errors.values()) / total if total else 0.0,
             "latency_ms": {
-                kind: {"p50": percentile(v, 50), "p95": percentile(v, 95), "p99": percentile(v, 99),
-                       "mean": statistics.fmean(v), "n": len(v)}
-                for kind, v in self.latencies_ms.items() if v
+                kind: {
+                    "p50": percentile(v, 50),
+                    "p95": percentile(v, 95),
+                    "p99": percentile(v, 99),
+                    "mean": statistics.fmean(v),
+                    "n": len(v),
+                }
+                for kind, v in self.latencies_ms.items()
+                if v
             },
             "event_loop_lag": self.lag,
         }
@@ -107,7 +113,9 @@ class Load:
             raise RuntimeError("ran out of distinct images: generate more")
         return self.new_images.pop()
 
-    async def _single(self, session: aiohttp.ClientSession, data: bytes, record: bool = True, kind: str = "cached") -> None:
+    async def _single(
+        self, session: aiohttp.ClientSession, data: bytes, record: bool = True, kind: str = "cached"
+    ) -> None:
         point = f"[[{self._rng.randint(10, 1900)},{self._rng.randint(10, 1070)}]]"
         form = aiohttp.FormData()
         form.add_field("file", data, filename="photo.jpg", content_type="image/jpeg")
@@ -125,7 +133,9 @@ class Load:
         for _ in range(self.batch_size):
             form.add_field("files", self._next_new(), filename="photo.jpg", content_type="image/jpeg")
         started = time.perf_counter()
-        async with session.post(f"{self.url}{SEG}/batch", params={"points": "[[960,540]]"}, data=form, headers=self.headers) as r:
+        async with session.post(
+            f"{self.url}{SEG}/batch", params={"points": "[[960,540]]"}, data=form, headers=self.headers
+        ) as r:
             body = await r.json()
             status = r.status
         self.result.latencies_ms.setdefault("batch", []).append((time.perf_counter() - started) * 1000)
@@ -145,8 +155,16 @@ class Load:
             self.result.statuses["connection-error"] += 1
 
 
-async def run_load(url: str, key: str, kinds: list[str], concurrency: int, rate: float | None,
-                   new_images: list[bytes], cached_image: bytes, batch_size: int = 4) -> dict:
+async def run_load(
+    url: str,
+    key: str,
+    kinds: list[str],
+    concurrency: int,
+    rate: float | None,
+    new_images: list[bytes],
+    cached_image: bytes,
+    batch_size: int = 4,
+) -> dict:
     load = Load(url, key, new_images, cached_image, batch_size)
     timeout = aiohttp.ClientTimeout(total=900)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -163,9 +181,11 @@ async def run_load(url: str, key: str, kinds: list[str], concurrency: int, rate:
                 tasks.append(asyncio.ensure_future(load.one(session, kind)))
             await asyncio.gather(*tasks)
         else:
+
             async def worker() -> None:
                 while queue:
                     await load.one(session, queue.pop(0))
+
             await asyncio.gather(*(worker() for _ in range(concurrency)))
         load.result.wall_s = time.perf_counter() - started
         after = requests.get(f"{url}/metrics", timeout=10).text

@@ -26,9 +26,13 @@ def _ov(path: Path, precision: str, threads: int):
     import openvino as ov
 
     compiled = ov.Core().compile_model(
-        str(path), "CPU",
-        {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
-         "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"},
+        str(path),
+        "CPU",
+        {
+            "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY",
+        },
     )
     request = compiled.create_infer_request()
     return lambda feeds: request.infer(feeds)
@@ -53,13 +57,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from maskserve.core import signatures as sig
+    from maskserve.core.prompts import pack_prompt
     from maskserve.export import reference
     from maskserve.export.checkpoints import build_model
     from maskserve.export.command import ExportRequest, run_export
     from maskserve.export.repository import read_manifest
     from maskserve.export.variants import get_variant
-    from maskserve.core import signatures as sig
-    from maskserve.core.prompts import pack_prompt
 
     torch.set_num_threads(args.threads)
     repo = args.repo
@@ -83,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         "image_embed": feats["image_embed"].numpy(),
         "high_res_feats_0": feats["high_res_feats"][0].numpy(),
         "high_res_feats_1": feats["high_res_feats"][1].numpy(),
-        "point_coords": coords[None], "point_labels": labels[None],
-        "mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32),
+        "point_coords": coords[None],
+        "point_labels": labels[None],
+        "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+        "has_mask_input": np.zeros(1, np.float32),
     }
     image_t = torch.from_numpy(image)
     encoders = {
@@ -108,16 +114,30 @@ def main(argv: list[str] | None = None) -> int:
                 fn()
                 results[part].setdefault(name, []).append((time.perf_counter() - start) * 1000)
 
-    summary = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-               "threads": args.threads, "repeats": args.repeats, "model": manifest["model"], "results": {}}
-    print(f"SAM 2.1 tiny, batch 1, {args.threads} threads, median of {args.repeats} (ms); ratio = PyTorch time / this time")
+    summary = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "model": manifest["model"],
+        "results": {},
+    }
+    print(
+        f"SAM 2.1 tiny, batch 1, {args.threads} threads, median of "
+        f"{args.repeats} (ms); ratio = PyTorch time / this time"
+    )
     for part, by_name in results.items():
         ref = statistics.median(by_name["pytorch fp32 (reference)"])
         print(f"\n{part:8s} {'runtime':28s} {'median ms':>10s} {'p90 ms':>8s} {'speed-up':>9s}")
         for name, times in by_name.items():
             med = statistics.median(times)
-            p90 = sorted(times)[max(0, int(round(0.9 * len(times))) - 1)]
-            summary["results"].setdefault(part, {})[name] = {"median_ms": med, "p90_ms": p90, "speedup_vs_pytorch": ref / med, "samples_ms": times}
+            p90 = sorted(times)[max(0, round(0.9 * len(times)) - 1)]
+            summary["results"].setdefault(part, {})[name] = {
+                "median_ms": med,
+                "p90_ms": p90,
+                "speedup_vs_pytorch": ref / med,
+                "samples_ms": times,
+            }
             print(f"{'':8s} {name:28s} {med:10.1f} {p90:8.1f} {ref / med:8.2f}x")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

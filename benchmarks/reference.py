@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from maskserve.core.signatures import PIXEL_MEAN, PIXEL_STD
 from maskserve.export import reference
 from maskserve.export.checkpoints import build_model
 from maskserve.export.variants import get_variant
-from maskserve.core.signatures import PIXEL_MEAN, PIXEL_STD
 
 
 class TorchPeer:

@@ -46,18 +46,37 @@ def main(argv: list[str] | None = None) -> int:
             summary = asyncio.run(run_load(stack.url, stack.key, kinds, args.concurrency, None, images, cached, 2))
             statuses.update(summary["errors_by_status"])
             metrics = requests.get(f"{stack.url}/metrics", timeout=10).text
-            cache = next(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines() if l.startswith("maskserve_embedding_cache_bytes"))
-            rounds.append({"t_s": round(time.monotonic() - deadline + 60 * args.minutes), "rss_mb": rss_mb(stack.frontend_pid),
-                           "cache_mb": cache / 2**20, "errors": summary["errors_by_status"], "images_per_s": summary["images_per_s"],
-                           "lag_p99_le_s": summary["event_loop_lag"]["p99_le_s"]})
+            cache = next(
+                float(line.rsplit(" ", 1)[1])
+                for line in metrics.splitlines()
+                if line.startswith("maskserve_embedding_cache_bytes")
+            )
+            rounds.append(
+                {
+                    "t_s": round(time.monotonic() - deadline + 60 * args.minutes),
+                    "rss_mb": rss_mb(stack.frontend_pid),
+                    "cache_mb": cache / 2**20,
+                    "errors": summary["errors_by_status"],
+                    "images_per_s": summary["images_per_s"],
+                    "lag_p99_le_s": summary["event_loop_lag"]["p99_le_s"],
+                }
+            )
             print(json.dumps(rounds[-1]), flush=True)
     q = max(1, len(rounds) // 4)
     second = statistics.median(r["rss_mb"] for r in rounds[q : 2 * q])
     last = statistics.median(r["rss_mb"] for r in rounds[-q:])
-    result = {"minutes": args.minutes, "rounds": len(rounds), "requests": len(rounds) * args.round,
-              "errors_by_status": dict(statuses), "rss_second_quarter_mb": second, "rss_last_quarter_mb": last,
-              "rss_max_mb": max(r["rss_mb"] for r in rounds), "cache_max_mb": max(r["cache_mb"] for r in rounds),
-              "flat": abs(last - second) < 50, "samples": rounds}
+    result = {
+        "minutes": args.minutes,
+        "rounds": len(rounds),
+        "requests": len(rounds) * args.round,
+        "errors_by_status": dict(statuses),
+        "rss_second_quarter_mb": second,
+        "rss_last_quarter_mb": last,
+        "rss_max_mb": max(r["rss_mb"] for r in rounds),
+        "cache_max_mb": max(r["cache_mb"] for r in rounds),
+        "flat": abs(last - second) < 50,
+        "samples": rounds,
+    }
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
     if args.json:
         with open(args.json, "w") as fh:

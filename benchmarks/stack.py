@@ -53,23 +53,36 @@ def running_stack(repo: Path | None = None, env: dict[str, str] | None = None) -
 
     work = Path(tempfile.mkdtemp(prefix="maskserve-bench-"))
     repo = repo or export_default(work)
-    opts = TritonOptions(model_repository=repo, grpc_port=free_port(), http_port=free_port(),
-                         metrics_port=free_port(), work_dir=work / "triton")
+    opts = TritonOptions(
+        model_repository=repo,
+        grpc_port=free_port(),
+        http_port=free_port(),
+        metrics_port=free_port(),
+        work_dir=work / "triton",
+    )
     data = work / "data"
     cli = [sys.executable, "-m", "maskserve.cli"]
-    created = subprocess.run([*cli, "keys", "create", "--name", "bench", "--credits", str(10**9), "--data-dir", str(data)],
-                             capture_output=True, text=True, check=True)
+    created = subprocess.run(
+        [*cli, "keys", "create", "--name", "bench", "--credits", str(10**9), "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     key = next(line.split()[-1] for line in created.stdout.splitlines() if line.startswith("api key:"))
     port = free_port()
     frontend_env = {
         **os.environ,
-        "MASKSERVE_RATE_SINGLE": str(10**6), "MASKSERVE_RATE_BATCH": str(10**6), "MASKSERVE_RATE_READ": str(10**6),
+        "MASKSERVE_RATE_SINGLE": str(10**6),
+        "MASKSERVE_RATE_BATCH": str(10**6),
+        "MASKSERVE_RATE_READ": str(10**6),
         **(env or {}),
     }
     with TritonServer(opts):
         proc = subprocess.Popen(
             [*cli, "frontend", "--triton-url", opts.grpc_url, "--port", str(port), "--data-dir", str(data)],
-            env=frontend_env, stdout=subprocess.DEVNULL, stderr=open(work / "frontend.log", "w"),
+            env=frontend_env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(work / "frontend.log", "w"),  # noqa: SIM115 (the process keeps it)
         )
         url = f"http://127.0.0.1:{port}"
         try:

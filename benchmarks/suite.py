@@ -44,10 +44,24 @@ class Sizes:
     agreement_images: int
 
 
-FULL = Sizes(model_images=6, cached_requests=60, concurrent_images=24, batch_images=50,
-             memory_requests=1000, reference_images=4, agreement_images=3)
-SMOKE = Sizes(model_images=1, cached_requests=4, concurrent_images=2, batch_images=2,
-              memory_requests=20, reference_images=1, agreement_images=1)
+FULL = Sizes(
+    model_images=6,
+    cached_requests=60,
+    concurrent_images=24,
+    batch_images=50,
+    memory_requests=1000,
+    reference_images=4,
+    agreement_images=3,
+)
+SMOKE = Sizes(
+    model_images=1,
+    cached_requests=4,
+    concurrent_images=2,
+    batch_images=2,
+    memory_requests=20,
+    reference_images=1,
+    agreement_images=1,
+)
 CACHE_BYTES = 64 * MIB  # four images: the memory run cycles more images than fit
 
 
@@ -94,10 +108,18 @@ def agreement(stack: Stack, peer: TorchPeer, count: int) -> dict:
     for i in range(count):
         data = photo(5000 + i)
         for point in ((480, 270), (960, 540), (1500, 800)):
-            r = requests.post(f"{stack.url}/v1/services/image-segmentation", params={"points": json.dumps([list(point)])},
-                              files={"file": ("p.jpg", data, "image/jpeg")}, headers={"Authorization": f"Bearer {stack.key}"}, timeout=300)
+            r = requests.post(
+                f"{stack.url}/v1/services/image-segmentation",
+                params={"points": json.dumps([list(point)])},
+                files={"file": ("p.jpg", data, "image/jpeg")},
+                headers={"Authorization": f"Bearer {stack.key}"},
+                timeout=300,
+            )
             r.raise_for_status()
-            ours = np.asarray(Image.open(io.BytesIO(requests.get(r.json()["result"]["output_url"], timeout=30).content))) > 127
+            ours = (
+                np.asarray(Image.open(io.BytesIO(requests.get(r.json()["result"]["output_url"], timeout=30).content)))
+                > 127
+            )
             theirs = np.asarray(Image.open(io.BytesIO(peer.segment(data, point)))) > 127
             ious.append(_mask_iou(ours, theirs))
     return {"min_iou": min(ious), "mean_iou": statistics.fmean(ious), "masks": len(ious)}
@@ -106,8 +128,12 @@ def agreement(stack: Stack, peer: TorchPeer, count: int) -> dict:
 def run(sizes: Sizes) -> dict:
     from maskserve.frontend import imaging
 
-    results: dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.processor()}".strip(),
-                     "cpus": os.cpu_count(), "sizes": sizes.__dict__}
+    results: dict = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} {platform.processor()}".strip(),
+        "cpus": os.cpu_count(),
+        "sizes": sizes.__dict__,
+    }
     peer = TorchPeer()
     images = photos(sizes.model_images + sizes.concurrent_images + sizes.batch_images + 8)
     model_images = images[: sizes.model_images]
@@ -122,7 +148,10 @@ def run(sizes: Sizes) -> dict:
     ref_encode = [_timed(lambda r=r: peer.encode(r)) for r in rgbs]
     cached = photo(1)
     peer.segment(cached, (100, 100))
-    ref_cached = [_timed(lambda i=i: peer.segment(cached, (200 + i, 300))) * 1000 for i in range(max(3, sizes.cached_requests // 4))]
+    ref_cached = [
+        _timed(lambda i=i: peer.segment(cached, (200 + i, 300))) * 1000
+        for i in range(max(3, sizes.cached_requests // 4))
+    ]
     ref_new = [_timed(lambda d=d: peer.segment(d, (960, 540))) for d in images[: sizes.reference_images]]
     ref_image_s = statistics.median(ref_new)
 
@@ -131,42 +160,69 @@ def run(sizes: Sizes) -> dict:
         rate_1, lat_1 = asyncio.run(encoder_rate(stack.grpc_url, tensors, 1))
         encoder_single_s = statistics.median(lat_1)
         results["encoder"] = {
-            "ours_images_per_s": rate_1, "reference_images_per_s": 1 / statistics.median(ref_encode),
-            "ours_single_image_s": encoder_single_s, "reference_single_image_s": statistics.median(ref_encode),
+            "ours_images_per_s": rate_1,
+            "reference_images_per_s": 1 / statistics.median(ref_encode),
+            "ours_single_image_s": encoder_single_s,
+            "reference_single_image_s": statistics.median(ref_encode),
         }
-        results["encoder"]["ratio"] = results["encoder"]["ours_images_per_s"] / results["encoder"]["reference_images_per_s"]
+        results["encoder"]["ratio"] = (
+            results["encoder"]["ours_images_per_s"] / results["encoder"]["reference_images_per_s"]
+        )
         results["agreement"] = agreement(stack, peer, sizes.agreement_images)
 
         # T2: cached image, concurrency 1
-        cached_run = asyncio.run(run_load(stack.url, stack.key, ["cached"] * sizes.cached_requests, 1, None, [], cached))
+        cached_run = asyncio.run(
+            run_load(stack.url, stack.key, ["cached"] * sizes.cached_requests, 1, None, [], cached)
+        )
         lat = cached_run["latency_ms"]["cached"]
-        results["cached_c1"] = {"ours_p50_ms": lat["p50"], "ours_p99_ms": lat["p99"],
-                                "reference_p50_ms": statistics.median(ref_cached), "errors": cached_run["errors_by_status"]}
+        results["cached_c1"] = {
+            "ours_p50_ms": lat["p50"],
+            "ours_p99_ms": lat["p99"],
+            "reference_p50_ms": statistics.median(ref_cached),
+            "errors": cached_run["errors_by_status"],
+        }
         results["cached_c1"]["ratio"] = results["cached_c1"]["reference_p50_ms"] / lat["p50"]
 
         # T3: concurrency 8, distinct images, vs encoder-only at the same concurrency
-        enc_tensors = [imaging.preprocess(imaging.decode_image(d, 10**8).rgb) for d in concurrent_images[: max(2, sizes.concurrent_images // 2)]]
+        enc_tensors = [
+            imaging.preprocess(imaging.decode_image(d, 10**8).rgb)
+            for d in concurrent_images[: max(2, sizes.concurrent_images // 2)]
+        ]
         rate_8, _ = asyncio.run(encoder_rate(stack.grpc_url, enc_tensors, 8))
-        rest = asyncio.run(run_load(stack.url, stack.key, ["new"] * sizes.concurrent_images, 8, None, list(concurrent_images), cached))
+        rest = asyncio.run(
+            run_load(stack.url, stack.key, ["new"] * sizes.concurrent_images, 8, None, list(concurrent_images), cached)
+        )
         results["concurrent_c8"] = {
-            "rest_images_per_s": rest["images_per_s"], "encoder_only_images_per_s": rate_8,
-            "overhead_ratio": rest["images_per_s"] / rate_8, "errors": rest["errors_by_status"],
+            "rest_images_per_s": rest["images_per_s"],
+            "encoder_only_images_per_s": rate_8,
+            "overhead_ratio": rest["images_per_s"] / rate_8,
+            "errors": rest["errors_by_status"],
             "event_loop_lag_p99_le_s": rest["event_loop_lag"]["p99_le_s"],
-            "reference_images_per_s": 1 / ref_image_s, "p50_ms": rest["latency_ms"]["new"]["p50"],
+            "reference_images_per_s": 1 / ref_image_s,
+            "p50_ms": rest["latency_ms"]["new"]["p50"],
         }
         results["concurrent_c8"]["ratio_vs_reference"] = rest["images_per_s"] * ref_image_s
 
         # T4: one batch of distinct images vs the single-image encoder time of this run
         files = [("files", (f"b{i}.jpg", d, "image/jpeg")) for i, d in enumerate(batch_images)]
         started = time.perf_counter()
-        r = requests.post(f"{stack.url}/v1/services/image-segmentation/batch", params={"points": "[[960,540]]"}, files=files,
-                          headers={"Authorization": f"Bearer {stack.key}"}, timeout=1800)
+        r = requests.post(
+            f"{stack.url}/v1/services/image-segmentation/batch",
+            params={"points": "[[960,540]]"},
+            files=files,
+            headers={"Authorization": f"Bearer {stack.key}"},
+            timeout=1800,
+        )
         wall = time.perf_counter() - started
         body = r.json()
-        results["batch"] = {"images": len(batch_images), "wall_s": wall, "completed": body.get("completed"),
-                            "bound_s": len(batch_images) * encoder_single_s,
-                            "ratio_to_bound": wall / (len(batch_images) * encoder_single_s),
-                            "reference_wall_s": len(batch_images) * ref_image_s}
+        results["batch"] = {
+            "images": len(batch_images),
+            "wall_s": wall,
+            "completed": body.get("completed"),
+            "bound_s": len(batch_images) * encoder_single_s,
+            "ratio_to_bound": wall / (len(batch_images) * encoder_single_s),
+            "reference_wall_s": len(batch_images) * ref_image_s,
+        }
 
         # T5: frontend memory over many requests after warm-up; the cache stays in its bound
         warm = asyncio.run(run_load(stack.url, stack.key, ["cached"] * 10, 2, None, [], cached))
@@ -180,43 +236,94 @@ def run(sizes: Sizes) -> dict:
         mem = asyncio.run(run_load(stack.url, stack.key, kinds, 2, None, news, cached))
         rss_after = rss_mb(stack.frontend_pid)
         metrics = requests.get(f"{stack.url}/metrics", timeout=10).text
-        cache_bytes = next(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines() if l.startswith("maskserve_embedding_cache_bytes"))
-        results["memory"] = {"requests": sizes.memory_requests, "rss_before_mb": rss_before, "rss_after_mb": rss_after,
-                             "growth_mb": rss_after - rss_before, "cache_bytes": cache_bytes, "cache_limit_bytes": CACHE_BYTES,
-                             "errors": mem["errors_by_status"]}
+        cache_bytes = next(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("maskserve_embedding_cache_bytes")
+        )
+        results["memory"] = {
+            "requests": sizes.memory_requests,
+            "rss_before_mb": rss_before,
+            "rss_after_mb": rss_after,
+            "growth_mb": rss_after - rss_before,
+            "cache_bytes": cache_bytes,
+            "cache_limit_bytes": CACHE_BYTES,
+            "errors": mem["errors_by_status"],
+        }
     results["targets"] = targets(results)
     return results
 
 
 def targets(r: dict) -> list[dict]:
     rows = [
-        ("encoder images/s through Triton >= 2.0x PyTorch fp32", r["encoder"]["ratio"] >= 2.0,
-         f"{r['encoder']['ours_images_per_s']:.3f} vs {r['encoder']['reference_images_per_s']:.3f} img/s = {r['encoder']['ratio']:.2f}x"),
-        ("reduced precision: mask IoU vs fp32 PyTorch >= 0.98", r["agreement"]["min_iou"] >= 0.98,
-         f"min {r['agreement']['min_iou']:.4f}, mean {r['agreement']['mean_iou']:.4f} over {r['agreement']['masks']} masks"),
-        ("cached image c=1: p50 <= 60 ms", r["cached_c1"]["ours_p50_ms"] <= 60,
-         f"p50 {r['cached_c1']['ours_p50_ms']:.1f} ms (reference {r['cached_c1']['reference_p50_ms']:.1f} ms, {r['cached_c1']['ratio']:.2f}x)"),
-        ("cached image c=1: p99 <= 150 ms", r["cached_c1"]["ours_p99_ms"] <= 150, f"p99 {r['cached_c1']['ours_p99_ms']:.1f} ms"),
-        ("c=8 distinct: REST >= 0.9x encoder-only throughput", r["concurrent_c8"]["overhead_ratio"] >= 0.9,
-         f"{r['concurrent_c8']['rest_images_per_s']:.3f} vs {r['concurrent_c8']['encoder_only_images_per_s']:.3f} img/s = "
-         f"{r['concurrent_c8']['overhead_ratio']:.3f} (reference {r['concurrent_c8']['reference_images_per_s']:.3f} img/s)"),
-        ("c=8 distinct: no request errors", not r["concurrent_c8"]["errors"], str(r["concurrent_c8"]["errors"] or "none")),
-        ("c=8 distinct: event-loop lag p99 <= 50 ms", r["concurrent_c8"]["event_loop_lag_p99_le_s"] <= 0.05,
-         f"p99 <= {1000 * r['concurrent_c8']['event_loop_lag_p99_le_s']:.0f} ms"),
-        ("batch: wall <= 1.1 x N x single-image encoder time", r["batch"]["ratio_to_bound"] <= 1.1 and r["batch"]["completed"] == r["batch"]["images"],
-         f"{r['batch']['images']} images in {r['batch']['wall_s']:.1f} s vs {r['batch']['bound_s']:.1f} s = {r['batch']['ratio_to_bound']:.3f}"
-         f" (reference {r['batch']['reference_wall_s']:.1f} s)"),
-        ("memory: frontend RSS growth < 50 MB", r["memory"]["growth_mb"] < 50,
-         f"{r['memory']['rss_before_mb']:.0f} -> {r['memory']['rss_after_mb']:.0f} MB over {r['memory']['requests']} requests"),
-        ("memory: embedding cache within its setting", r["memory"]["cache_bytes"] <= r["memory"]["cache_limit_bytes"],
-         f"{r['memory']['cache_bytes'] / MIB:.0f} MiB of {r['memory']['cache_limit_bytes'] / MIB:.0f} MiB"),
+        (
+            "encoder images/s through Triton >= 2.0x PyTorch fp32",
+            r["encoder"]["ratio"] >= 2.0,
+            f"{r['encoder']['ours_images_per_s']:.3f} vs "
+            f"{r['encoder']['reference_images_per_s']:.3f} img/s = {r['encoder']['ratio']:.2f}x",
+        ),
+        (
+            "reduced precision: mask IoU vs fp32 PyTorch >= 0.98",
+            r["agreement"]["min_iou"] >= 0.98,
+            f"min {r['agreement']['min_iou']:.4f}, mean "
+            f"{r['agreement']['mean_iou']:.4f} over {r['agreement']['masks']} masks",
+        ),
+        (
+            "cached image c=1: p50 <= 60 ms",
+            r["cached_c1"]["ours_p50_ms"] <= 60,
+            f"p50 {r['cached_c1']['ours_p50_ms']:.1f} ms (reference "
+            f"{r['cached_c1']['reference_p50_ms']:.1f} ms, {r['cached_c1']['ratio']:.2f}x)",
+        ),
+        (
+            "cached image c=1: p99 <= 150 ms",
+            r["cached_c1"]["ours_p99_ms"] <= 150,
+            f"p99 {r['cached_c1']['ours_p99_ms']:.1f} ms",
+        ),
+        (
+            "c=8 distinct: REST >= 0.9x encoder-only throughput",
+            r["concurrent_c8"]["overhead_ratio"] >= 0.9,
+            f"{r['concurrent_c8']['rest_images_per_s']:.3f} vs "
+            f"{r['concurrent_c8']['encoder_only_images_per_s']:.3f} img/s = "
+            f"{r['concurrent_c8']['overhead_ratio']:.3f} (reference "
+            f"{r['concurrent_c8']['reference_images_per_s']:.3f} img/s)",
+        ),
+        (
+            "c=8 distinct: no request errors",
+            not r["concurrent_c8"]["errors"],
+            str(r["concurrent_c8"]["errors"] or "none"),
+        ),
+        (
+            "c=8 distinct: event-loop lag p99 <= 50 ms",
+            r["concurrent_c8"]["event_loop_lag_p99_le_s"] <= 0.05,
+            f"p99 <= {1000 * r['concurrent_c8']['event_loop_lag_p99_le_s']:.0f} ms",
+        ),
+        (
+            "batch: wall <= 1.1 x N x single-image encoder time",
+            r["batch"]["ratio_to_bound"] <= 1.1 and r["batch"]["completed"] == r["batch"]["images"],
+            f"{r['batch']['images']} images in {r['batch']['wall_s']:.1f} s vs "
+            f"{r['batch']['bound_s']:.1f} s = {r['batch']['ratio_to_bound']:.3f}"
+            f" (reference {r['batch']['reference_wall_s']:.1f} s)",
+        ),
+        (
+            "memory: frontend RSS growth < 50 MB",
+            r["memory"]["growth_mb"] < 50,
+            f"{r['memory']['rss_before_mb']:.0f} -> {r['memory']['rss_after_mb']:.0f} "
+            f"MB over {r['memory']['requests']} requests",
+        ),
+        (
+            "memory: embedding cache within its setting",
+            r["memory"]["cache_bytes"] <= r["memory"]["cache_limit_bytes"],
+            f"{r['memory']['cache_bytes'] / MIB:.0f} MiB of {r['memory']['cache_limit_bytes'] / MIB:.0f} MiB",
+        ),
     ]
     return [{"target": t, "met": bool(ok), "measured": m} for t, ok, m in rows]
 
 
 def table(results: dict) -> str:
     lines = ["| target | measured | met |", "| --- | --- | --- |"]
-    lines += [f"| {row['target']} | {row['measured']} | {'yes' if row['met'] else 'NO'} |" for row in results["targets"]]
+    lines += [
+        f"| {row['target']} | {row['measured']} | {'yes' if row['met'] else 'NO'} |" for row in results["targets"]
+    ]
     return "\n".join(lines)
 
 

@@ -28,8 +28,8 @@ import numpy as np
 
 from benchmarks.loadgen import percentile
 from benchmarks.stack import export_default, free_port
-from maskserve.export.repository import CPU_BATCHING, CpuRuntime, ModelRuntime, render_config, repository_provenance
 from maskserve.core import signatures as sig
+from maskserve.export.repository import CPU_BATCHING, CpuRuntime, ModelRuntime, render_config, repository_provenance
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,17 @@ CONFIGS = [
     Config("default: OV bf16 enc, ORT dec", ModelRuntime("openvino", "bf16"), ModelRuntime("onnxruntime", "fp32")),
     Config("OV fp32 enc", ModelRuntime("openvino", "fp32"), ModelRuntime("onnxruntime", "fp32")),
     Config("ORT fp32 enc", ModelRuntime("onnxruntime", "fp32"), ModelRuntime("onnxruntime", "fp32")),
-    Config("OV bf16 enc, batch 4", ModelRuntime("openvino", "bf16"), ModelRuntime("onnxruntime", "fp32"), encoder_batch=4),
-    Config("OV bf16 enc, 2 instances x 1 thread", ModelRuntime("openvino", "bf16"), ModelRuntime("onnxruntime", "fp32"),
-           encoder_instances=2, decoder_instances=2, threads=1),
+    Config(
+        "OV bf16 enc, batch 4", ModelRuntime("openvino", "bf16"), ModelRuntime("onnxruntime", "fp32"), encoder_batch=4
+    ),
+    Config(
+        "OV bf16 enc, 2 instances x 1 thread",
+        ModelRuntime("openvino", "bf16"),
+        ModelRuntime("onnxruntime", "fp32"),
+        encoder_instances=2,
+        decoder_instances=2,
+        threads=1,
+    ),
     Config("OV bf16 dec", ModelRuntime("openvino", "bf16"), ModelRuntime("openvino", "bf16")),
 ]
 
@@ -76,8 +84,8 @@ def variant_repo(source: Path, config: Config, work: Path) -> Path:
 
 async def _measure(grpc_url: str, images: list[np.ndarray], concurrency: int, client_batch: int) -> dict:
     from benchmarks.suite import encoder_rate
-    from maskserve.frontend.adapters.triton import TritonClient
     from maskserve.core.prompts import pack_prompt
+    from maskserve.frontend.adapters.triton import TritonClient
 
     requests_ = [np.concatenate(images[i : i + client_batch]) for i in range(0, len(images), client_batch)]
     rate, latencies = await encoder_rate(grpc_url, requests_, concurrency)
@@ -144,34 +152,64 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         reference.decode(peer.model, feats, np.array([[400.0, 500.0]]), np.array([1]), None, None, True)
         ref_dec.append(time.perf_counter() - started)
-    ref = {"encoder_images_per_s": 1 / statistics.median(ref_enc), "decoder_prompts_per_s": 1 / statistics.median(ref_dec)}
+    ref = {
+        "encoder_images_per_s": 1 / statistics.median(ref_enc),
+        "decoder_prompts_per_s": 1 / statistics.median(ref_dec),
+    }
 
     chosen = CONFIGS if not args.configs else [CONFIGS[int(i)] for i in args.configs.split(",")]
     rows = []
     for config in chosen:
         repo = variant_repo(source, config, work)
-        opts = TritonOptions(model_repository=repo, grpc_port=free_port(), http_port=free_port(),
-                             metrics_port=free_port(), work_dir=work / "triton")
+        opts = TritonOptions(
+            model_repository=repo,
+            grpc_port=free_port(),
+            http_port=free_port(),
+            metrics_port=free_port(),
+            work_dir=work / "triton",
+        )
         client_batch = min(args.client_batch, config.encoder_batch)
         with TritonServer(opts):
             measured = asyncio.run(_measure(opts.grpc_url, images, args.concurrency, client_batch))
-        measured.update(config=config.name, client_batch=client_batch,
-                        encoder_ratio=measured["encoder_images_per_s"] / ref["encoder_images_per_s"],
-                        decoder_ratio=measured["decoder_prompts_per_s"] / ref["decoder_prompts_per_s"])
+        measured.update(
+            config=config.name,
+            client_batch=client_batch,
+            encoder_ratio=measured["encoder_images_per_s"] / ref["encoder_images_per_s"],
+            decoder_ratio=measured["decoder_prompts_per_s"] / ref["decoder_prompts_per_s"],
+        )
         rows.append(measured)
         shutil.rmtree(repo, ignore_errors=True)
 
-    print(f"PyTorch fp32 reference: encoder {ref['encoder_images_per_s']:.3f} img/s, decoder {ref['decoder_prompts_per_s']:.1f} prompts/s")
-    print("| configuration | encoder img/s | vs PyTorch | enc p50/p95/p99 ms | decoder prompts/s | vs PyTorch | dec p50/p95/p99 ms |")
+    print(
+        f"PyTorch fp32 reference: encoder {ref['encoder_images_per_s']:.3f} "
+        f"img/s, decoder {ref['decoder_prompts_per_s']:.1f} prompts/s"
+    )
+    print(
+        "| configuration | encoder img/s | vs PyTorch | enc p50/p95/p99 "
+        "ms | decoder prompts/s | vs PyTorch | dec p50/p95/p99 ms |"
+    )
     print("| --- | ---: | ---: | --- | ---: | ---: | --- |")
     for r in rows:
         e, d = r["encoder_request_ms"], r["decoder_request_ms"]
-        print(f"| {r['config']} | {r['encoder_images_per_s']:.3f} | {r['encoder_ratio']:.2f}x | {e[50]:.0f}/{e[95]:.0f}/{e[99]:.0f} "
-              f"| {r['decoder_prompts_per_s']:.1f} | {r['decoder_ratio']:.2f}x | {d[50]:.0f}/{d[95]:.0f}/{d[99]:.0f} |")
+        print(
+            f"| {r['config']} | {r['encoder_images_per_s']:.3f} | "
+            f"{r['encoder_ratio']:.2f}x | {e[50]:.0f}/{e[95]:.0f}/{e[99]:.0f} "
+            f"| {r['decoder_prompts_per_s']:.1f} | {r['decoder_ratio']:.2f}x | {d[50]:.0f}/{d[95]:.0f}/{d[99]:.0f} |"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "reference": ref, "rows": rows,
-                                         "concurrency": args.concurrency, "images": args.images}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "date": time.strftime("%Y-%m-%d"),
+                    "reference": ref,
+                    "rows": rows,
+                    "concurrency": args.concurrency,
+                    "images": args.images,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -87,9 +87,7 @@ def download_checkpoint(variant: Variant, dest_dir: Path, timeout: float = 30.0)
             shutil.copyfileobj(resp, out, length=1 << 20)
         got = sha256_of(Path(tmp_name))
         if got != variant.sha256:
-            raise WeightsError(
-                f"Downloaded {variant.url} but its SHA-256 is {got}, expected {variant.sha256}"
-            )
+            raise WeightsError(f"Downloaded {variant.url} but its SHA-256 is {got}, expected {variant.sha256}")
         os.replace(tmp_name, target)
         return target
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
@@ -125,9 +123,7 @@ def load_checkpoint(model, path: Path) -> WeightsSource:
     except Exception as exc:  # torch raises many types for a bad file
         raise WeightsError(f"checkpoint {path} could not be read: {exc}") from exc
     if not isinstance(blob, dict) or not isinstance(blob.get("model"), dict):
-        raise WeightsError(
-            f"checkpoint {path} is not in SAM 2's format (a dict with a 'model' state dict)"
-        )
+        raise WeightsError(f"checkpoint {path} is not in SAM 2's format (a dict with a 'model' state dict)")
     result = model.load_state_dict(blob["model"], strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise WeightsError(

@@ -9,10 +9,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from maskserve.export import checkpoints, repository
-from maskserve.export.variants import DEFAULT_VARIANT, VARIANTS, get_variant
 from maskserve import __version__
 from maskserve.core import signatures as sig
+from maskserve.export import checkpoints, repository
+from maskserve.export.variants import DEFAULT_VARIANT, VARIANTS, get_variant
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint", type=Path, help="Meta's checkpoint file (.pt)")
     weights.add_argument(
-        "--download", action="store_true",
+        "--download",
+        action="store_true",
         help="fetch the official SAM 2.1 checkpoint and verify its SHA-256",
     )
     weights.add_argument(
-        "--random-weights", action="store_true",
+        "--random-weights",
+        action="store_true",
         help="random initialisation (meaningless masks; tests and benchmarks only)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
@@ -54,12 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", type=int, help="version number (default: next free)")
     parser.add_argument("--encoder-runtime", choices=("openvino", "onnxruntime"), default="openvino")
     parser.add_argument(
-        "--encoder-precision", choices=("fp32", "bf16"),
+        "--encoder-precision",
+        choices=("fp32", "bf16"),
         help="default: bf16 with openvino, fp32 with onnxruntime (its only choice here)",
     )
     parser.add_argument("--decoder-runtime", choices=("openvino", "onnxruntime"), default="openvino")
     parser.add_argument(
-        "--decoder-precision", choices=("fp32", "bf16"),
+        "--decoder-precision",
+        choices=("fp32", "bf16"),
         help="default: bf16 with openvino, fp32 with onnxruntime",
     )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per model instance")
@@ -107,6 +111,8 @@ def _load_weights(req: ExportRequest):
     path = req.checkpoint
     if req.download:
         path = checkpoints.download_checkpoint(variant, req.download_dir)
+    if path is None:
+        raise ExportError("no weights: give --checkpoint PATH, --download or --random-weights")
     return variant, model, checkpoints.load_checkpoint(model, path)
 
 

@@ -7,11 +7,12 @@ import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from maskserve.export.wrappers import ImageEncoder, PromptDecoder
 from maskserve.core import signatures as sig
+from maskserve.export.wrappers import ImageEncoder, PromptDecoder
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, inputs, outputs) -
 
 
 @contextlib.contextmanager
-def _constant_pos_embed(sam2_model: torch.nn.Module) -> Iterator[None]:
+def _constant_pos_embed(sam2_model: Any) -> Iterator[None]:
     """Make Hiera's positional embedding a constant of the graph while exporting.
 
     Hiera resizes its learned embedding to the patch grid with a bicubic
@@ -74,13 +75,13 @@ def _constant_pos_embed(sam2_model: torch.nn.Module) -> Iterator[None]:
         del trunk._get_pos_embed  # back to the class's own method
 
 
-def export_encoder(sam2_model: torch.nn.Module, path: Path) -> None:
+def export_encoder(sam2_model: Any, path: Path) -> None:
     module = ImageEncoder(sam2_model).eval()
     example = (torch.zeros(1, 3, sig.IMAGE_SIZE, sig.IMAGE_SIZE),)
     with _constant_pos_embed(sam2_model):
         _export(module, example, path, sig.ENCODER_INPUTS, sig.ENCODER_OUTPUTS)
 
 
-def export_decoder(sam2_model: torch.nn.Module, path: Path) -> None:
+def export_decoder(sam2_model: Any, path: Path) -> None:
     module = PromptDecoder(sam2_model).eval()
     _export(module, _example_decoder_inputs(), path, sig.DECODER_INPUTS, sig.DECODER_OUTPUTS)

@@ -24,8 +24,7 @@ def encode(model, image: torch.Tensor) -> dict[str, torch.Tensor]:
         vision_feats[-1] = vision_feats[-1] + model.no_mem_embed
     sizes = [(256, 256), (128, 128), (64, 64)]
     feats = [
-        feat.permute(1, 2, 0).view(1, -1, *size)
-        for feat, size in zip(vision_feats[::-1], sizes[::-1])
+        feat.permute(1, 2, 0).view(1, -1, *size) for feat, size in zip(vision_feats[::-1], sizes[::-1], strict=False)
     ][::-1]
     return {"image_embed": feats[-1], "high_res_feats": feats[:-1]}
 

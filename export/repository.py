@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from maskserve.export.checkpoints import sha256_of
 from maskserve.core import signatures as sig
+from maskserve.export.checkpoints import sha256_of
 
 BACKEND_SOURCE = Path(__file__).with_name("backend") / "model.py"
 TARGETS = ("cpu", "gpu")
@@ -104,7 +104,7 @@ def _dynamic_batching(batching: BatchingSettings) -> str:
         lines.append(f"  preferred_batch_size: [ {', '.join(str(n) for n in batching.preferred)} ]")
     lines.append(f"  max_queue_delay_microseconds: {batching.max_queue_delay_us}")
     lines.append(f"  default_queue_policy {{ max_queue_size: {batching.max_queue} }}")
-    return "\n".join(lines + ["}"])
+    return "\n".join([*lines, "}"])
 
 
 def _param(key: str, value: str) -> str:
@@ -127,8 +127,8 @@ def render_config(
     inputs, outputs = sig.SIGNATURES[model]
     batching = batching or (CPU_BATCHING if target == "cpu" else GPU_BATCHING)[model]
     parts = [f'name: "{model}"']
+    cpu = cpu or CpuRuntime()
     if target == "cpu":
-        cpu = cpu or CpuRuntime()
         parts.append('backend: "python"')
     else:
         parts.append('platform: "onnxruntime_onnx"')
@@ -229,8 +229,10 @@ def provenance_of(manifest: dict) -> dict[str, str]:
 def repository_provenance(model_dir: Path) -> dict[str, str]:
     """Provenance of every version in ``model_dir`` (``model_vN``, ``weights_vN``), the newest unsuffixed too."""
     out: dict[str, str] = {}
-    versions = sorted((p for p in model_dir.iterdir() if p.name.isdigit() and (p / "manifest.json").is_file()),
-                      key=lambda p: int(p.name))
+    versions = sorted(
+        (p for p in model_dir.iterdir() if p.name.isdigit() and (p / "manifest.json").is_file()),
+        key=lambda p: int(p.name),
+    )
     for version_dir in versions:
         info = provenance_of(read_manifest(version_dir))
         out[f"model_v{version_dir.name}"] = info["model"]

@@ -16,6 +16,8 @@ four mask tokens' logits and IoU predictions; choosing among them
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,9 +28,9 @@ _MASKED = -1e30  # additive attention bias that removes a key (exp underflows to
 
 
 class ImageEncoder(nn.Module):
-    def __init__(self, sam2_model: nn.Module) -> None:
+    def __init__(self, sam2_model: Any) -> None:
         super().__init__()
-        self.model = sam2_model
+        self.model: Any = sam2_model  # sam2's modules are untyped
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         model = self.model
@@ -41,12 +43,12 @@ class ImageEncoder(nn.Module):
         embed_spec, s0_spec, s1_spec = ENCODER_OUTPUTS
         s0, s1, embed = (
             feat.permute(1, 2, 0).reshape(batch, *spec.dims)
-            for feat, spec in zip(vision_feats, (s0_spec, s1_spec, embed_spec))
+            for feat, spec in zip(vision_feats, (s0_spec, s1_spec, embed_spec), strict=False)
         )
         return embed, s0, s1
 
 
-def _attention(attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor | None) -> Tensor:
+def _attention(attn: Any, q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor | None) -> Tensor:
     """sam2's ``Attention.forward`` with an optional additive bias over keys [B, Nk]."""
     q = attn._separate_heads(attn.q_proj(q), attn.num_heads)
     k = attn._separate_heads(attn.k_proj(k), attn.num_heads)
@@ -57,7 +59,7 @@ def _attention(attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, key_bias: Tenso
 
 
 def _two_way_transformer(
-    transformer: nn.Module, image: Tensor, image_pe: Tensor, tokens: Tensor, token_bias: Tensor
+    transformer: Any, image: Tensor, image_pe: Tensor, tokens: Tensor, token_bias: Tensor
 ) -> tuple[Tensor, Tensor]:
     """sam2's ``TwoWayTransformer.forward`` where masked tokens are never attended to.
 
@@ -86,10 +88,11 @@ def _two_way_transformer(
 
 
 class PromptDecoder(nn.Module):
-    def __init__(self, sam2_model: nn.Module) -> None:
+    def __init__(self, sam2_model: Any) -> None:
         super().__init__()
-        self.prompt_encoder = sam2_model.sam_prompt_encoder
-        self.mask_decoder = sam2_model.sam_mask_decoder
+        self.prompt_encoder: Any = sam2_model.sam_prompt_encoder  # sam2's modules are untyped
+        self.mask_decoder: Any = sam2_model.sam_mask_decoder
+        self.dense_pe: Tensor
         self.register_buffer("dense_pe", self.prompt_encoder.get_dense_pe(), persistent=False)
 
     def _embed_points(self, coords: Tensor, labels: Tensor) -> Tensor:
@@ -123,15 +126,13 @@ class PromptDecoder(nn.Module):
         no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         dense = torch.where(with_mask, self.prompt_encoder.mask_downscaling(mask_input), no_mask)
 
-        output_tokens = [dec.iou_token.weight, dec.mask_tokens.weight]
+        token_weights = [dec.iou_token.weight, dec.mask_tokens.weight]
         if dec.pred_obj_scores:
-            output_tokens.insert(0, dec.obj_score_token.weight)
-        output_tokens = torch.cat(output_tokens, dim=0)
+            token_weights.insert(0, dec.obj_score_token.weight)
+        output_tokens = torch.cat(token_weights, dim=0)
         first = 1 if dec.pred_obj_scores else 0
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse], dim=1)
-        token_bias = torch.cat(
-            [point_bias.new_zeros(batch, output_tokens.shape[0]), point_bias], dim=1
-        )
+        token_bias = torch.cat([point_bias.new_zeros(batch, output_tokens.shape[0]), point_bias], dim=1)
 
         src = image_embed + dense
         pos = self.dense_pe.expand(batch, -1, -1, -1)

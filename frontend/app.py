@@ -95,18 +95,31 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     stale = await store.fail_stale_processing(Failure.RESTARTED, STALE_AFTER_S if settings.shared else 0.0)
     if stale:
         log.warning("refunded %d jobs left processing by a previous run", stale)
-    triton = app[TRITON] if TRITON in app else TritonClient(
-        settings.triton_url, settings.triton_timeout_s, settings.triton_shm_slots
+    triton = (
+        app[TRITON]
+        if TRITON in app
+        else TritonClient(settings.triton_url, settings.triton_timeout_s, settings.triton_shm_slots)
     )
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="maskserve-cpu", initializer=_yield_to_models)
-    jobs = ImageJobs(settings, store, triton, EmbeddingCache(settings.cache_bytes), backends.files,
-                     backends.signer, executor, app[METRICS])
+    jobs = ImageJobs(
+        settings,
+        store,
+        triton,
+        EmbeddingCache(settings.cache_bytes),
+        backends.files,
+        backends.signer,
+        executor,
+        app[METRICS],
+    )
     app[STORE], app[FILES], app[LIMITS], app[SIGNER] = store, backends.files, backends.limits, backends.signer
     app[TRITON], app[JOBS] = triton, jobs
     jobs.pinned_version = await store.get_state(ACTIVE_MODEL_VERSION)
     await _log_models(jobs, settings.triton_url)
-    background = [asyncio.ensure_future(_sweep_expired(app)), asyncio.ensure_future(monitor_loop_lag(app[METRICS])),
-                  asyncio.ensure_future(_follow_promotions(app))]
+    background = [
+        asyncio.ensure_future(_sweep_expired(app)),
+        asyncio.ensure_future(monitor_loop_lag(app[METRICS])),
+        asyncio.ensure_future(_follow_promotions(app)),
+    ]
     try:
         yield
     finally:

@@ -146,8 +146,9 @@ def settings_table() -> str:
         meta = f.metadata
         default = meta["shown"] or (f.default if f.default is not MISSING else "")
         allowed = ", ".join(f"`{c}`" for c in meta["choices"]) if meta["choices"] else _range(meta)
-        rows.append(f"| {f.name} | `{env_name(f)}` | {default if default != '' else '(empty)'} | {allowed} "
-                    f"| {meta['help']} |")
+        rows.append(
+            f"| {f.name} | `{env_name(f)}` | {default if default != '' else '(empty)'} | {allowed} | {meta['help']} |"
+        )
     return "\n".join(rows)
 
 

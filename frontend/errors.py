@@ -87,7 +87,7 @@ class ValidationFailed(ApiError):
         self.errors = errors
 
     @classmethod
-    def one(cls, location: Location, name: str, msg: str) -> "ValidationFailed":
+    def one(cls, location: Location, name: str, msg: str) -> ValidationFailed:
         return cls(FieldError(location, name, msg))
 
     def body(self) -> dict[str, Any]:

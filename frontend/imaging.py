@@ -12,8 +12,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from maskserve.frontend.errors import ImageRejected
 from maskserve.core.signatures import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD
+from maskserve.frontend.errors import ImageRejected
 
 ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 OUTPUT_TYPES = {"png": "image/png", "webp": "image/webp"}
@@ -51,9 +51,7 @@ def _open(data: bytes, max_pixels: int, what: str) -> Image.Image:
     if width < 1 or height < 1:
         raise ImageRejected(what, f"{what} has no pixels")
     if width * height > max_pixels:
-        raise ImageRejected(
-            what, f"{what} has {width}x{height} pixels, over the limit of {max_pixels}", too_large=True
-        )
+        raise ImageRejected(what, f"{what} has {width}x{height} pixels, over the limit of {max_pixels}", too_large=True)
     if getattr(img, "n_frames", 1) > 1:
         raise ImageRejected(what, f"{what} is animated; send a still image")
     try:

@@ -20,18 +20,33 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("maskserve_http_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
-        self.latency = Histogram("maskserve_http_request_seconds", "HTTP request latency by route", ["route"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "maskserve_http_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "maskserve_http_request_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.credits = Counter("maskserve_credits_charged", "Credits charged for completed images", registry=r)
         self.images = Counter("maskserve_images", "Images processed by outcome", ["kind", "status"], registry=r)
         self.cache = Counter("maskserve_embedding_cache", "Embedding cache lookups", ["result"], registry=r)
         self.cache_bytes = Gauge("maskserve_embedding_cache_bytes", "Bytes of embeddings held", registry=r)
-        self.triton = Histogram("maskserve_triton_call_seconds", "Triton call latency by model", ["model"],
-                                buckets=LATENCY_BUCKETS, registry=r)
-        self.rejected = Counter("maskserve_rejected", "Requests refused before work (rate limit, overload)", ["reason"], registry=r)
-        self.loop_lag = Histogram("maskserve_event_loop_lag_seconds", "How late the event loop ran a timer",
-                                  buckets=LAG_BUCKETS, registry=r)
+        self.triton = Histogram(
+            "maskserve_triton_call_seconds",
+            "Triton call latency by model",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rejected = Counter(
+            "maskserve_rejected", "Requests refused before work (rate limit, overload)", ["reason"], registry=r
+        )
+        self.loop_lag = Histogram(
+            "maskserve_event_loop_lag_seconds", "How late the event loop ran a timer", buckets=LAG_BUCKETS, registry=r
+        )
         self.loop_lag_max = Gauge("maskserve_event_loop_lag_max_seconds", "Largest event-loop lag seen", registry=r)
 
     def render(self) -> bytes:

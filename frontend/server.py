@@ -47,8 +47,13 @@ async def _serve_app(settings: Settings, stop: asyncio.Event) -> None:
     # on SIGTERM: stop accepting, give in-flight requests up to this long, then stop
     site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=settings.shutdown_timeout_s)
     await site.start()
-    log.info("maskserve API listening on http://%s:%d (Triton %s, data %s)",
-             settings.host, settings.port, settings.triton_url, settings.data_dir.resolve())
+    log.info(
+        "maskserve API listening on http://%s:%d (Triton %s, data %s)",
+        settings.host,
+        settings.port,
+        settings.triton_url,
+        settings.data_dir.resolve(),
+    )
     print(f"maskserve is listening on http://{settings.host}:{settings.port}", flush=True)
     print(
         "Create an API key with: maskserve keys create --name NAME --credits N"

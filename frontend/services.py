@@ -350,9 +350,9 @@ class ImageJobs:
         prepared = await asyncio.gather(*(prepare(item) for item in items))
         ready = [p for p in prepared if isinstance(p, _Prepared)]
         reserved = await self.store.reserve_jobs(key.id, batch_id, [p.job for p in ready])
-        paid = {p.job.id for p, ok in zip(ready, reserved) if ok}
+        paid = {p.job.id for p, ok in zip(ready, reserved, strict=False) if ok}
         refused: dict[int, str] = {}
-        for index, (item, prep) in enumerate(zip(items, prepared)):
+        for index, (item, prep) in enumerate(zip(items, prepared, strict=False)):
             if isinstance(prep, ApiError):
                 refused[index] = uuid.uuid4().hex
                 failed = NewJob(refused[index], kind, item.image.filename, len(item.image.data))
@@ -367,7 +367,7 @@ class ImageJobs:
             await asyncio.wait(runs.values())
         jobs = []
         for index, prep in enumerate(prepared):
-            job_id = refused[index] if index in refused else prep.job.id
+            job_id = refused[index] if isinstance(prep, ApiError) else prep.job.id
             if job_id in runs:
                 jobs.append(runs[job_id].result())
             else:

@@ -10,15 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import requests
 
 SEED = 0
 """The random-weights seed of the suite's one exported model."""
-
-
 
 
 def make_image(height: int = 1024, width: int = 1024, seed: int = 1) -> np.ndarray:
@@ -37,7 +34,9 @@ def make_image(height: int = 1024, width: int = 1024, seed: int = 1) -> np.ndarr
     return norm.transpose(2, 0, 1)[None].astype(np.float32)
 
 
-def image_bytes(width: int = 640, height: int = 480, fmt: str = "JPEG", mode: str = "RGB", seed: int = 0, **save) -> bytes:
+def image_bytes(
+    width: int = 640, height: int = 480, fmt: str = "JPEG", mode: str = "RGB", seed: int = 0, **save
+) -> bytes:
     """An encoded picture: a coloured rectangle on a gradient (distinct bytes per seed)."""
     import io
 
@@ -118,7 +117,7 @@ class ApiServer:
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.settings.port).start()
 
-    def start(self) -> "ApiServer":
+    def start(self) -> ApiServer:
         self._thread.start()
         assert self._ready.wait(60), "frontend did not start"
         return self
@@ -150,9 +149,7 @@ class ApiServer:
 def start_api(tmp_path_factory, triton_url: str, **overrides) -> ApiServer:
     from maskserve.frontend.config import Settings
 
-    settings = Settings(
-        port=free_port(), data_dir=tmp_path_factory.mktemp("data"), triton_url=triton_url, **overrides
-    )
+    settings = Settings(port=free_port(), data_dir=tmp_path_factory.mktemp("data"), triton_url=triton_url, **overrides)
     return ApiServer(settings).start()
 
 
@@ -164,10 +161,16 @@ def ledger_state(db_path: Path, key_id: str) -> dict:
     with sqlite3.connect(db_path) as db:
         return {
             "balance": db.execute("SELECT credits FROM api_keys WHERE id = ?", (key_id,)).fetchone()[0],
-            "ledger": db.execute("SELECT COALESCE(SUM(delta), 0) FROM ledger WHERE key_id = ?", (key_id,)).fetchone()[0],
-            "charged": db.execute("SELECT COALESCE(SUM(credits_used), 0) FROM jobs WHERE key_id = ?", (key_id,)).fetchone()[0],
+            "ledger": db.execute("SELECT COALESCE(SUM(delta), 0) FROM ledger WHERE key_id = ?", (key_id,)).fetchone()[
+                0
+            ],
+            "charged": db.execute(
+                "SELECT COALESCE(SUM(credits_used), 0) FROM jobs WHERE key_id = ?", (key_id,)
+            ).fetchone()[0],
             "processing": db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'processing'").fetchone()[0],
-            "completed": db.execute("SELECT COUNT(*) FROM jobs WHERE key_id = ? AND status = 'completed'", (key_id,)).fetchone()[0],
+            "completed": db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE key_id = ? AND status = 'completed'", (key_id,)
+            ).fetchone()[0],
         }
 
 
@@ -181,16 +184,42 @@ class Served:
         self.data = tmp / "data"
         self.log_path = tmp / "serve.log"
         cli = [sys.executable, "-m", "maskserve.cli"]
-        out = subprocess.run([*cli, "keys", "create", "--name", "r", "--credits", str(credits), "--data-dir", str(self.data)],
-                             capture_output=True, text=True, check=True)
-        self.key = next(l.split()[-1] for l in out.stdout.splitlines() if l.startswith("api key:"))
-        self.key_id = next(l.split()[-1] for l in out.stdout.splitlines() if l.startswith("key id:"))
-        env = {**os.environ, "HOME": str(tmp), "PYTHONUNBUFFERED": "1", "MASKSERVE_TRITON_TIMEOUT_S": "30", **(env or {})}
+        out = subprocess.run(
+            [*cli, "keys", "create", "--name", "r", "--credits", str(credits), "--data-dir", str(self.data)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        self.key = next(line.split()[-1] for line in out.stdout.splitlines() if line.startswith("api key:"))
+        self.key_id = next(line.split()[-1] for line in out.stdout.splitlines() if line.startswith("key id:"))
+        env = {
+            **os.environ,
+            "HOME": str(tmp),
+            "PYTHONUNBUFFERED": "1",
+            "MASKSERVE_TRITON_TIMEOUT_S": "30",
+            **(env or {}),
+        }
         self.proc = subprocess.Popen(
-            [*cli, "serve", "--port", str(self.port), "--data-dir", str(self.data), "--model-repository", str(repo),
-             "--triton-grpc-port", str(self.triton_grpc_port), "--triton-http-port", str(free_port()),
-             "--triton-metrics-port", str(free_port())],
-            env=env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                *cli,
+                "serve",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data),
+                "--model-repository",
+                str(repo),
+                "--triton-grpc-port",
+                str(self.triton_grpc_port),
+                "--triton-http-port",
+                str(free_port()),
+                "--triton-metrics-port",
+                str(free_port()),
+            ],
+            env=env,
+            stdout=open(self.log_path, "w"),  # noqa: SIM115 (the process keeps it)
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.url = f"http://127.0.0.1:{self.port}"
         self.wait_ready()
@@ -211,7 +240,9 @@ class Served:
         return self.log_path.read_text()
 
     def triton_pid(self) -> int:
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid), "-f", "bin/tritonserver"], capture_output=True, text=True)
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid), "-f", "bin/tritonserver"], capture_output=True, text=True
+        )
         return int(out.stdout.split()[0])
 
     def stop(self) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -40,7 +41,7 @@ class _OpenVINO:
             "PERFORMANCE_HINT": "LATENCY",
         }
         if threads > 0:
-            props["INFERENCE_NUM_THREADS"] = threads
+            props["INFERENCE_NUM_THREADS"] = str(threads)
         self._compiled = core.compile_model(path, "CPU", props)
         self._request = self._compiled.create_infer_request()
         self._outputs = [self._compiled.output(name) for name in outputs]
@@ -86,17 +87,12 @@ class TritonPythonModel:
         if nice > 0:
             os.nice(nice)
         if runtime not in RUNTIMES:
-            raise pb_utils.TritonModelException(
-                f"unknown runtime {runtime!r}; choose one of {sorted(RUNTIMES)}"
-            )
+            raise pb_utils.TritonModelException(f"unknown runtime {runtime!r}; choose one of {sorted(RUNTIMES)}")
         path = os.path.join(version_dir, "model.onnx")
-        self._runtime = RUNTIMES[runtime](path, precision, threads, self._outputs)
-        self._scalars = {
-            t["name"] for t in config["input"] if list(t.get("reshape", {}).get("shape", [None])) == []
-        }
+        self._runtime: Any = RUNTIMES[runtime](path, precision, threads, self._outputs)
+        self._scalars = {t["name"] for t in config["input"] if list(t.get("reshape", {}).get("shape", [None])) == []}
         pb_utils.Logger.log_info(
-            f"{config['name']} v{args['model_version']}: {runtime} {precision}, "
-            f"{threads or 'default'} threads"
+            f"{config['name']} v{args['model_version']}: {runtime} {precision}, {threads or 'default'} threads"
         )
 
     def execute(self, requests: list) -> list:
@@ -109,10 +105,7 @@ class TritonPythonModel:
                     array = array.reshape(-1)
                 arrays[name].append(array)
             sizes.append(arrays[self._inputs[0][0]][-1].shape[0])
-        feeds = {
-            name: parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-            for name, parts in arrays.items()
-        }
+        feeds = {name: parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0) for name, parts in arrays.items()}
         try:
             outputs = self._runtime.run(feeds)
         except Exception as exc:  # one failed run fails the requests it carried
@@ -123,7 +116,7 @@ class TritonPythonModel:
         for size in sizes:
             tensors = [
                 pb_utils.Tensor(name, np.ascontiguousarray(out[start : start + size]))
-                for name, out in zip(self._outputs, outputs)
+                for name, out in zip(self._outputs, outputs, strict=False)
             ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start += size

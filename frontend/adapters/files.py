@@ -31,6 +31,9 @@ class LocalFiles:
         return str(await asyncio.to_thread(self._write, job_id, extension, data))
 
     async def get(self, location: str) -> Path | bytes | None:
+        return await asyncio.to_thread(self._resolve, location)
+
+    def _resolve(self, location: str) -> Path | None:
         path = Path(location)
         if path.parent.resolve() != self.root.resolve() or not path.is_file():
             return None

@@ -13,10 +13,12 @@ import asyncio
 import logging
 import os
 import uuid
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import tritonclient.utils.shared_memory as shm
 
 log = logging.getLogger("maskserve.shm")
@@ -39,7 +41,7 @@ class Slot:
         shm.set_shared_memory_region(self.handle, [array], offset=offset)
         return offset + array.nbytes
 
-    def read(self, offset: int, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    def read(self, offset: int, dtype: npt.DTypeLike, shape: tuple[int, ...]) -> np.ndarray:
         """A copy (the region is reused as soon as the slot is released)."""
         return np.array(shm.get_contents_as_numpy(self.handle, np.dtype(dtype), shape, offset=offset), copy=True)
 
@@ -61,7 +63,7 @@ class ShmPool:
             self._free.put_nowait(slot)
         self.registered = False
 
-    async def register(self, client) -> None:
+    async def register(self, client: Any) -> None:
         """(Re-)register every region with the server."""
         for slot in self.slots:
             try:

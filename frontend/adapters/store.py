@@ -141,9 +141,16 @@ class SqlStore:
         secret = new_key_secret()
         key = ApiKey(uuid.uuid4().hex, name, key_prefix(secret), credits, now())
         async with self._tx() as conn:
-            await conn.execute(api_keys.insert().values(
-                id=key.id, name=name, prefix=key.prefix, key_hash=hash_key(secret), credits=credits,
-                created_at=key.created_at))
+            await conn.execute(
+                api_keys.insert().values(
+                    id=key.id,
+                    name=name,
+                    prefix=key.prefix,
+                    key_hash=hash_key(secret),
+                    credits=credits,
+                    created_at=key.created_at,
+                )
+            )
             if credits:
                 await self._ledger(conn, key.id, credits, LedgerReason.INITIAL, None, key.created_at)
         return key, secret
@@ -157,26 +164,32 @@ class SqlStore:
 
     async def revoke_key(self, key_id: str) -> bool:
         async with self._tx() as conn:
-            result = await conn.execute(api_keys.update()
-                                        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                                        .values(revoked_at=now()))
+            result = await conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now())
+            )
             return result.rowcount == 1
 
     async def add_credits(self, key_id: str, amount: int, reason: str = LedgerReason.TOP_UP) -> int:
         async with self._tx() as conn:
-            balance = (await conn.execute(
-                api_keys.update()
-                .where(api_keys.c.id == key_id, api_keys.c.credits + amount >= 0)
-                .values(credits=api_keys.c.credits + amount)
-                .returning(api_keys.c.credits))).scalar()
+            balance = (
+                await conn.execute(
+                    api_keys.update()
+                    .where(api_keys.c.id == key_id, api_keys.c.credits + amount >= 0)
+                    .values(credits=api_keys.c.credits + amount)
+                    .returning(api_keys.c.credits)
+                )
+            ).scalar()
             if balance is None:
                 raise KeyError(key_id)
             await self._ledger(conn, key_id, amount, reason, None, now())
             return int(balance)
 
     async def authenticate(self, secret: str) -> ApiKey | None:
-        rows = await self._all(sa.select(api_keys).where(api_keys.c.prefix == key_prefix(secret),
-                                                         api_keys.c.revoked_at.is_(None)))
+        rows = await self._all(
+            sa.select(api_keys).where(api_keys.c.prefix == key_prefix(secret), api_keys.c.revoked_at.is_(None))
+        )
         found = None
         for row in rows:  # compare every candidate, in constant time
             if key_matches(secret, row.key_hash):
@@ -184,15 +197,18 @@ class SqlStore:
         return found
 
     async def ledger_sum(self, key_id: str) -> int:
-        row = await self._one(sa.select(sa.func.coalesce(sa.func.sum(ledger.c.delta), 0))
-                              .where(ledger.c.key_id == key_id))
+        row = await self._one(
+            sa.select(sa.func.coalesce(sa.func.sum(ledger.c.delta), 0)).where(ledger.c.key_id == key_id)
+        )
         return int(row[0]) if row else 0
 
     @staticmethod
-    async def _ledger(conn: AsyncConnection, key_id: str, delta: int, reason: str, job_id: str | None,
-                      at: float) -> None:
-        await conn.execute(ledger.insert().values(key_id=key_id, delta=delta, reason=str(reason), job_id=job_id,
-                                                  created_at=at))
+    async def _ledger(
+        conn: AsyncConnection, key_id: str, delta: int, reason: str, job_id: str | None, at: float
+    ) -> None:
+        await conn.execute(
+            ledger.insert().values(key_id=key_id, delta=delta, reason=str(reason), job_id=job_id, created_at=at)
+        )
 
     # --- jobs ---------------------------------------------------------------
 
@@ -205,10 +221,19 @@ class SqlStore:
                 taken = await conn.execute(
                     api_keys.update()
                     .where(api_keys.c.id == key_id, api_keys.c.credits >= job.cost)
-                    .values(credits=api_keys.c.credits - job.cost))
+                    .values(credits=api_keys.c.credits - job.cost)
+                )
                 ok = taken.rowcount == 1
-                await self._insert_job(conn, key_id, batch_id, job, created, JobStatus.PROCESSING if ok else
-                                       JobStatus.FAILED, job.cost if ok else 0, None if ok else INSUFFICIENT_CREDITS)
+                await self._insert_job(
+                    conn,
+                    key_id,
+                    batch_id,
+                    job,
+                    created,
+                    JobStatus.PROCESSING if ok else JobStatus.FAILED,
+                    job.cost if ok else 0,
+                    None if ok else INSUFFICIENT_CREDITS,
+                )
                 if ok:
                     await self._ledger(conn, key_id, -job.cost, LedgerReason.RESERVE, job.id, created)
                 results.append(ok)
@@ -219,24 +244,54 @@ class SqlStore:
             await self._insert_job(conn, key_id, batch_id, job, now(), JobStatus.FAILED, 0, error)
 
     @staticmethod
-    async def _insert_job(conn: AsyncConnection, key_id: str, batch_id: str | None, job: NewJob, created: float,
-                          status: JobStatus, reserved: int, error: str | None) -> None:
-        await conn.execute(jobs.insert().values(
-            id=job.id, key_id=key_id, batch_id=batch_id, kind=job.kind.value, status=status.value,
-            input_filename=job.input_filename, created_at=created,
-            started_at=created if status is JobStatus.PROCESSING else None,
-            finished_at=created if status is JobStatus.FAILED else None,
-            reserved=reserved, error=error, original_width=job.original_width,
-            original_height=job.original_height, input_bytes=job.input_bytes))
+    async def _insert_job(
+        conn: AsyncConnection,
+        key_id: str,
+        batch_id: str | None,
+        job: NewJob,
+        created: float,
+        status: JobStatus,
+        reserved: int,
+        error: str | None,
+    ) -> None:
+        await conn.execute(
+            jobs.insert().values(
+                id=job.id,
+                key_id=key_id,
+                batch_id=batch_id,
+                kind=job.kind.value,
+                status=status.value,
+                input_filename=job.input_filename,
+                created_at=created,
+                started_at=created if status is JobStatus.PROCESSING else None,
+                finished_at=created if status is JobStatus.FAILED else None,
+                reserved=reserved,
+                error=error,
+                original_width=job.original_width,
+                original_height=job.original_height,
+                input_bytes=job.input_bytes,
+            )
+        )
 
     async def complete_job(self, job_id: str, done: Completion) -> bool:
         async with self._tx() as conn:
             result = await conn.execute(
-                jobs.update().where(jobs.c.id == job_id, jobs.c.status == PROCESSING).values(
-                    status=COMPLETED, credits_used=jobs.c.reserved, finished_at=now(),
-                    processing_ms=done.processing_ms, output_path=done.output_path, content_type=done.content_type,
-                    output_width=done.output_width, output_height=done.output_height,
-                    output_bytes=done.output_bytes, expires_at=done.expires_at, model_version=done.model_version))
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.status == PROCESSING)
+                .values(
+                    status=COMPLETED,
+                    credits_used=jobs.c.reserved,
+                    finished_at=now(),
+                    processing_ms=done.processing_ms,
+                    output_path=done.output_path,
+                    content_type=done.content_type,
+                    output_width=done.output_width,
+                    output_height=done.output_height,
+                    output_bytes=done.output_bytes,
+                    expires_at=done.expires_at,
+                    model_version=done.model_version,
+                )
+            )
             return result.rowcount == 1
 
     async def fail_job(self, job_id: str, error: str) -> bool:
@@ -245,22 +300,28 @@ class SqlStore:
 
     async def _fail(self, conn: AsyncConnection, job_id: str, error: str) -> bool:
         stamp = now()
-        row = (await conn.execute(
-            jobs.update().where(jobs.c.id == job_id, jobs.c.status == PROCESSING)
-            .values(status=FAILED, error=error, credits_used=0, finished_at=stamp)
-            .returning(jobs.c.key_id, jobs.c.reserved))).first()
+        row = (
+            await conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.status == PROCESSING)
+                .values(status=FAILED, error=error, credits_used=0, finished_at=stamp)
+                .returning(jobs.c.key_id, jobs.c.reserved)
+            )
+        ).first()
         if row is None:
             return False
         if row.reserved:
-            await conn.execute(api_keys.update().where(api_keys.c.id == row.key_id)
-                               .values(credits=api_keys.c.credits + row.reserved))
+            await conn.execute(
+                api_keys.update().where(api_keys.c.id == row.key_id).values(credits=api_keys.c.credits + row.reserved)
+            )
             await self._ledger(conn, row.key_id, int(row.reserved), LedgerReason.RELEASE, job_id, stamp)
         return True
 
     async def fail_stale_processing(self, error: str, older_than_s: float = 0.0) -> int:
         """Refund jobs left ``processing``; with other frontends running, only those older than any request can be."""
-        rows = await self._all(sa.select(jobs.c.id).where(jobs.c.status == PROCESSING,
-                                                          jobs.c.started_at <= now() - older_than_s))
+        rows = await self._all(
+            sa.select(jobs.c.id).where(jobs.c.status == PROCESSING, jobs.c.started_at <= now() - older_than_s)
+        )
         failed = 0
         async with self._tx() as conn:
             for row in rows:
@@ -307,9 +368,12 @@ class SqlStore:
     async def set_state(self, name: str, value: str) -> None:
         insert = self._insert(service_state).values(name=name, value=value, updated_at=now())
         async with self._tx() as conn:
-            await conn.execute(insert.on_conflict_do_update(
-                index_elements=[service_state.c.name],
-                set_={"value": insert.excluded.value, "updated_at": insert.excluded.updated_at}))
+            await conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[service_state.c.name],
+                    set_={"value": insert.excluded.value, "updated_at": insert.excluded.updated_at},
+                )
+            )
 
     async def set_state_if_absent(self, name: str, value: str) -> None:
         insert = self._insert(service_state).values(name=name, value=value, updated_at=now())
@@ -321,8 +385,11 @@ class SqlStore:
     async def put_file(self, job_id: str, data: bytes) -> None:
         insert = self._insert(output_files).values(job_id=job_id, data=data, created_at=now())
         async with self._tx() as conn:
-            await conn.execute(insert.on_conflict_do_update(index_elements=[output_files.c.job_id],
-                                                            set_={"data": insert.excluded.data}))
+            await conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[output_files.c.job_id], set_={"data": insert.excluded.data}
+                )
+            )
 
     async def get_file(self, job_id: str) -> bytes | None:
         row = await self._one(sa.select(output_files.c.data).where(output_files.c.job_id == job_id))
@@ -341,7 +408,9 @@ class SqlStore:
             if not self.sqlite:  # SQLite's BEGIN IMMEDIATE already serialises writers
                 await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"{key_id}:{bucket}"))))
             await conn.execute(rate_hits.delete().where(mine, rate_hits.c.at <= at - window_s))
-            count = int((await conn.execute(sa.select(sa.func.count()).select_from(rate_hits).where(mine))).scalar_one())
+            count = int(
+                (await conn.execute(sa.select(sa.func.count()).select_from(rate_hits).where(mine))).scalar_one()
+            )
             allowed = count < limit
             if allowed:
                 await conn.execute(rate_hits.insert().values(key_id=key_id, bucket=bucket, at=at))

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 # SQLite only makes an INTEGER PRIMARY KEY an auto-incrementing row id; PostgreSQL gets BIGINT.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Money = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-Seconds = sa.Double()
+Seconds: sa.Double[float] = sa.Double()
 
 metadata = sa.MetaData()
 

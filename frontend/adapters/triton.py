@@ -105,7 +105,9 @@ class TritonClient:
     ) -> Any:
         try:
             return await asyncio.wait_for(
-                self._client.infer(model, inputs, model_version=version, outputs=outputs, client_timeout=self.timeout_s),
+                self._client.infer(
+                    model, inputs, model_version=version, outputs=outputs, client_timeout=self.timeout_s
+                ),
                 timeout=self.timeout_s + 5,
             )
         except (InferenceServerException, TimeoutError, OSError) as exc:
@@ -154,15 +156,18 @@ class TritonClient:
     ) -> tuple[np.ndarray, np.ndarray]:
         """One prompt → all four masks' logits [4,256,256] and IoU predictions [4]."""
         has_mask = mask_input is not None
-        mask = mask_input if has_mask else np.zeros((1, 1, 256, 256), np.float32)
+        mask = mask_input if mask_input is not None else np.zeros((1, 1, 256, 256), np.float32)
         small = [
             _input("point_coords", point_coords[None].astype(np.float32)),
             _input("point_labels", point_labels[None].astype(np.int32)),
             _input("mask_input", mask.astype(np.float32).reshape(1, 1, 256, 256)),
             _input("has_mask_input", np.array([[1.0 if has_mask else 0.0]], np.float32)),
         ]
-        big = (("image_embed", emb.image_embed), ("high_res_feats_0", emb.high_res_feats_0),
-               ("high_res_feats_1", emb.high_res_feats_1))
+        big = (
+            ("image_embed", emb.image_embed),
+            ("high_res_feats_0", emb.high_res_feats_0),
+            ("high_res_feats_1", emb.high_res_feats_1),
+        )
         outputs = ("low_res_masks", "iou_predictions")
 
         async def plain() -> list[np.ndarray]:
@@ -203,12 +208,14 @@ class TritonClient:
                     raise InferenceUnavailable(f"{model} version {version} is not ready")
                 config = (await self._client.get_model_config(model, client_timeout=5)).config
                 params = {k: v.string_value for k, v in config.parameters.items()}
-                infos.append(ModelInfo(
-                    name=model,
-                    version=version,
-                    variant=params.get(f"maskserve_model_v{version}", params.get("maskserve_model", "unknown")),
-                    weights=params.get(f"maskserve_weights_v{version}", params.get("maskserve_weights", "unknown")),
-                ))
+                infos.append(
+                    ModelInfo(
+                        name=model,
+                        version=version,
+                        variant=params.get(f"maskserve_model_v{version}", params.get("maskserve_model", "unknown")),
+                        weights=params.get(f"maskserve_weights_v{version}", params.get("maskserve_weights", "unknown")),
+                    )
+                )
         except InferenceServerException as exc:
             raise InferenceUnavailable(str(exc)) from exc
         return infos

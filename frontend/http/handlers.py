@@ -41,24 +41,28 @@ def result_object(request: web.Request, job: Job) -> dict[str, Any]:
 
 
 def _single_response(request: web.Request, job: Job) -> web.Response:
-    return web.json_response({"job_id": job.id, "status": job.status, "result": result_object(request, job), "error": job.error})
+    return web.json_response(
+        {"job_id": job.id, "status": job.status, "result": result_object(request, job), "error": job.error}
+    )
 
 
 def _batch_response(request: web.Request, outcome: BatchOutcome) -> web.Response:
     completed = sum(1 for j in outcome.jobs if j.status is JobStatus.COMPLETED)
     failed = len(outcome.jobs) - completed
     all_failed = completed == 0
-    return web.json_response({
-        "batch_id": outcome.batch_id,
-        "status": JobStatus.FAILED if all_failed else JobStatus.COMPLETED,
-        "total_files": len(outcome.jobs),
-        "completed": completed,
-        "failed": failed,
-        "results": [result_object(request, j) for j in outcome.jobs],
-        "total_processing_time_ms": round(outcome.wall_ms, 1),
-        "total_credits_used": sum(j.credits_used for j in outcome.jobs),
-        "error": f"All {failed} images failed" if all_failed else None,
-    })
+    return web.json_response(
+        {
+            "batch_id": outcome.batch_id,
+            "status": JobStatus.FAILED if all_failed else JobStatus.COMPLETED,
+            "total_files": len(outcome.jobs),
+            "completed": completed,
+            "failed": failed,
+            "results": [result_object(request, j) for j in outcome.jobs],
+            "total_processing_time_ms": round(outcome.wall_ms, 1),
+            "total_credits_used": sum(j.credits_used for j in outcome.jobs),
+            "error": f"All {failed} images failed" if all_failed else None,
+        }
+    )
 
 
 async def _uploads(request: web.Request, fields: set[str]) -> dict[str, list[Upload]]:
@@ -69,13 +73,18 @@ async def _uploads(request: web.Request, fields: set[str]) -> dict[str, list[Upl
     return await parsing.read_uploads(request, fields, settings.max_upload_bytes, settings.upload_timeout_s)
 
 
-def _one(uploads: dict[str, list[Upload]], name: str, required: bool) -> Upload | None:
+def _optional(uploads: dict[str, list[Upload]], name: str) -> Upload | None:
     found = uploads.get(name, [])
     if len(found) > 1:
         raise BadRequest(f"Send one '{name}' file per request (use the batch endpoint for more)")
-    if not found and required:
-        raise BadRequest(f"No file provided: send the image as the '{name}' field")
     return found[0] if found else None
+
+
+def _required(uploads: dict[str, list[Upload]], name: str) -> Upload:
+    found = _optional(uploads, name)
+    if found is None:
+        raise BadRequest(f"No file provided: send the image as the '{name}' field")
+    return found
 
 
 async def segment(request: web.Request) -> web.Response:
@@ -84,7 +93,7 @@ async def segment(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, 1, settings.max_upload_bytes)
     uploads = await _uploads(request, {"file"})
-    upload = _one(uploads, "file", required=True)
+    upload = _required(uploads, "file")
     if not prompt.given:
         raise BadRequest("Segmentation needs 'points' or 'box'")
     job = await request.app[JOBS].single(api_key(request), JobKind.SEGMENTATION, Item(upload), prompt)
@@ -97,8 +106,8 @@ async def extract(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, 2, settings.max_upload_bytes)
     uploads = await _uploads(request, {"image", "mask"})
-    image = _one(uploads, "image", required=True)
-    mask = _one(uploads, "mask", required=False)
+    image = _required(uploads, "image")
+    mask = _optional(uploads, "mask")
     _check_mask_source(mask is not None, prompt.given)
     item = Item(image, mask)
     job = await request.app[JOBS].single(api_key(request), JobKind.EXTRACTION, item, None if mask else prompt, opts)
@@ -209,8 +218,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format (next to Triton's own metrics on its metrics port)."""
-    return web.Response(body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return web.Response(
+        body=request.app[METRICS].render(),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -230,4 +243,3 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/openapi.json", openapi, name="openapi")
     app.router.add_get("/metrics", metrics, name="metrics")
-

@@ -14,20 +14,36 @@ _ERROR = {"type": "object", "required": ["detail"], "properties": {"detail": {"t
 _VALIDATION = {
     "type": "object",
     "required": ["detail"],
-    "properties": {"detail": {"type": "array", "items": {
-        "type": "object",
-        "required": ["loc", "msg", "type"],
-        "properties": {
-            "loc": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2},
-            "msg": {"type": "string"},
-            "type": {"type": "string"},
-        },
-    }}},
+    "properties": {
+        "detail": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["loc", "msg", "type"],
+                "properties": {
+                    "loc": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2},
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        }
+    },
 }
 _RESULT = {
     "type": "object",
-    "required": ["job_id", "status", "input_filename", "output_url", "processing_time_ms", "error",
-                 "original_width", "original_height", "output_width", "output_height", "credits_used"],
+    "required": [
+        "job_id",
+        "status",
+        "input_filename",
+        "output_url",
+        "processing_time_ms",
+        "error",
+        "original_width",
+        "original_height",
+        "output_width",
+        "output_height",
+        "credits_used",
+    ],
     "properties": {
         "job_id": {"type": "string"},
         "status": {"type": "string", "enum": [s.value for s in JobStatus]},
@@ -45,13 +61,26 @@ _RESULT = {
 _SINGLE = {
     "type": "object",
     "required": ["job_id", "status", "result", "error"],
-    "properties": {"job_id": {"type": "string"}, "status": {"type": "string"},
-                   "result": {"$ref": "#/components/schemas/Result"}, "error": {"type": ["string", "null"]}},
+    "properties": {
+        "job_id": {"type": "string"},
+        "status": {"type": "string"},
+        "result": {"$ref": "#/components/schemas/Result"},
+        "error": {"type": ["string", "null"]},
+    },
 }
 _BATCH = {
     "type": "object",
-    "required": ["batch_id", "status", "total_files", "completed", "failed", "results",
-                 "total_processing_time_ms", "total_credits_used", "error"],
+    "required": [
+        "batch_id",
+        "status",
+        "total_files",
+        "completed",
+        "failed",
+        "results",
+        "total_processing_time_ms",
+        "total_credits_used",
+        "error",
+    ],
     "properties": {
         "batch_id": {"type": "string"},
         "status": {"type": "string", "enum": [JobStatus.COMPLETED.value, JobStatus.FAILED.value]},
@@ -67,11 +96,20 @@ _BATCH = {
 
 
 def _json(schema_ref: str, description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}},
+    }
 
 
 def _query(name: str, description: str, schema: dict | None = None) -> dict:
-    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema or {"type": "string"}}
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
 
 
 _PROMPTS = [
@@ -80,89 +118,189 @@ _PROMPTS = [
     _query("box", "JSON array [x1, y1, x2, y2] with x1 < x2 and y1 < y2"),
 ]
 _EXTRACTION = [
-    _query("feather", "softens the alpha edge by about this many pixels", {"type": "integer", "minimum": 0, "maximum": MAX_FEATHER, "default": 0}),
+    _query(
+        "feather",
+        "softens the alpha edge by about this many pixels",
+        {"type": "integer", "minimum": 0, "maximum": MAX_FEATHER, "default": 0},
+    ),
     _query("output_format", "output image format", {"type": "string", "enum": ["webp", "png"], "default": "webp"}),
 ]
 
 
 def _errors(*codes: int) -> dict:
-    texts = {400: "bad request", 401: "missing or invalid API key", 402: "insufficient credits",
-             403: "bad or expired signature", 404: "not found", 413: "file or image too large",
-             422: "validation failed", 429: "rate limit exceeded", 503: "inference server unavailable"}
+    texts = {
+        400: "bad request",
+        401: "missing or invalid API key",
+        402: "insufficient credits",
+        403: "bad or expired signature",
+        404: "not found",
+        413: "file or image too large",
+        422: "validation failed",
+        429: "rate limit exceeded",
+        503: "inference server unavailable",
+    }
     return {str(c): _json("Validation" if c == 422 else "Error", texts[c]) for c in codes}
 
 
 def _upload_body(fields: dict[str, bool], repeated: bool) -> dict:
     binary = {"type": "string", "format": "binary"}
     props = {name: ({"type": "array", "items": binary} if repeated else binary) for name in fields}
-    return {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "properties": props, "required": [n for n, req in fields.items() if req]}}}}
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": props, "required": [n for n, req in fields.items() if req]}
+            }
+        },
+    }
 
 
 def _service(summary: str, params: list, body: dict, ok: str, batch: bool) -> dict:
     codes = (400, 401, 413, 422, 429, 503) if batch else (400, 401, 402, 413, 422, 429, 503)
-    return {"post": {
-        "summary": summary,
-        "security": [{"bearer": []}],
-        "parameters": params,
-        "requestBody": body,
-        "responses": {"200": _json(ok, "processed"), **_errors(*codes)},
-    }}
+    return {
+        "post": {
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "parameters": params,
+            "requestBody": body,
+            "responses": {"200": _json(ok, "processed"), **_errors(*codes)},
+        }
+    }
 
 
-def openapi_document(settings: Settings) -> dict:
-    image = "image (JPEG, PNG or WebP, at most %d MB)" % (settings.max_upload_bytes // (1024 * 1024))
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    image = f"image (JPEG, PNG or WebP, at most {settings.max_upload_bytes // (1024 * 1024)} MB)"
     return {
         "openapi": "3.1.0",
-        "info": {"title": "maskserve", "version": __version__,
-                 "description": f"SAM 2 segmentation and object extraction. Upload: {image}."},
+        "info": {
+            "title": "maskserve",
+            "version": __version__,
+            "description": f"SAM 2 segmentation and object extraction. Upload: {image}.",
+        },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": _ERROR, "Validation": _VALIDATION, "Result": _RESULT, "Single": _SINGLE, "Batch": _BATCH,
-                        "Account": {"type": "object", "required": ["name", "key_prefix", "credits"], "properties": {
-                            "name": {"type": "string"}, "key_prefix": {"type": "string"}, "credits": {"type": "integer"}}}},
+            "schemas": {
+                "Error": _ERROR,
+                "Validation": _VALIDATION,
+                "Result": _RESULT,
+                "Single": _SINGLE,
+                "Batch": _BATCH,
+                "Account": {
+                    "type": "object",
+                    "required": ["name", "key_prefix", "credits"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "key_prefix": {"type": "string"},
+                        "credits": {"type": "integer"},
+                    },
+                },
+            },
         },
         "paths": {
             "/v1/services/image-segmentation": _service(
-                "Segment one object (1 credit)", _PROMPTS, _upload_body({"file": True}, False), "Single", False),
+                "Segment one object (1 credit)", _PROMPTS, _upload_body({"file": True}, False), "Single", False
+            ),
             "/v1/services/image-segmentation/batch": _service(
                 f"Segment 1-{settings.max_batch} images with the same prompt (1 credit each)",
-                _PROMPTS, _upload_body({"files": True}, True), "Batch", True),
+                _PROMPTS,
+                _upload_body({"files": True}, True),
+                "Batch",
+                True,
+            ),
             "/v1/services/object-extraction": _service(
-                "Cut out one object on a transparent background (2 credits)", _PROMPTS + _EXTRACTION,
-                _upload_body({"image": True, "mask": False}, False), "Single", False),
+                "Cut out one object on a transparent background (2 credits)",
+                _PROMPTS + _EXTRACTION,
+                _upload_body({"image": True, "mask": False}, False),
+                "Single",
+                False,
+            ),
             "/v1/services/object-extraction/batch": _service(
-                f"Cut out objects from 1-{settings.max_batch} images (2 credits each)", _PROMPTS + _EXTRACTION,
-                _upload_body({"images": True, "masks": False}, True), "Batch", True),
-            "/v1/jobs/{job_id}": {"get": {
-                "summary": "A job of this API key", "security": [{"bearer": []}],
-                "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": _json("Result", "the job"), **_errors(401, 404, 429)},
-            }},
-            "/v1/account": {"get": {
-                "summary": "Name and credit balance of this API key", "security": [{"bearer": []}],
-                "responses": {"200": _json("Account", "the account"), **_errors(401, 429)},
-            }},
-            "/v1/files/{job_id}": {"get": {
-                "summary": "An output image through its signed, expiring link (no API key)",
-                "parameters": [
-                    {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
-                    {"name": "expires", "in": "query", "required": True, "schema": {"type": "string"}},
-                    {"name": "sig", "in": "query", "required": True, "schema": {"type": "string"}},
-                ],
-                "responses": {
-                    "200": {"description": "the image", "content": {
-                        "image/png": {"schema": {"type": "string", "format": "binary"}},
-                        "image/webp": {"schema": {"type": "string", "format": "binary"}}}},
-                    **_errors(403, 404),
-                },
-            }},
-            "/healthz": {"get": {"summary": "Process is alive", "responses": {"200": {"description": "alive", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-            "/readyz": {"get": {"summary": "Models ready and store reachable; model versions and weights source",
-                                "responses": {"200": {"description": "ready", "content": {"application/json": {"schema": {"type": "object"}}}},
-                                              "503": {"description": "not ready", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics of this frontend (requests, latency, credits, cache, Triton calls, event-loop lag)",
-                                 "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+                f"Cut out objects from 1-{settings.max_batch} images (2 credits each)",
+                _PROMPTS + _EXTRACTION,
+                _upload_body({"images": True, "masks": False}, True),
+                "Batch",
+                True,
+            ),
+            "/v1/jobs/{job_id}": {
+                "get": {
+                    "summary": "A job of this API key",
+                    "security": [{"bearer": []}],
+                    "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": _json("Result", "the job"), **_errors(401, 404, 429)},
+                }
+            },
+            "/v1/account": {
+                "get": {
+                    "summary": "Name and credit balance of this API key",
+                    "security": [{"bearer": []}],
+                    "responses": {"200": _json("Account", "the account"), **_errors(401, 429)},
+                }
+            },
+            "/v1/files/{job_id}": {
+                "get": {
+                    "summary": "An output image through its signed, expiring link (no API key)",
+                    "parameters": [
+                        {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                        {"name": "expires", "in": "query", "required": True, "schema": {"type": "string"}},
+                        {"name": "sig", "in": "query", "required": True, "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the image",
+                            "content": {
+                                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                                "image/webp": {"schema": {"type": "string", "format": "binary"}},
+                            },
+                        },
+                        **_errors(403, 404),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Process is alive",
+                    "responses": {
+                        "200": {"description": "alive", "content": {"application/json": {"schema": {"type": "object"}}}}
+                    },
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Models ready and store reachable; model versions and weights source",
+                    "responses": {
+                        "200": {
+                            "description": "ready",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "503": {
+                            "description": "not ready",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics of this frontend "
+                    "(requests, latency, credits, cache, Triton calls, event-loop lag)",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.1",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
         },
     }

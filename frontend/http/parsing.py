@@ -6,14 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from typing import Any
 
 import numpy as np
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
+from multidict import MultiMapping
 
+from maskserve.core.signatures import MAX_PROMPT_POINTS
 from maskserve.frontend.errors import BadRequest, FieldError, PayloadTooLarge, ValidationFailed
 from maskserve.frontend.services import ExtractionOptions, Prompt, Upload
-from maskserve.core.signatures import MAX_PROMPT_POINTS
+
+Query = MultiMapping[str]
 
 MAX_FEATHER = 50
 OUTPUT_FORMATS = ("webp", "png")
@@ -22,14 +26,14 @@ MAX_FIELD_NAME = 64
 KNOWN_QUERY = {"points", "labels", "box", "feather", "output_format"}
 
 
-def _unique(query, name: str) -> str | None:
+def _unique(query: Query, name: str) -> str | None:
     values = query.getall(name, [])
     if len(values) > 1:
         raise ValidationFailed.one("query", name, "given more than once")
     return values[0] if values else None
 
 
-def _json_array(query, name: str) -> list | None:
+def _json_array(query: Query, name: str) -> list[Any] | None:
     raw = _unique(query, name)
     if raw is None:
         return None
@@ -52,7 +56,7 @@ def _number(x: object) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def parse_prompt(query) -> Prompt:
+def parse_prompt(query: Query) -> Prompt:
     """``points``, ``labels`` and ``box`` from the query string; 422 on anything malformed."""
     errors: list[FieldError] = []
     points = labels = box = None
@@ -62,7 +66,9 @@ def parse_prompt(query) -> Prompt:
     if raw_points is not None:
         if not raw_points:
             errors.append(FieldError("query", "points", "must contain at least one [x, y] pair"))
-        elif not all(isinstance(p, list) and len(p) == 2 and all(_number(c) is not None for c in p) for p in raw_points):
+        elif not all(
+            isinstance(p, list) and len(p) == 2 and all(_number(c) is not None for c in p) for p in raw_points
+        ):
             errors.append(FieldError("query", "points", "must be an array of [x, y] pairs of finite numbers"))
         else:
             points = np.array(raw_points, dtype=np.float64).reshape(-1, 2).astype(np.float32)
@@ -79,7 +85,7 @@ def parse_prompt(query) -> Prompt:
         values = [_number(v) for v in raw_box]
         if len(raw_box) != 4 or any(v is None for v in values):
             errors.append(FieldError("query", "box", "must be [x1, y1, x2, y2] of finite numbers"))
-        elif not (values[0] < values[2] and values[1] < values[3]):
+        elif not (values[0] < values[2] and values[1] < values[3]):  # type: ignore[operator]  # all numbers here
             errors.append(FieldError("query", "box", "must satisfy x1 < x2 and y1 < y2"))
         else:
             box = np.array(values, np.float32)
@@ -93,7 +99,7 @@ def parse_prompt(query) -> Prompt:
     return Prompt(points=points, labels=labels, box=box)
 
 
-def parse_extraction_options(query) -> ExtractionOptions:
+def parse_extraction_options(query: Query) -> ExtractionOptions:
     errors = []
     feather = 0
     raw = _unique(query, "feather")
@@ -112,7 +118,7 @@ def parse_extraction_options(query) -> ExtractionOptions:
     return ExtractionOptions(feather=feather, output_format=output_format)
 
 
-def check_query(query, allowed: set[str]) -> None:
+def check_query(query: Query, allowed: set[str]) -> None:
     for name in set(query.keys()):
         if name in KNOWN_QUERY and name not in allowed:
             raise ValidationFailed.one("query", name, "not accepted by this endpoint")

@@ -61,7 +61,7 @@ def find_distribution() -> TritonDistribution:
             "Triton Inference Server is not installed: `pip install nvidia-pytriton` "
             "provides the tritonserver binary (scripts/setup.sh installs it)."
         )
-    root = Path(list(spec.submodule_search_locations)[0])
+    root = Path(next(iter(spec.submodule_search_locations)))
     server = root / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     dist = TritonDistribution(
@@ -124,9 +124,7 @@ def prepare_backends(dist: TritonDistribution, work_dir: Path) -> Path:
 
 def server_env(dist: TritonDistribution) -> dict[str, str]:
     env = os.environ.copy()
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(
-        p for p in (str(dist.libs), env.get("LD_LIBRARY_PATH", "")) if p
-    )
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(dist.libs), env.get("LD_LIBRARY_PATH", "")) if p)
     env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
     site_paths = [p for p in sys.path if p and Path(p).is_dir()]
     env["PYTHONPATH"] = os.pathsep.join(site_paths)
@@ -202,7 +200,9 @@ class TritonServer:
             while True:
                 if self.process is None or self.process.poll() is not None:
                     code = None if self.process is None else self.process.returncode
-                    raise TritonSetupError(f"tritonserver exited (code {code}) before its models were ready; see its log above")
+                    raise TritonSetupError(
+                        f"tritonserver exited (code {code}) before its models were ready; see its log above"
+                    )
                 try:
                     if client.is_server_live() and all(client.is_model_ready(m) for m in self.opts.models):
                         return
@@ -231,7 +231,7 @@ class TritonServer:
             self._log_thread.join(timeout=5)
         return proc.returncode
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         self.start()
         try:
             self.wait_ready()
@@ -255,7 +255,12 @@ def run_forever(opts: TritonOptions) -> int:
         server.wait_ready()
         log.info(
             "models READY: %s; gRPC %s, HTTP %s:%d, metrics %s:%d",
-            ", ".join(opts.models), opts.grpc_url, opts.host, opts.http_port, opts.host, opts.metrics_port,
+            ", ".join(opts.models),
+            opts.grpc_url,
+            opts.host,
+            opts.http_port,
+            opts.host,
+            opts.metrics_port,
         )
         while not stop.is_set():
             if server.process is not None and server.process.poll() is not None:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 
-
 def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -29,8 +28,23 @@ def test_suite_smoke(tmp_path):
 def test_loadgen_smoke_against_a_running_service(api, tmp_path):
     _, key = api.create_key(100)
     out = tmp_path / "load.json"
-    _run("benchmarks.loadgen", "--url", api.url, "--key", key, "--concurrency", "2", "--requests", "4",
-         "--mix", "new=1,cached=2,batch=1", "--batch-size", "2", "--json", str(out))
+    _run(
+        "benchmarks.loadgen",
+        "--url",
+        api.url,
+        "--key",
+        key,
+        "--concurrency",
+        "2",
+        "--requests",
+        "4",
+        "--mix",
+        "new=1,cached=2,batch=1",
+        "--batch-size",
+        "2",
+        "--json",
+        str(out),
+    )
     summary = json.loads(out.read_text())
     assert summary["requests"] == 4 and summary["error_rate"] == 0.0
     assert set(summary["latency_ms"]) == {"new", "cached", "batch"}
@@ -47,8 +61,9 @@ def test_model_runtimes_smoke(exported_repo, tmp_path):
 
 def test_triton_configs_smoke(exported_repo, tmp_path):
     out = tmp_path / "configs.json"
-    proc = _run("benchmarks.triton_configs", "--repo", str(exported_repo), "--images", "1", "--configs", "0",
-                "--json", str(out))
+    proc = _run(
+        "benchmarks.triton_configs", "--repo", str(exported_repo), "--images", "1", "--configs", "0", "--json", str(out)
+    )
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 1 and rows[0]["encoder_images_per_s"] > 0 and rows[0]["decoder_prompts_per_s"] > 0
     assert "vs PyTorch" in proc.stdout

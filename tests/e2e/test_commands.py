@@ -15,8 +15,14 @@ from tests.helpers import free_port
 
 def _start(args: list[str], cwd, home) -> subprocess.Popen:
     env = {**os.environ, "HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "maskserve.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "maskserve.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 240) -> list[str]:
@@ -42,9 +48,19 @@ def _stop(proc: subprocess.Popen) -> tuple[int, str]:
 
 def test_serve_runs_triton_and_the_api_then_stops_cleanly(exported_repo, tmp_path):
     port = free_port()
-    args = ["serve", "--port", str(port), "--model-repository", str(exported_repo),
-            "--triton-grpc-port", str(free_port()), "--triton-http-port", str(free_port()),
-            "--triton-metrics-port", str(free_port())]
+    args = [
+        "serve",
+        "--port",
+        str(port),
+        "--model-repository",
+        str(exported_repo),
+        "--triton-grpc-port",
+        str(free_port()),
+        "--triton-http-port",
+        str(free_port()),
+        "--triton-metrics-port",
+        str(free_port()),
+    ]
     proc = _start(args, tmp_path, tmp_path)
     try:
         lines = _wait_for(proc, "maskserve is listening")
@@ -61,8 +77,19 @@ def test_serve_runs_triton_and_the_api_then_stops_cleanly(exported_repo, tmp_pat
 
 def test_frontend_alone_against_an_existing_triton(triton_server, tmp_path):
     port = free_port()
-    proc = _start(["frontend", "--triton-url", triton_server.opts.grpc_url, "--port", str(port),
-                   "--data-dir", str(tmp_path / "d")], tmp_path, tmp_path)
+    proc = _start(
+        [
+            "frontend",
+            "--triton-url",
+            triton_server.opts.grpc_url,
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        tmp_path,
+        tmp_path,
+    )
     try:
         _wait_for(proc, "maskserve is listening", timeout=60)
         assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=30).status_code == 200

@@ -12,15 +12,28 @@ from urllib.parse import quote
 
 import requests
 
-from maskserve.export.command import ExportRequest, run_export
 from maskserve.core import signatures as sig
-from tests.helpers import image_bytes
-from tests.helpers import Served, auth
+from maskserve.export.command import ExportRequest, run_export
+from tests.helpers import Served, auth, image_bytes
 
 
 def _models(served: Served, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "maskserve.cli", "models", "--triton-url", served.triton_url,
-                           "--data-dir", str(served.data), *args], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "maskserve.cli",
+            "models",
+            "--triton-url",
+            served.triton_url,
+            "--data-dir",
+            str(served.data),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
@@ -40,8 +53,12 @@ def test_promote_and_rollback_under_load(exported_repo, tmp_path, report):
         i = 0
         while not stop.is_set():
             i += 1
-            r = session.post(f"{served.url}/v1/services/image-segmentation?points={quote(f'[[{10 + i % 200},20]]')}",
-                             files={"file": ("p.jpg", photo)}, headers=auth(served.key), timeout=120)
+            r = session.post(
+                f"{served.url}/v1/services/image-segmentation?points={quote(f'[[{10 + i % 200},20]]')}",
+                files={"file": ("p.jpg", photo)},
+                headers=auth(served.key),
+                timeout=120,
+            )
             outcomes.append((time.monotonic(), r.status_code, r.json().get("job_id")))
 
     try:
@@ -69,8 +86,10 @@ def test_promote_and_rollback_under_load(exported_repo, tmp_path, report):
         after = [version_of[j] for t, _, j in outcomes if t > rolled_back + 1.5]
         assert during_2 and set(during_2) == {"2"}, during_2
         assert after and set(after) == {"1"}, after
-        report(f"model swap: {len(statuses)} requests during promote 1->2 and rollback 2->1, all 200; "
-               f"jobs after each switch recorded the new version")
+        report(
+            f"model swap: {len(statuses)} requests during promote 1->2 and rollback 2->1, all 200; "
+            f"jobs after each switch recorded the new version"
+        )
     finally:
         stop.set()
         assert served.stop() == 0

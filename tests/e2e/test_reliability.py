@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.helpers import Served, auth, free_port, image_bytes, ledger_state, start_api
+from tests.helpers import Served, auth, image_bytes, ledger_state, start_api
 
 SEG = "/v1/services/image-segmentation"
 POINT = quote(json.dumps([[100, 100]]))
@@ -29,7 +28,12 @@ POINT = quote(json.dumps([[100, 100]]))
 async def _post(session, url: str, key: str, data: bytes, path: str = SEG, field: str = "file", count: int = 1):
     form = aiohttp.FormData()
     for i in range(count):
-        form.add_field(field, data if count == 1 else image_bytes(400, 300, seed=7000 + i), filename=f"p{i}.jpg", content_type="image/jpeg")
+        form.add_field(
+            field,
+            data if count == 1 else image_bytes(400, 300, seed=7000 + i),
+            filename=f"p{i}.jpg",
+            content_type="image/jpeg",
+        )
     started = time.monotonic()
     async with session.post(f"{url}{path}?points={POINT}", data=form, headers=auth(key)) as r:
         return r.status, await r.json(), time.monotonic() - started
@@ -38,10 +42,13 @@ async def _post(session, url: str, key: str, data: bytes, path: str = SEG, field
 def test_triton_killed_mid_request_then_restarted(exported_repo, tmp_path, report):
     served = Served(exported_repo, tmp_path)
     try:
+
         async def scenario():
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
                 single = asyncio.ensure_future(_post(session, served.url, served.key, image_bytes(640, 480, seed=6001)))
-                batch = asyncio.ensure_future(_post(session, served.url, served.key, b"", path=SEG + "/batch", field="files", count=4))
+                batch = asyncio.ensure_future(
+                    _post(session, served.url, served.key, b"", path=SEG + "/batch", field="files", count=4)
+                )
                 await asyncio.sleep(1.0)  # both are inside the encoder now
                 os.kill(served.triton_pid(), signal.SIGKILL)
                 return await single, await batch
@@ -49,18 +56,27 @@ def test_triton_killed_mid_request_then_restarted(exported_repo, tmp_path, repor
         (s_status, s_body, s_time), (b_status, b_body, b_time) = asyncio.run(scenario())
         assert s_status == 503 and s_time < 30, s_body
         assert b_status == 200 and b_time < 30
-        assert all(r["status"] == "failed" and r["credits_used"] == 0 for r in b_body["results"] if r["status"] != "completed")
+        assert all(
+            r["status"] == "failed" and r["credits_used"] == 0 for r in b_body["results"] if r["status"] != "completed"
+        )
         assert any("unavailable" in (r["error"] or "") for r in b_body["results"])
         state = ledger_state(served.data / "maskserve.db", served.key_id)
         assert state["processing"] == 0 and state["balance"] == state["ledger"] == 50 - state["charged"]
         # the supervisor restarts Triton; the same frontend serves again
         killed_at = time.monotonic()
         served.wait_ready()
-        report(f"fault: Triton SIGKILLed mid-request: single answered 503 in {s_time:.2f} s, batch of 4 answered in "
-               f"{b_time:.2f} s ({sum(r['status'] == 'failed' for r in b_body['results'])} failed, 0 charged), "
-               f"ready again after {time.monotonic() - killed_at:.1f} s; balance {state['balance']} = ledger {state['ledger']}")
-        r = requests.post(f"{served.url}{SEG}?points={POINT}", files={"file": ("a.jpg", image_bytes(320, 240, seed=6002))},
-                          headers=auth(served.key), timeout=120)
+        report(
+            f"fault: Triton SIGKILLed mid-request: single answered 503 in {s_time:.2f} s, batch of 4 answered in "
+            f"{b_time:.2f} s ({sum(r['status'] == 'failed' for r in b_body['results'])} failed, 0 charged), "
+            f"ready again after {time.monotonic() - killed_at:.1f} s; "
+            f"balance {state['balance']} = ledger {state['ledger']}"
+        )
+        r = requests.post(
+            f"{served.url}{SEG}?points={POINT}",
+            files={"file": ("a.jpg", image_bytes(320, 240, seed=6002))},
+            headers=auth(served.key),
+            timeout=120,
+        )
         assert r.status_code == 200, r.text
         assert "restarting it" in served.log()
     finally:
@@ -96,7 +112,9 @@ def test_overload_is_refused_fast_and_never_charged(triton_server, tmp_path_fact
 
         async def burst():
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
-                return await asyncio.gather(*(_post(session, api.url, key, image_bytes(400, 300, seed=6200 + i)) for i in range(8)))
+                return await asyncio.gather(
+                    *(_post(session, api.url, key, image_bytes(400, 300, seed=6200 + i)) for i in range(8))
+                )
 
         results = asyncio.run(burst())
         ok = [r for r in results if r[0] == 200]
@@ -105,20 +123,27 @@ def test_overload_is_refused_fast_and_never_charged(triton_server, tmp_path_fact
         assert all(t < 2.0 for _, _, t in refused)  # refused at once, not after queueing
         assert all(isinstance(b["detail"], str) for _, b, _ in refused)
         assert api.call(api.store().get_key(key_id)).credits == 100 - len(ok)
-        report(f"overload: 8 simultaneous new images, admission limit 2: {len(ok)} served "
-               f"(max {max(t for _, _, t in ok):.1f} s), {len(refused)} refused 503 in <= {max(t for _, _, t in refused) * 1000:.0f} ms")
+        report(
+            f"overload: 8 simultaneous new images, admission limit 2: {len(ok)} served "
+            f"(max {max(t for _, _, t in ok):.1f} s), {len(refused)} refused "
+            f"503 in <= {max(t for _, _, t in refused) * 1000:.0f} ms"
+        )
     finally:
         api.stop()
 
 
 def _raw_post(url: str, key: str, body: bytes, content_type: str) -> requests.Response:
-    return requests.post(f"{url}{SEG}?points={POINT}", data=body, timeout=60,
-                         headers={**auth(key), "Content-Type": content_type})
+    return requests.post(
+        f"{url}{SEG}?points={POINT}", data=body, timeout=60, headers={**auth(key), "Content-Type": content_type}
+    )
 
 
 def test_multipart_abuse(api):
     _, key = api.create_key(10)
-    many = b"".join(b'--XX\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nx\r\n' % i for i in range(300)) + b"--XX--\r\n"
+    many = (
+        b"".join(b'--XX\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nx\r\n' % i for i in range(300))
+        + b"--XX--\r\n"
+    )
     assert _raw_post(api.url, key, many, "multipart/form-data; boundary=XX").status_code == 400
     giant = b'--XX\r\nContent-Disposition: form-data; name="' + b"n" * 100_000 + b'"\r\n\r\nx\r\n--XX--\r\n'
     assert _raw_post(api.url, key, giant, "multipart/form-data; boundary=XX").status_code in (400, 413)
@@ -132,9 +157,11 @@ def test_slow_upload_gets_400(triton_server, tmp_path_factory):
     try:
         _, key = api.create_key(10)
         sock = socket.create_connection(("127.0.0.1", api.settings.port))
-        head = (f"POST {SEG}?points={POINT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
-                "Content-Type: multipart/form-data; boundary=XX\r\nContent-Length: 100000\r\n\r\n"
-                '--XX\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n')
+        head = (
+            f"POST {SEG}?points={POINT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+            "Content-Type: multipart/form-data; boundary=XX\r\nContent-Length: 100000\r\n\r\n"
+            '--XX\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
+        )
         sock.sendall(head.encode())
         sock.settimeout(15)
         started = time.monotonic()
@@ -153,22 +180,29 @@ def _animated(fmt: str) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("data,expected", [
-    (_animated("WEBP"), 422),
-    (_animated("PNG"), 422),
-    (image_bytes(64, 48, fmt="PNG", mode="P"), 200),
-    (image_bytes(64, 48, fmt="PNG", mode="LA"), 200),
-    (image_bytes(64, 48, fmt="PNG", mode="RGBA"), 200),
-    (image_bytes(64, 48, fmt="PNG", mode="I;16"), 200),
-    (image_bytes(64, 48, fmt="JPEG", mode="CMYK"), 200),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, 422),
-    (b"RIFF\x10\0\0\0WEBPVP8 " + b"\0" * 32, 422),
-])
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        (_animated("WEBP"), 422),
+        (_animated("PNG"), 422),
+        (image_bytes(64, 48, fmt="PNG", mode="P"), 200),
+        (image_bytes(64, 48, fmt="PNG", mode="LA"), 200),
+        (image_bytes(64, 48, fmt="PNG", mode="RGBA"), 200),
+        (image_bytes(64, 48, fmt="PNG", mode="I;16"), 200),
+        (image_bytes(64, 48, fmt="JPEG", mode="CMYK"), 200),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, 422),
+        (b"RIFF\x10\0\0\0WEBPVP8 " + b"\0" * 32, 422),
+    ],
+)
 def test_hostile_and_unusual_images(api, data, expected):
     _, key = api.create_key(10)
     # file name and content type lie on purpose: the content decides
-    r = requests.post(f"{api.url}{SEG}?points={quote(json.dumps([[10, 10]]))}", timeout=120, headers=auth(key),
-                      files={"file": ("holiday.gif", data, "text/plain")})
+    r = requests.post(
+        f"{api.url}{SEG}?points={quote(json.dumps([[10, 10]]))}",
+        timeout=120,
+        headers=auth(key),
+        files={"file": ("holiday.gif", data, "text/plain")},
+    )
     assert r.status_code == expected, r.text
     if expected == 200:
         assert (r.json()["result"]["original_width"], r.json()["result"]["original_height"]) == (64, 48)
@@ -178,18 +212,26 @@ def test_500_concurrent_requests_on_100_credits(api, report):
     """Singles and batches at once: exactly 100 credits of work, everything else refused or failed."""
     key_id, key = api.create_key(100)
     photo = image_bytes(320, 240, seed=6300)
-    requests.post(f"{api.url}{SEG}?points={POINT}", files={"file": ("w.jpg", photo)}, headers=auth(key), timeout=60)  # warm the cache
+    requests.post(
+        f"{api.url}{SEG}?points={POINT}", files={"file": ("w.jpg", photo)}, headers=auth(key), timeout=60
+    )  # warm the cache
     api.call(api.store().add_credits(key_id, 1, "test refill"))  # back to 100
 
     async def storm():
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600), connector=aiohttp.TCPConnector(limit=0)) as session:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=600), connector=aiohttp.TCPConnector(limit=0)
+        ) as session:
+
             async def one(i: int):
                 form = aiohttp.FormData()
                 path = SEG + "/batch" if i % 5 == 0 else SEG
                 for _ in range(3 if i % 5 == 0 else 1):
-                    form.add_field("files" if i % 5 == 0 else "file", photo, filename="p.jpg", content_type="image/jpeg")
+                    form.add_field(
+                        "files" if i % 5 == 0 else "file", photo, filename="p.jpg", content_type="image/jpeg"
+                    )
                 async with session.post(f"{api.url}{path}?points={POINT}", data=form, headers=auth(key)) as r:
                     return r.status, await r.json()
+
             return await asyncio.gather(*(one(i) for i in range(500)))
 
     results = asyncio.run(storm())
@@ -207,8 +249,10 @@ def test_500_concurrent_requests_on_100_credits(api, report):
     assert state["ledger"] == 0 and state["processing"] == 0
     from collections import Counter
 
-    report(f"money: 500 concurrent (400 single + 100 batches of 3) on 100 credits: statuses "
-           f"{dict(sorted(Counter(s for s, _ in results).items()))}, charged {charged}, balance 0, ledger sum 0")
+    report(
+        f"money: 500 concurrent (400 single + 100 batches of 3) on 100 credits: statuses "
+        f"{dict(sorted(Counter(s for s, _ in results).items()))}, charged {charged}, balance 0, ledger sum 0"
+    )
 
 
 def test_secrets_at_rest_and_on_disk(tmp_path):
@@ -243,12 +287,30 @@ def test_triton_and_admin_stay_on_loopback(exported_repo, tmp_path):
 def test_schemathesis_finds_no_5xx_and_no_schema_breaks(api, report):
     """Property-based requests generated from our own /openapi.json."""
     _, key = api.create_key(10_000)
-    checks = ("not_a_server_error,status_code_conformance,content_type_conformance,"
-              "response_schema_conformance,response_headers_conformance")
+    checks = (
+        "not_a_server_error,status_code_conformance,content_type_conformance,"
+        "response_schema_conformance,response_headers_conformance"
+    )
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "schemathesis"), "run", f"{api.url}/openapi.json", "-H", f"Authorization: Bearer {key}", "--checks", checks,
-         "-n", "25", "--request-timeout", "120", "--generation-deterministic", "--no-color"],
-        capture_output=True, text=True, timeout=900, cwd=Path(sys.executable).parent,
+        [
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
+            f"{api.url}/openapi.json",
+            "-H",
+            f"Authorization: Bearer {key}",
+            "--checks",
+            checks,
+            "-n",
+            "25",
+            "--request-timeout",
+            "120",
+            "--generation-deterministic",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=Path(sys.executable).parent,
     )
     assert proc.returncode == 0, proc.stdout[-4000:]
     summary = next(line for line in proc.stdout.splitlines() if "generated" in line and "passed" in line)

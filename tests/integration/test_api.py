@@ -16,10 +16,9 @@ import pytest
 import requests
 from PIL import Image
 
-from maskserve.frontend.signing import UrlSigner, load_or_create_secret
 from maskserve.core import signatures as sig
-from tests.helpers import start_api
-from tests.helpers import image_bytes, png_mask
+from maskserve.frontend.signing import UrlSigner, load_or_create_secret
+from tests.helpers import image_bytes, png_mask, start_api
 
 SEG = "/v1/services/image-segmentation"
 EXT = "/v1/services/object-extraction"
@@ -41,8 +40,12 @@ def auth(secret: str) -> dict:
 
 def post(api, path: str, secret: str | None, files, **params) -> requests.Response:
     query = "&".join(f"{k}={q(v) if not isinstance(v, str) else quote(v)}" for k, v in params.items())
-    return requests.post(f"{api.url}{path}{'?' + query if query else ''}", files=files,
-                         headers=auth(secret) if secret else {}, timeout=120)
+    return requests.post(
+        f"{api.url}{path}{'?' + query if query else ''}",
+        files=files,
+        headers=auth(secret) if secret else {},
+        timeout=120,
+    )
 
 
 def schema(api, name: str) -> dict:
@@ -55,6 +58,7 @@ def fetch(url: str) -> requests.Response:
 
 
 # --- happy paths: every field of both response shapes ----------------------------------
+
 
 def test_segmentation_response_and_mask(api, key):
     photo = image_bytes(640, 480, seed=1)
@@ -92,9 +96,11 @@ def test_batch_response_shape(api, key):
 
 
 def test_jobs_and_account(api):
-    key_id, secret = api.create_key(5, name="acct")
+    _key_id, secret = api.create_key(5, name="acct")
     other = api.create_key(5)[1]
-    r = post(api, SEG, secret, {"file": ("a.png", image_bytes(200, 100, fmt="PNG", seed=3), "image/png")}, points=[[50, 50]])
+    r = post(
+        api, SEG, secret, {"file": ("a.png", image_bytes(200, 100, fmt="PNG", seed=3), "image/png")}, points=[[50, 50]]
+    )
     job_id = r.json()["job_id"]
     job = requests.get(f"{api.url}/v1/jobs/{job_id}", headers=auth(secret), timeout=10)
     assert job.status_code == 200 and job.json()["job_id"] == job_id and job.json()["status"] == "completed"
@@ -106,6 +112,7 @@ def test_jobs_and_account(api):
 
 
 # --- the four request examples of the contract, with curl ------------------------------
+
 
 def _curl(api, secret: str, url: str, *forms: str) -> dict:
     cmd = ["curl", "-s", "-X", "POST", url, "-H", f"Authorization: Bearer {secret}"]
@@ -127,24 +134,36 @@ def test_contract_examples_with_curl(api, key, tmp_path):
     out = Image.open(io.BytesIO(fetch(body["result"]["output_url"]).content))
     assert out.format == "WEBP" and out.mode == "RGBA" and out.size == (1920, 1080)
     # 2. point prompts
-    body = _curl(api, key, f"{base}/image-segmentation?points=%5B%5B100,200%5D,%5B300,400%5D%5D&labels=%5B1,0%5D", f"file=@{photo}")
+    body = _curl(
+        api,
+        key,
+        f"{base}/image-segmentation?points=%5B%5B100,200%5D,%5B300,400%5D%5D&labels=%5B1,0%5D",
+        f"file=@{photo}",
+    )
     assert body["status"] == "completed" and body["result"]["credits_used"] == 1
     # 3. box
     body = _curl(api, key, f"{base}/object-extraction?box=%5B100,100,900,700%5D&output_format=png", f"image=@{photo}")
     assert body["status"] == "completed"
     assert Image.open(io.BytesIO(fetch(body["result"]["output_url"]).content)).format == "PNG"
     # 4. batch
-    body = _curl(api, key, f"{base}/image-segmentation/batch?points=%5B%5B960,540%5D%5D", f"files=@{photo}", f"files=@{photo}")
+    body = _curl(
+        api, key, f"{base}/image-segmentation/batch?points=%5B%5B960,540%5D%5D", f"files=@{photo}", f"files=@{photo}"
+    )
     assert body["completed"] == 2 and body["total_credits_used"] == 2
 
 
 # --- errors: every row of the table --------------------------------------------------
 
+
 def test_401_missing_malformed_unknown_revoked(api):
     key_id, secret = api.create_key(5)
     files = {"file": ("a.jpg", image_bytes(), "image/jpeg")}
-    for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer nonsense"},
-                    {"Authorization": "Bearer sk-live-" + "x" * 43}):
+    for headers in (
+        {},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer nonsense"},
+        {"Authorization": "Bearer sk-live-" + "x" * 43},
+    ):
         r = requests.post(f"{api.url}{SEG}?points={q([[1, 1]])}", files=files, headers=headers, timeout=30)
         assert r.status_code == 401 and r.json() == {"detail": "Invalid or missing API key"}
     api.call(api.store().revoke_key(key_id))
@@ -158,7 +177,12 @@ def test_400_rows(api, key):
         (SEG, {"other": img}, {"points": [[1, 1]]}, "No file"),
         (SEG, {"file": img}, {}, "points"),
         (EXT, {"image": img}, {}, "mask"),
-        (EXT + "/batch", [("images", img), ("images", img), ("masks", ("m.png", png_mask(640, 480, (0, 0, 9, 9)), "image/png"))], {}, "masks"),
+        (
+            EXT + "/batch",
+            [("images", img), ("images", img), ("masks", ("m.png", png_mask(640, 480, (0, 0, 9, 9)), "image/png"))],
+            {},
+            "masks",
+        ),
         (SEG + "/batch", [("files", img)] * 51, {"points": [[1, 1]]}, "50"),
         (SEG + "/batch", {"nothing": img}, {"points": [[1, 1]]}, "No file"),
     ]
@@ -188,8 +212,12 @@ def test_413_file_over_25_mb_without_buffering_it(api, key):
             yield b"\0" * (1024 * 1024)
         yield b"\r\n--b0undary--\r\n"
 
-    r = requests.post(f"{api.url}{SEG}?points={q([[1, 1]])}", data=chunks(), timeout=60,
-                      headers={**auth(key), "Content-Type": "multipart/form-data; boundary=b0undary"})
+    r = requests.post(
+        f"{api.url}{SEG}?points={q([[1, 1]])}",
+        data=chunks(),
+        timeout=60,
+        headers={**auth(key), "Content-Type": "multipart/form-data; boundary=b0undary"},
+    )
     assert r.status_code == 413
     assert time.monotonic() - started < 60
 
@@ -208,34 +236,51 @@ def _bomb_png(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
 
 
-@pytest.mark.parametrize("params,loc", [
-    ({"points": "[[1,2]"}, ["query", "points"]),
-    ({"points": "{\"x\": 1}"}, ["query", "points"]),
-    ({"points": [[1, 2, 3]]}, ["query", "points"]),
-    ({"points": [["a", 2]]}, ["query", "points"]),
-    ({"points": [[1, 2]], "labels": [1, 0]}, ["query", "labels"]),
-    ({"points": [[1, 2]], "labels": [2]}, ["query", "labels"]),
-    ({"points": [[5000, 2]]}, ["query", "points"]),
-    ({"points": [[-1, 2]]}, ["query", "points"]),
-    ({"box": [100, 100, 50, 200]}, ["query", "box"]),
-    ({"box": [1, 2, 3]}, ["query", "box"]),
-    ({"box": [0, 0, 100, 5000]}, ["query", "box"]),
-    ({"points": "[[NaN, 1]]"}, ["query", "points"]),
-    ({"points": [[float(i), 1.0] for i in range(17)]}, ["query", "points"]),
-])
+@pytest.mark.parametrize(
+    "params,loc",
+    [
+        ({"points": "[[1,2]"}, ["query", "points"]),
+        ({"points": '{"x": 1}'}, ["query", "points"]),
+        ({"points": [[1, 2, 3]]}, ["query", "points"]),
+        ({"points": [["a", 2]]}, ["query", "points"]),
+        ({"points": [[1, 2]], "labels": [1, 0]}, ["query", "labels"]),
+        ({"points": [[1, 2]], "labels": [2]}, ["query", "labels"]),
+        ({"points": [[5000, 2]]}, ["query", "points"]),
+        ({"points": [[-1, 2]]}, ["query", "points"]),
+        ({"box": [100, 100, 50, 200]}, ["query", "box"]),
+        ({"box": [1, 2, 3]}, ["query", "box"]),
+        ({"box": [0, 0, 100, 5000]}, ["query", "box"]),
+        ({"points": "[[NaN, 1]]"}, ["query", "points"]),
+        ({"points": [[float(i), 1.0] for i in range(17)]}, ["query", "points"]),
+    ],
+)
 def test_422_bad_prompts(api, key, params, loc):
     params = {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
     r = post(api, SEG, key, {"file": ("a.jpg", image_bytes(640, 480), "image/jpeg")}, **params)
     assert r.status_code == 422, r.text
     detail = r.json()["detail"]
-    assert isinstance(detail, list) and detail[0]["loc"] == loc and detail[0]["type"] == "value_error" and detail[0]["msg"]
+    assert (
+        isinstance(detail, list) and detail[0]["loc"] == loc and detail[0]["type"] == "value_error" and detail[0]["msg"]
+    )
 
 
-@pytest.mark.parametrize("params,loc", [({"feather": "51"}, "feather"), ({"feather": "-1"}, "feather"),
-                                        ({"feather": "soft"}, "feather"), ({"output_format": "jpeg"}, "output_format")])
+@pytest.mark.parametrize(
+    "params,loc",
+    [
+        ({"feather": "51"}, "feather"),
+        ({"feather": "-1"}, "feather"),
+        ({"feather": "soft"}, "feather"),
+        ({"output_format": "jpeg"}, "output_format"),
+    ],
+)
 def test_422_bad_extraction_options(api, key, params, loc):
     r = post(api, EXT, key, {"image": ("a.jpg", image_bytes(), "image/jpeg")}, box=[1, 1, 100, 100], **params)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", loc]
@@ -245,8 +290,15 @@ def test_422_unreadable_or_unsupported_image_and_mask_mismatch(api, key):
     for data in (b"hello world", image_bytes()[:300], b"GIF89a" + b"\0" * 64):
         r = post(api, SEG, key, {"file": ("x.jpg", data, "image/jpeg")}, points=[[1, 1]])
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "file"], r.text
-    r = post(api, EXT, key, {"image": ("a.jpg", image_bytes(640, 480), "image/jpeg"),
-                             "mask": ("m.png", png_mask(320, 240, (0, 0, 10, 10)), "image/png")})
+    r = post(
+        api,
+        EXT,
+        key,
+        {
+            "image": ("a.jpg", image_bytes(640, 480), "image/jpeg"),
+            "mask": ("m.png", png_mask(320, 240, (0, 0, 10, 10)), "image/png"),
+        },
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "mask"]
     assert "match" in r.json()["detail"][0]["msg"]
 
@@ -255,13 +307,17 @@ def test_429_with_retry_after(api):
     _, secret = api.create_key(0)
     codes = []
     for _ in range(31):
-        r = requests.post(f"{api.url}{SEG}/batch?points={q([[1, 1]])}", files={"x": ("a", b"a")}, headers=auth(secret), timeout=10)
+        r = requests.post(
+            f"{api.url}{SEG}/batch?points={q([[1, 1]])}", files={"x": ("a", b"a")}, headers=auth(secret), timeout=10
+        )
         codes.append(r.status_code)
     assert codes[:30] == [400] * 30 and codes[30] == 429
     assert r.json() == {"detail": "Rate limit exceeded"}
     assert 1 <= int(r.headers["Retry-After"]) <= 60 and r.headers["X-RateLimit-Remaining"] == "0"
     # the single-image bucket is separate
-    r = requests.post(f"{api.url}{SEG}?points={q([[1, 1]])}", files={"x": ("a", b"a")}, headers=auth(secret), timeout=10)
+    r = requests.post(
+        f"{api.url}{SEG}?points={q([[1, 1]])}", files={"x": ("a", b"a")}, headers=auth(secret), timeout=10
+    )
     assert r.status_code == 400 and r.headers["X-RateLimit-Limit"] == "60"
 
 
@@ -283,6 +339,7 @@ def test_503_when_triton_is_unreachable_and_nothing_is_charged(tmp_path_factory)
 
 # --- files ---------------------------------------------------------------------------
 
+
 def test_signed_file_links(api, key):
     r = post(api, SEG, key, {"file": ("a.jpg", image_bytes(seed=8), "image/jpeg")}, points=[[10, 10]])
     url = r.json()["result"]["output_url"]
@@ -302,15 +359,24 @@ def test_signed_file_links(api, key):
     future = int(time.time()) + 100
     assert fetch(f"{api.url}/v1/files/{unknown}?expires={future}&sig={signer.sign(unknown, future)}").status_code == 404
     traversal = "../maskserve.db"
-    assert fetch(f"{api.url}/v1/files/{quote(traversal, safe='')}?expires={future}&sig={signer.sign(traversal, future)}").status_code in (403, 404)
+    assert fetch(
+        f"{api.url}/v1/files/{quote(traversal, safe='')}?expires={future}&sig={signer.sign(traversal, future)}"
+    ).status_code in (403, 404)
 
 
 def test_expired_files_are_deleted_by_the_sweep(triton_server, tmp_path_factory):
     api = start_api(tmp_path_factory, triton_server.opts.grpc_url, url_ttl_s=1, sweep_interval_s=0.3)
     try:
         _, secret = api.create_key(10)
-        r = post(api, EXT, secret, {"image": ("a.jpg", image_bytes(), "image/jpeg"),
-                                    "mask": ("m.png", png_mask(640, 480, (10, 10, 100, 100)), "image/png")})
+        r = post(
+            api,
+            EXT,
+            secret,
+            {
+                "image": ("a.jpg", image_bytes(), "image/jpeg"),
+                "mask": ("m.png", png_mask(640, 480, (10, 10, 100, 100)), "image/png"),
+            },
+        )
         assert r.status_code == 200
         files = list(api.settings.files_dir.iterdir())
         assert len(files) == 1
@@ -323,9 +389,18 @@ def test_expired_files_are_deleted_by_the_sweep(triton_server, tmp_path_factory)
 
 # --- extraction --------------------------------------------------------------------
 
+
 def _extract(api, key, mask: bytes, **params) -> np.ndarray:
-    r = post(api, EXT, key, {"image": ("a.png", image_bytes(320, 240, fmt="PNG", seed=9), "image/png"),
-                             "mask": ("m.png", mask, "image/png")}, **params)
+    r = post(
+        api,
+        EXT,
+        key,
+        {
+            "image": ("a.png", image_bytes(320, 240, fmt="PNG", seed=9), "image/png"),
+            "mask": ("m.png", mask, "image/png"),
+        },
+        **params,
+    )
     assert r.status_code == 200, r.text
     return np.asarray(Image.open(io.BytesIO(fetch(r.json()["result"]["output_url"]).content)).convert("RGBA"))
 
@@ -338,7 +413,9 @@ def test_feather_softens_the_edge_only_when_asked(api, key):
         soft = _extract(api, key, mask, feather=feather)[..., 3]
         partial = (soft > 0) & (soft < 255)
         assert partial.any()
-    assert ((soft > 0) & (soft < 255)).sum() > ((_extract(api, key, mask, feather="3")[..., 3] > 0) & (_extract(api, key, mask, feather="3")[..., 3] < 255)).sum()
+    assert ((soft > 0) & (soft < 255)).sum() > (
+        (_extract(api, key, mask, feather="3")[..., 3] > 0) & (_extract(api, key, mask, feather="3")[..., 3] < 255)
+    ).sum()
 
 
 @pytest.mark.parametrize("mode", ["L", "1", "RGB", "RGBA", "LA", "P", "I;16"])
@@ -374,6 +451,7 @@ def test_exif_orientation_reports_the_oriented_size(api, key):
 
 # --- embedding cache -----------------------------------------------------------------
 
+
 def test_second_request_on_the_same_image_skips_the_encoder(api, key, triton_server):
     import tritonclient.grpc as grpcclient
 
@@ -396,6 +474,7 @@ def test_second_request_on_the_same_image_skips_the_encoder(api, key, triton_ser
 
 # --- operations ----------------------------------------------------------------------
 
+
 def test_health_ready_and_openapi(api):
     assert requests.get(f"{api.url}/healthz", timeout=10).json() == {"status": "ok"}
     ready = requests.get(f"{api.url}/readyz", timeout=10)
@@ -403,17 +482,26 @@ def test_health_ready_and_openapi(api):
     body = ready.json()
     assert body["status"] == "ready" and body["random_weights"] is True
     assert {m["name"] for m in body["models"]} == set(sig.SIGNATURES)
-    assert all(m["weights"] == "random (seed 0)" and m["model"] == "sam2.1_hiera_tiny" and m["version"] == "1" for m in body["models"])
+    assert all(
+        m["weights"] == "random (seed 0)" and m["model"] == "sam2.1_hiera_tiny" and m["version"] == "1"
+        for m in body["models"]
+    )
     doc = requests.get(f"{api.url}/openapi.json", timeout=10).json()
     routes = {r.resource.canonical for r in api.app.router.routes()}
     assert routes == set(doc["paths"])
-    jsonschema.Draft202012Validator.check_schema({**doc["components"]["schemas"]["Batch"], "components": doc["components"]})
+    jsonschema.Draft202012Validator.check_schema(
+        {**doc["components"]["schemas"]["Batch"], "components": doc["components"]}
+    )
 
 
 def test_admin_commands_share_the_database(tmp_path):
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "maskserve.cli", *args, "--data-dir", str(tmp_path)],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "maskserve.cli", *args, "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     created = run("keys", "create", "--name", "ops", "--credits", "7")
     assert created.returncode == 0, created.stderr
@@ -444,8 +532,13 @@ def test_readme_quick_start_works_as_written(api, tmp_path):
     command = command.replace("http://127.0.0.1:8080", api.url)
     (tmp_path / "photo.jpg").write_bytes(image_bytes(1000, 750, seed=55))
     _, secret = api.create_key(3)
-    out = subprocess.run(shlex.split(os.path.expandvars(command.replace("$KEY", secret))),
-                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    out = subprocess.run(
+        shlex.split(os.path.expandvars(command.replace("$KEY", secret))),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     body = json.loads(out.stdout)
     assert body["status"] == "completed" and fetch(body["result"]["output_url"]).status_code == 200
 
@@ -465,6 +558,12 @@ def test_metrics_move_as_requests_are_served(api, key):
     route = 'maskserve_http_requests_total{route="/v1/services/image-segmentation",status="200"}'
     assert value(after, route) == value(before, route) + 2
     assert value(after, "maskserve_credits_charged_total") == value(before, "maskserve_credits_charged_total") + 2
-    assert value(after, 'maskserve_embedding_cache_total{result="hit"}') >= value(before, 'maskserve_embedding_cache_total{result="hit"}') + 1
-    assert value(after, 'maskserve_triton_call_seconds_count{model="decoder"}') == value(before, 'maskserve_triton_call_seconds_count{model="decoder"}') + 2
+    assert (
+        value(after, 'maskserve_embedding_cache_total{result="hit"}')
+        >= value(before, 'maskserve_embedding_cache_total{result="hit"}') + 1
+    )
+    assert (
+        value(after, 'maskserve_triton_call_seconds_count{model="decoder"}')
+        == value(before, 'maskserve_triton_call_seconds_count{model="decoder"}') + 2
+    )
     assert value(after, "maskserve_event_loop_lag_seconds_count") > 0

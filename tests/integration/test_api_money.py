@@ -19,17 +19,21 @@ def _ledger(api, key_id: str) -> tuple[int, int, list[tuple]]:
     with sqlite3.connect(api.settings.database_path) as db:
         balance = db.execute("SELECT credits FROM api_keys WHERE id = ?", (key_id,)).fetchone()[0]
         total = db.execute("SELECT SUM(delta) FROM ledger WHERE key_id = ?", (key_id,)).fetchone()[0]
-        jobs = db.execute("SELECT status, credits_used, reserved, error FROM jobs WHERE key_id = ?", (key_id,)).fetchall()
+        jobs = db.execute(
+            "SELECT status, credits_used, reserved, error FROM jobs WHERE key_id = ?", (key_id,)
+        ).fetchall()
     return balance, total, jobs
 
 
 async def _post_many(url: str, secret: str, bodies: list[tuple[str, bytes]], field: str) -> list[tuple[int, dict]]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+
         async def one(name: str, data: bytes):
             form = aiohttp.FormData()
             form.add_field(field, data, filename=name, content_type="image/jpeg")
             async with session.post(url, data=form, headers={"Authorization": f"Bearer {secret}"}) as r:
                 return r.status, await r.json()
+
         return await asyncio.gather(*(one(n, d) for n, d in bodies))
 
 
@@ -54,8 +58,12 @@ def test_batch_of_5_with_3_credits(api):
     form = [("files", (f"img{i}.jpg", image_bytes(320, 240, seed=200 + i), "image/jpeg")) for i in range(5)]
     import requests
 
-    r = requests.post(f"{api.url}{SEG}/batch?box={quote(json.dumps([5, 5, 300, 200]))}", files=form,
-                      headers={"Authorization": f"Bearer {secret}"}, timeout=300)
+    r = requests.post(
+        f"{api.url}{SEG}/batch?box={quote(json.dumps([5, 5, 300, 200]))}",
+        files=form,
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=300,
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["status"] == "completed" and body["completed"] == 3 and body["failed"] == 2
@@ -73,11 +81,17 @@ def test_one_bad_image_fails_only_itself_and_is_not_charged(api):
     key_id, secret = api.create_key(10)
     import requests
 
-    form = [("files", ("good.jpg", image_bytes(320, 240, seed=300), "image/jpeg")),
-            ("files", ("bad.jpg", b"definitely not a jpeg", "image/jpeg")),
-            ("files", ("good2.png", image_bytes(320, 240, fmt="PNG", seed=301), "image/png"))]
-    r = requests.post(f"{api.url}{SEG}/batch?points={quote(json.dumps([[100, 100]]))}", files=form,
-                      headers={"Authorization": f"Bearer {secret}"}, timeout=300)
+    form = [
+        ("files", ("good.jpg", image_bytes(320, 240, seed=300), "image/jpeg")),
+        ("files", ("bad.jpg", b"definitely not a jpeg", "image/jpeg")),
+        ("files", ("good2.png", image_bytes(320, 240, fmt="PNG", seed=301), "image/png")),
+    ]
+    r = requests.post(
+        f"{api.url}{SEG}/batch?points={quote(json.dumps([[100, 100]]))}",
+        files=form,
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=300,
+    )
     body = r.json()
     assert [x["status"] for x in body["results"]] == ["completed", "failed", "completed"]
     assert "not a JPEG, PNG or WebP" in body["results"][1]["error"]
@@ -91,7 +105,11 @@ def test_batch_where_every_image_fails(api):
     import requests
 
     form = [("files", (f"x{i}.jpg", image_bytes(seed=400 + i), "image/jpeg")) for i in range(2)]
-    r = requests.post(f"{api.url}{SEG}/batch?points={quote(json.dumps([[10, 10]]))}", files=form,
-                      headers={"Authorization": f"Bearer {secret}"}, timeout=120)
+    r = requests.post(
+        f"{api.url}{SEG}/batch?points={quote(json.dumps([[10, 10]]))}",
+        files=form,
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=120,
+    )
     body = r.json()
     assert r.status_code == 200 and body["status"] == "failed" and body["failed"] == 2 and body["error"]

@@ -15,14 +15,13 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from maskserve.cli import main as cli_main
+from maskserve.core import signatures as sig
 from maskserve.export import checkpoints, reference
 from maskserve.export.command import ExportError, ExportRequest, run_export
 from maskserve.export.repository import render_config
 from maskserve.export.variants import VARIANTS, get_variant
-from maskserve.core import signatures as sig
-from maskserve.cli import main as cli_main
-from tests.helpers import SEED
-from tests.helpers import make_image
+from tests.helpers import SEED, make_image
 
 
 def test_every_variant_builds_from_the_packages_configs():
@@ -48,7 +47,18 @@ def test_export_refuses_without_weights(tmp_path, capsys):
 
 
 def test_onnxruntime_bf16_is_refused(tmp_path, capsys):
-    code = cli_main(["export", "--random-weights", "--decoder-runtime", "onnxruntime", "--decoder-precision", "bf16", "--out", str(tmp_path)])
+    code = cli_main(
+        [
+            "export",
+            "--random-weights",
+            "--decoder-runtime",
+            "onnxruntime",
+            "--decoder-precision",
+            "bf16",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 2 and "fp32 only" in capsys.readouterr().err
 
 
@@ -68,8 +78,11 @@ def http_dir(tmp_path):
 def test_download_verifies_sha256(http_dir, tmp_path):
     root, base = http_dir
     (root / "sam2.1_hiera_tiny.pt").write_bytes(b"weights")
-    good = dataclasses.replace(get_variant("sam2.1_hiera_tiny"), url=f"{base}/sam2.1_hiera_tiny.pt",
-                               sha256=checkpoints.sha256_of(root / "sam2.1_hiera_tiny.pt"))
+    good = dataclasses.replace(
+        get_variant("sam2.1_hiera_tiny"),
+        url=f"{base}/sam2.1_hiera_tiny.pt",
+        sha256=checkpoints.sha256_of(root / "sam2.1_hiera_tiny.pt"),
+    )
     path = checkpoints.download_checkpoint(good, tmp_path / "dl")
     assert path.read_bytes() == b"weights"
     bad = dataclasses.replace(good, sha256="0" * 64)
@@ -114,12 +127,14 @@ def test_checkpoint_round_trip(tmp_path):
 
     image = make_image(seed=3)
     enc = ort.InferenceSession(str(out / sig.ENCODER_MODEL / str(version) / "model.onnx"))
-    embed, s0, s1 = enc.run(None, {"image": image})
+    embed, s0, _s1 = enc.run(None, {"image": image})
     want = reference.encode(saved, torch.from_numpy(image))
     assert np.abs(embed - want["image_embed"].numpy()).max() < 1e-3
     assert np.abs(s0 - want["high_res_feats"][0].numpy()).max() < 1e-3
     # and not the seed-0 random model: the weights really came from the file
-    other = reference.encode(checkpoints.build_model(get_variant("sam2.1_hiera_tiny"), seed=SEED), torch.from_numpy(image))
+    other = reference.encode(
+        checkpoints.build_model(get_variant("sam2.1_hiera_tiny"), seed=SEED), torch.from_numpy(image)
+    )
     assert np.abs(embed - other["image_embed"].numpy()).max() > 1e-2
 
 
@@ -156,11 +171,15 @@ def test_onnx_graphs_and_configs_follow_the_signatures(exported_repo):
         graph = onnx.load(str(exported_repo / model / "1" / "model.onnx"), load_external_data=False).graph
         for specs, values in ((inputs, graph.input), (outputs, graph.output)):
             assert [s.name for s in specs] == [v.name for v in values]
-            for spec, value in zip(specs, values):
+            for spec, value in zip(specs, values, strict=False):
                 assert onnx_types[value.type.tensor_type.elem_type] == spec.dtype
                 assert _dims(value) == ["batch", *spec.dims]
         for target in ("cpu", "gpu"):
-            text = (exported_repo / model / "config.pbtxt").read_text() if target == "cpu" else render_config(model, target)
+            text = (
+                (exported_repo / model / "config.pbtxt").read_text()
+                if target == "cpu"
+                else render_config(model, target)
+            )
             config = text_format.Parse(text, model_config_pb2.ModelConfig())
             assert config.name == model and config.max_batch_size > 0
             assert config.version_policy.latest.num_versions == 2
@@ -168,7 +187,7 @@ def test_onnx_graphs_and_configs_follow_the_signatures(exported_repo):
             assert len(config.instance_group) == 1
             for specs, tensors in ((inputs, config.input), (outputs, config.output)):
                 assert [s.name for s in specs] == [t.name for t in tensors]
-                for spec, tensor in zip(specs, tensors):
+                for spec, tensor in zip(specs, tensors, strict=False):
                     assert model_config_pb2.DataType.Name(tensor.data_type) == f"TYPE_{spec.triton_dtype}"
                     shape = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
                     assert tuple(shape) == spec.dims

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maskserve.export import reference
 from maskserve.core import signatures as sig
 from maskserve.core.masks import select_mask
 from maskserve.core.prompts import is_multimask, pack_prompt
+from maskserve.export import reference
 from tests.helpers import make_image
 
 MIN_AGREEMENT = 0.999
@@ -71,7 +71,9 @@ def _mask_input(sam2_model, features) -> np.ndarray:
 
 
 def _upsample(logits: np.ndarray) -> np.ndarray:
-    return F.interpolate(torch.from_numpy(logits)[None, None], FULL_SIZE, mode="bilinear", align_corners=False)[0, 0].numpy()
+    return F.interpolate(torch.from_numpy(logits)[None, None], FULL_SIZE, mode="bilinear", align_corners=False)[
+        0, 0
+    ].numpy()
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
@@ -96,8 +98,11 @@ def test_encoder_and_decoder_match_pytorch(runtime, exported_repo, sam2_model, i
         multimask = is_multimask(points, box)
         coords, labs = pack_prompt(points, labels, box)
         feeds = {
-            "image_embed": embed, "high_res_feats_0": s0, "high_res_feats_1": s1,
-            "point_coords": coords[None], "point_labels": labs[None],
+            "image_embed": embed,
+            "high_res_feats_0": s0,
+            "high_res_feats_1": s1,
+            "point_coords": coords[None],
+            "point_labels": labs[None],
             "mask_input": mask_input if case.with_mask else np.zeros((1, 1, 256, 256), np.float32),
             "has_mask_input": np.array([1.0 if case.with_mask else 0.0], np.float32),
         }
@@ -130,11 +135,17 @@ def test_padding_slots_change_nothing(exported_repo, sam2_model, torch_features)
         points = np.stack([np.linspace(100, 900, n_points), np.linspace(150, 850, n_points)], 1).astype(np.float32)
         labels = (np.arange(n_points) % 2 == 0).astype(np.int32)
         coords, labs = pack_prompt(points, labels, None)
-        low_res, iou = decoder({
-            "image_embed": embed, "high_res_feats_0": s0, "high_res_feats_1": s1,
-            "point_coords": coords[None], "point_labels": labs[None],
-            "mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32),
-        })
+        low_res, iou = decoder(
+            {
+                "image_embed": embed,
+                "high_res_feats_0": s0,
+                "high_res_feats_1": s1,
+                "point_coords": coords[None],
+                "point_labels": labs[None],
+                "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+                "has_mask_input": np.zeros(1, np.float32),
+            }
+        )
         ours, _ = select_mask(low_res[0], iou[0], multimask=False)
         want, _ = reference.decode(sam2_model, ref, points, labels, None, None, False)
         assert np.abs(ours - want.numpy()).max() < 1e-3
@@ -147,14 +158,19 @@ def test_batched_decoder_equals_single_requests(exported_repo, torch_features):
     embed = ref["image_embed"].numpy()
     s0, s1 = (f.numpy() for f in ref["high_res_feats"])
     prompts = [pack_prompt(np.array([[100.0 * (i + 1), 80.0 * (i + 2)]]), np.array([1]), None) for i in range(4)]
+
     def feeds(batch):
         n = len(batch)
         return {
-            "image_embed": np.repeat(embed, n, 0), "high_res_feats_0": np.repeat(s0, n, 0),
+            "image_embed": np.repeat(embed, n, 0),
+            "high_res_feats_0": np.repeat(s0, n, 0),
             "high_res_feats_1": np.repeat(s1, n, 0),
-            "point_coords": np.stack([p[0] for p in batch]), "point_labels": np.stack([p[1] for p in batch]),
-            "mask_input": np.zeros((n, 1, 256, 256), np.float32), "has_mask_input": np.zeros(n, np.float32),
+            "point_coords": np.stack([p[0] for p in batch]),
+            "point_labels": np.stack([p[1] for p in batch]),
+            "mask_input": np.zeros((n, 1, 256, 256), np.float32),
+            "has_mask_input": np.zeros(n, np.float32),
         }
+
     batched, _ = decoder(feeds(prompts))
     for i, prompt in enumerate(prompts):
         single, _ = decoder(feeds([prompt]))
@@ -173,15 +189,23 @@ def test_bf16_agreement_with_fp32_pytorch(exported_repo, sam2_model, image, torc
         labels = None if case.labels is None else np.array(case.labels, np.int32)
         box = None if case.box is None else np.array(case.box, np.float32)
         coords, labs = pack_prompt(points, labels, box)
-        low_res, iou = decoder({
-            "image_embed": embed, "high_res_feats_0": s0, "high_res_feats_1": s1,
-            "point_coords": coords[None], "point_labels": labs[None],
-            "mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32),
-        })
+        low_res, iou = decoder(
+            {
+                "image_embed": embed,
+                "high_res_feats_0": s0,
+                "high_res_feats_1": s1,
+                "point_coords": coords[None],
+                "point_labels": labs[None],
+                "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+                "has_mask_input": np.zeros(1, np.float32),
+            }
+        )
         ours, _ = select_mask(low_res[0], iou[0], is_multimask(points, box))
         want, _ = reference.decode(sam2_model, torch_features, points, labels, box, None, is_multimask(points, box))
         a, b = _upsample(ours) > 0, _upsample(want.numpy()) > 0
         ious.append(float((a & b).sum() / max((a | b).sum(), 1)))
-    report(f"parity openvino bf16 encoder + {decoder_precision} decoder: mask IoU vs fp32 PyTorch "
-           f"min {min(ious):.4f}, per case {[round(x, 4) for x in ious]}")
+    report(
+        f"parity openvino bf16 encoder + {decoder_precision} decoder: mask IoU vs fp32 PyTorch "
+        f"min {min(ious):.4f}, per case {[round(x, 4) for x in ious]}"
+    )
     assert min(ious) >= 0.98

@@ -28,6 +28,7 @@ def run(settings: Settings, scenario):
             return await scenario(store)
         finally:
             await store.close()
+
     return asyncio.run(main())
 
 
@@ -52,6 +53,7 @@ def test_keys(settings):
         with pytest.raises(KeyError):
             await store.add_credits(key.id, -100)
         assert await store.ledger_sum(key.id) == 12
+
     run(settings, scenario)
 
 
@@ -70,6 +72,7 @@ def test_reserve_complete_fail_and_ledger(settings):
         a_job, c_job = await store.get_job(a.id), await store.get_job(c.id)
         assert (a_job.status, a_job.credits_used, a_job.model_version) == ("completed", 2, "v1")
         assert (c_job.status, c_job.credits_used, c_job.error) == ("failed", 0, "boom")
+
     run(settings, scenario)
 
 
@@ -79,6 +82,7 @@ def test_concurrent_reservations_never_overdraw(settings):
         results = await asyncio.gather(*(store.reserve_jobs(key.id, None, [job()]) for _ in range(60)))
         assert sum(r[0] for r in results) == 20
         assert (await store.get_key(key.id)).credits == 0 and await store.ledger_sum(key.id) == 0
+
     run(settings, scenario)
 
 
@@ -93,6 +97,7 @@ def test_stale_processing_and_expired_outputs(settings):
         assert [j.id for j in await store.expired_outputs(time.time())] == [a.id]
         await store.forget_output(a.id)
         assert await store.expired_outputs(time.time()) == []
+
     run(settings, scenario)
 
 
@@ -106,6 +111,7 @@ def test_shared_rate_window(settings):
         decisions = [await (first if i % 2 else second).check("key", RateBucket.BATCH) for i in range(4)]
         assert [d.allowed for d in decisions] == [True, True, True, False]
         assert decisions[-1].remaining == 0 and 1 <= decisions[-1].reset_s <= 60
+
     run(settings, scenario)
 
 
@@ -115,6 +121,7 @@ def test_service_state(settings):
         await store.set_state("active_model_version", "1")
         await store.set_state("active_model_version", "2")
         assert await store.get_state("active_model_version") == "2"
+
     run(settings, scenario)
 
 
@@ -125,6 +132,7 @@ def test_only_old_processing_jobs_are_swept_when_shared(settings):
         assert await store.fail_stale_processing("x", older_than_s=3600) == 0  # may belong to a live frontend
         assert await store.fail_stale_processing("x") == 1
         assert (await store.get_key(key.id)).credits == 2
+
     run(settings, scenario)
 
 
@@ -140,24 +148,28 @@ def test_output_file_rows(settings):
         assert await files.get(location) is None
         with pytest.raises(ValueError):
             await files.put("../etc/passwd", "png", b"")
+
     run(settings, scenario)
 
 
 def test_migrated_schema_matches_the_table_definitions(settings):
     """Alembic's autogenerate comparison finds nothing between the migrated database and tables.py."""
-    from alembic.migration import MigrationContext
     from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
 
     from maskserve.frontend.adapters.tables import metadata
 
     async def scenario(store):
         async with store._tx() as conn:
+
             def compare(sync_conn):
                 return compare_metadata(MigrationContext.configure(sync_conn), metadata)
+
             diff = await conn.run_sync(compare)
             version = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).scalar()
         assert diff == [], diff
         assert version == "0001"
+
     run(settings, scenario)
 
 
@@ -175,6 +187,7 @@ def test_a_database_from_before_alembic_is_adopted(tmp_path):
         assert (await store.get_job("j1")).status == "completed"
         await store.put_file("0" * 32, b"x")  # the tables it lacked exist now
         assert await store.get_state("active_model_version") == "1"
+
     run(settings, scenario)
     with sqlite3.connect(settings.database_path) as db:
         names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

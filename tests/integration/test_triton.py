@@ -15,11 +15,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
 
 from maskserve.core import signatures as sig
 from maskserve.core.prompts import pack_prompt
-from tests.helpers import free_port
-from tests.helpers import make_image
+from tests.helpers import free_port, make_image
 
 NP_TO_TRITON = {np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32"}
 
@@ -35,8 +35,8 @@ def _inputs(module, arrays: dict[str, np.ndarray]) -> list:
 
 def _direct(repo, model: str):
     """The same ONNX file run in-process with the runtime and precision its config names."""
-    import openvino as ov
     import onnxruntime as ort
+    import openvino as ov
 
     config = text_format.Parse((repo / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     runtime = config.parameters["runtime"].string_value
@@ -45,7 +45,9 @@ def _direct(repo, model: str):
     if runtime == "onnxruntime":
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         return lambda feeds: session.run(None, feeds)
-    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision]})
+    compiled = ov.Core().compile_model(
+        path, "CPU", {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision]}
+    )
     request = compiled.create_infer_request()
     return lambda feeds: [np.array(request.infer(feeds)[o]) for o in compiled.outputs]
 
@@ -54,9 +56,13 @@ def _decoder_feeds(embeds, point) -> dict[str, np.ndarray]:
     coords, labels = pack_prompt(np.array([point], np.float32), np.array([1]), None)
     n = embeds[0].shape[0]
     return {
-        "image_embed": embeds[0], "high_res_feats_0": embeds[1], "high_res_feats_1": embeds[2],
-        "point_coords": np.repeat(coords[None], n, 0), "point_labels": np.repeat(labels[None], n, 0),
-        "mask_input": np.zeros((n, 1, 256, 256), np.float32), "has_mask_input": np.zeros((n, 1), np.float32),
+        "image_embed": embeds[0],
+        "high_res_feats_0": embeds[1],
+        "high_res_feats_1": embeds[2],
+        "point_coords": np.repeat(coords[None], n, 0),
+        "point_labels": np.repeat(labels[None], n, 0),
+        "mask_input": np.zeros((n, 1, 256, 256), np.float32),
+        "has_mask_input": np.zeros((n, 1), np.float32),
     }
 
 
@@ -66,7 +72,7 @@ def test_both_models_over_grpc_match_direct_onnx(triton_server, exported_repo):
     result = client.infer(sig.ENCODER_MODEL, _inputs(grpcclient, {"image": image}))
     served = [result.as_numpy(s.name) for s in sig.ENCODER_OUTPUTS]
     direct = _direct(exported_repo, sig.ENCODER_MODEL)({"image": image})
-    for got, want, spec in zip(served, direct, sig.ENCODER_OUTPUTS):
+    for got, want, spec in zip(served, direct, sig.ENCODER_OUTPUTS, strict=False):
         assert got.shape == (1, *spec.dims)
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
@@ -88,7 +94,10 @@ def test_concurrent_requests_are_batched(triton_server, report):
     url = triton_server.opts.grpc_url
     sync = grpcclient.InferenceServerClient(url)
     image = make_image(seed=6)
-    embeds = [sync.infer(sig.ENCODER_MODEL, _inputs(grpcclient, {"image": image})).as_numpy(s.name) for s in sig.ENCODER_OUTPUTS]
+    embeds = [
+        sync.infer(sig.ENCODER_MODEL, _inputs(grpcclient, {"image": image})).as_numpy(s.name)
+        for s in sig.ENCODER_OUTPUTS
+    ]
     before = {m: _counts(sync, m) for m in sig.SIGNATURES}
 
     async def fire(n_decoder: int, n_encoder: int) -> None:
@@ -116,7 +125,9 @@ def test_concurrent_requests_are_batched(triton_server, report):
 def test_triton_command_explains_missing_models(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "maskserve.cli", "triton", "--model-repository", str(tmp_path / "none")],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "maskserve export" in proc.stderr and "--random-weights" in proc.stderr
@@ -125,8 +136,18 @@ def test_triton_command_explains_missing_models(tmp_path):
 def test_triton_command_serves_and_stops_cleanly_on_sigterm(exported_repo, tmp_path):
     grpc_port = free_port()
     cmd = [
-        sys.executable, "-m", "maskserve.cli", "triton", "--model-repository", str(exported_repo),
-        "--grpc-port", str(grpc_port), "--http-port", str(free_port()), "--metrics-port", str(free_port()),
+        sys.executable,
+        "-m",
+        "maskserve.cli",
+        "triton",
+        "--model-repository",
+        str(exported_repo),
+        "--grpc-port",
+        str(grpc_port),
+        "--http-port",
+        str(free_port()),
+        "--metrics-port",
+        str(free_port()),
     ]
     env = {**os.environ, "HOME": str(tmp_path)}  # its backend folder goes under this HOME
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -151,5 +172,5 @@ def test_triton_command_serves_and_stops_cleanly_on_sigterm(exported_repo, tmp_p
     assert proc.returncode == 0, rest[-2000:]
     assert "tritonserver stopped (exit code 0)" in rest
     # nothing left listening
-    with pytest.raises(Exception):
+    with pytest.raises(InferenceServerException):
         grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}").is_server_live()

@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # Triton 2.51 (the nvidia-pytriton wheel's server) is NGC release 24.10.
 NGC_TRITON = "nvcr.io/nvidia/tritonserver:24.10-py3"
 SETTING_VARS = {"MASKSERVE_" + f.name.upper() for f in fields(Settings)} | {
-    "MASKSERVE_RATE_SINGLE", "MASKSERVE_RATE_BATCH", "MASKSERVE_RATE_READ"}
+    "MASKSERVE_RATE_SINGLE",
+    "MASKSERVE_RATE_BATCH",
+    "MASKSERVE_RATE_READ",
+}
 
 
 def _compose() -> dict:
@@ -47,14 +50,20 @@ def test_compose_commands_exist_in_the_cli():
     services = _compose()["services"]
     parser.parse_args(services["frontend"]["command"])
     export = re.sub(r"\$\{[^}]*\}", "", " ".join(services["export"]["command"])).split("maskserve ", 1)[1].split()
-    parser.parse_args(export + ["--random-weights"])
+    parser.parse_args([*export, "--random-weights"])
 
 
 def test_kubernetes_manifests():
     docs = [d for d in yaml.safe_load_all((ROOT / "deploy/kubernetes/maskserve.yaml").read_text()) if d]
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    assert {("Job", "maskserve-export"), ("Deployment", "triton"), ("Deployment", "maskserve-frontend"),
-            ("Service", "triton"), ("Service", "maskserve"), ("PersistentVolumeClaim", "maskserve-models")} <= kinds
+    assert {
+        ("Job", "maskserve-export"),
+        ("Deployment", "triton"),
+        ("Deployment", "maskserve-frontend"),
+        ("Service", "triton"),
+        ("Service", "maskserve"),
+        ("PersistentVolumeClaim", "maskserve-models"),
+    } <= kinds
     from maskserve.cli import build_parser
 
     for doc in docs:

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from maskserve.core.signatures import PIXEL_MEAN, PIXEL_STD
 from maskserve.frontend import imaging
 from maskserve.frontend.errors import ImageRejected
-from maskserve.core.signatures import PIXEL_MEAN, PIXEL_STD
 from tests.helpers import image_bytes
 
 
@@ -66,8 +66,20 @@ def test_exif_orientation_is_applied(orientation):
     assert (decoded.height, decoded.width) == expected
 
 
-@pytest.mark.parametrize("fmt,mode", [("PNG", "P"), ("PNG", "LA"), ("PNG", "RGBA"), ("PNG", "L"), ("PNG", "I;16"),
-                                      ("JPEG", "CMYK"), ("JPEG", "L"), ("WEBP", "RGBA"), ("WEBP", "RGB")])
+@pytest.mark.parametrize(
+    "fmt,mode",
+    [
+        ("PNG", "P"),
+        ("PNG", "LA"),
+        ("PNG", "RGBA"),
+        ("PNG", "L"),
+        ("PNG", "I;16"),
+        ("JPEG", "CMYK"),
+        ("JPEG", "L"),
+        ("WEBP", "RGBA"),
+        ("WEBP", "RGB"),
+    ],
+)
 def test_modes_decode_to_rgb(fmt, mode):
     decoded = imaging.decode_image(image_bytes(64, 48, fmt=fmt, mode=mode), 10**8)
     assert decoded.rgb.shape == (48, 64, 3) and decoded.rgb.dtype == np.uint8
@@ -83,12 +95,15 @@ def test_sixteen_bit_keeps_its_range():
     assert decoded.rgb.min() == 0 and decoded.rgb.max() == 255
 
 
-@pytest.mark.parametrize("data,too_large", [
-    (b"", False),
-    (b"GIF89a" + b"\0" * 100, False),
-    (b"not an image at all", False),
-    (image_bytes(64, 48)[:200], False),
-])
+@pytest.mark.parametrize(
+    "data,too_large",
+    [
+        (b"", False),
+        (b"GIF89a" + b"\0" * 100, False),
+        (b"not an image at all", False),
+        (image_bytes(64, 48)[:200], False),
+    ],
+)
 def test_bad_files_are_rejected(data, too_large):
     with pytest.raises(ImageRejected) as info:
         imaging.decode_image(data, 10**8)

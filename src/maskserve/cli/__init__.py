@@ -142,8 +142,13 @@ def _run_service(args: argparse.Namespace) -> int:
     from maskserve.frontend.server import run_embedded, run_frontend
 
     if args.command == "frontend":
-        settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
-                                     triton_url=args.triton_url, database_url=args.database_url)
+        settings = Settings.from_env(
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir,
+            triton_url=args.triton_url,
+            database_url=args.database_url,
+        )
         asyncio.run(run_frontend(settings))
         return 0
     triton = TritonOptions(
@@ -152,8 +157,13 @@ def _run_service(args: argparse.Namespace) -> int:
         http_port=args.triton_http_port,
         metrics_port=args.triton_metrics_port,
     )
-    settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
-                                 triton_url=triton.grpc_url, database_url=args.database_url)
+    settings = Settings.from_env(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        triton_url=triton.grpc_url,
+        database_url=args.database_url,
+    )
     try:
         asyncio.run(run_embedded(settings, triton))
     except TritonSetupError as exc:

@@ -21,11 +21,11 @@ import time
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from maskserve.core import signatures as sig
+from maskserve.core.prompts import pack_prompt
 from maskserve.frontend.adapters.backends import build_store
 from maskserve.frontend.config import Settings
 from maskserve.frontend.domain import ACTIVE_MODEL_VERSION
-from maskserve.core import signatures as sig
-from maskserve.core.prompts import pack_prompt
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,13 +33,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--triton-url", default="127.0.0.1:8001")
     sub = parser.add_subparsers(dest="models_command", required=True)
     sub.add_parser("list", help="versions in the repository, their state, and the active one")
-    for name, text in (("load", "load VERSION beside the loaded ones"), ("unload", "unload VERSION (not the active one)"),
-                       ("promote", "load, warm up and switch traffic to VERSION, then unload the others")):
+    for name, text in (
+        ("load", "load VERSION beside the loaded ones"),
+        ("unload", "unload VERSION (not the active one)"),
+        ("promote", "load, warm up and switch traffic to VERSION, then unload the others"),
+    ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("version")
         if name == "promote":
-            cmd.add_argument("--drain-seconds", type=float, default=30.0,
-                             help="how long requests already on the old version may still run")
+            cmd.add_argument(
+                "--drain-seconds",
+                type=float,
+                default=30.0,
+                help="how long requests already on the old version may still run",
+            )
 
 
 def _state(settings: Settings, value: str | None = None) -> str | None:
@@ -52,21 +59,22 @@ def _state(settings: Settings, value: str | None = None) -> str | None:
             return await store.get_state(ACTIVE_MODEL_VERSION)
         finally:
             await store.close()
+
     return asyncio.run(go())
 
 
-def loaded_versions(client, model: str) -> set[str]:
+def loaded_versions(client: grpcclient.InferenceServerClient, model: str) -> set[str]:
     index = client.get_model_repository_index(as_json=True).get("models", [])
     return {m["version"] for m in index if m["name"] == model and m.get("state") == "READY"}
 
 
-def apply_versions(client, model: str, versions: set[str]) -> None:
+def apply_versions(client: grpcclient.InferenceServerClient, model: str, versions: set[str]) -> None:
     config = client.get_model_config(model, as_json=True)["config"]
     config["version_policy"] = {"specific": {"versions": sorted(int(v) for v in versions)}}
     client.load_model(model, config=json.dumps(config))
 
 
-def wait_ready(client, version: str, timeout: float = 300) -> None:
+def wait_ready(client: grpcclient.InferenceServerClient, version: str, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not all(client.is_model_ready(m, version) for m in sig.SIGNATURES):
         if time.monotonic() > deadline:
@@ -74,15 +82,19 @@ def wait_ready(client, version: str, timeout: float = 300) -> None:
         time.sleep(0.5)
 
 
-def warm_up(client, version: str) -> None:
+def warm_up(client: grpcclient.InferenceServerClient, version: str) -> None:
     """One real encoder and decoder call on the new version before any client sees it."""
     image = grpcclient.InferInput("image", [1, 3, sig.IMAGE_SIZE, sig.IMAGE_SIZE], "FP32")
     image.set_data_from_numpy(np.zeros((1, 3, sig.IMAGE_SIZE, sig.IMAGE_SIZE), np.float32))
     result = client.infer(sig.ENCODER_MODEL, [image], model_version=version)
     coords, labels = pack_prompt(np.array([[512.0, 512.0]]), np.array([1]), None)
     arrays = {spec.name: result.as_numpy(spec.name) for spec in sig.ENCODER_OUTPUTS}
-    arrays.update(point_coords=coords[None], point_labels=labels[None],
-                  mask_input=np.zeros((1, 1, 256, 256), np.float32), has_mask_input=np.zeros((1, 1), np.float32))
+    arrays.update(
+        point_coords=coords[None],
+        point_labels=labels[None],
+        mask_input=np.zeros((1, 1, 256, 256), np.float32),
+        has_mask_input=np.zeros((1, 1), np.float32),
+    )
     inputs = []
     for name, array in arrays.items():
         tensor = grpcclient.InferInput(name, list(array.shape), "INT32" if array.dtype == np.int32 else "FP32")

@@ -57,16 +57,15 @@ ENCODER_OUTPUTS = (
     TensorSpec("high_res_feats_0", "float32", (32, 4 * EMBED_SIZE, 4 * EMBED_SIZE)),
     TensorSpec("high_res_feats_1", "float32", (64, 2 * EMBED_SIZE, 2 * EMBED_SIZE)),
 )
-DECODER_INPUTS = ENCODER_OUTPUTS + (
+DECODER_INPUTS = (
+    *ENCODER_OUTPUTS,
     TensorSpec("point_coords", "float32", (DECODER_POINTS, 2)),
     TensorSpec("point_labels", "int32", (DECODER_POINTS,)),
     TensorSpec("mask_input", "float32", (1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)),
     TensorSpec("has_mask_input", "float32", ()),
 )
 DECODER_OUTPUTS = (
-    TensorSpec(
-        "low_res_masks", "float32", (NUM_MASK_OUTPUTS, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)
-    ),
+    TensorSpec("low_res_masks", "float32", (NUM_MASK_OUTPUTS, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)),
     TensorSpec("iou_predictions", "float32", (NUM_MASK_OUTPUTS,)),
 )
 

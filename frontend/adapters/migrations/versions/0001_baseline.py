@@ -20,7 +20,7 @@ depends_on = None
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Money = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-Seconds = sa.Double()
+Seconds: sa.Double[float] = sa.Double()
 
 
 def upgrade() -> None:
@@ -32,8 +32,9 @@ def upgrade() -> None:
             sa.Column("name", sa.Text, nullable=False),
             sa.Column("prefix", sa.Text, nullable=False),
             sa.Column("key_hash", sa.Text, nullable=False, unique=True),
-            sa.Column("credits", Money, sa.CheckConstraint("credits >= 0", name="credits_not_negative"),
-                      nullable=False),
+            sa.Column(
+                "credits", Money, sa.CheckConstraint("credits >= 0", name="credits_not_negative"), nullable=False
+            ),
             sa.Column("created_at", Seconds, nullable=False),
             sa.Column("revoked_at", Seconds),
         )
@@ -56,10 +57,12 @@ def upgrade() -> None:
             sa.Column("key_id", sa.Text, sa.ForeignKey("api_keys.id"), nullable=False),
             sa.Column("batch_id", sa.Text),
             sa.Column("kind", sa.Text, nullable=False),
-            sa.Column("status", sa.Text,
-                      sa.CheckConstraint("status IN ('pending', 'processing', 'completed', 'failed')",
-                                         name="job_status"),
-                      nullable=False),
+            sa.Column(
+                "status",
+                sa.Text,
+                sa.CheckConstraint("status IN ('pending', 'processing', 'completed', 'failed')", name="job_status"),
+                nullable=False,
+            ),
             sa.Column("input_filename", sa.Text),
             sa.Column("created_at", Seconds, nullable=False),
             sa.Column("started_at", Seconds),
