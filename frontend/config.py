@@ -159,3 +159,7 @@ def _range(meta: Mapping[str, Any]) -> str:
     if high is None:
         return f"≥ {low:g}"
     return f"{low:g}–{high:g}"
+
+
+if __name__ == "__main__":  # python -m maskserve.frontend.config > the table for docs/API.md
+    print(settings_table())

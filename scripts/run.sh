@@ -1,11 +1,34 @@
 #!/usr/bin/env bash
 # The two entry points of the README:
 #   bash scripts/run.sh serve   set up, export a model if none is there, run Triton + the REST API
-#   bash scripts/run.sh test    set up and run the whole test suite
+#   bash scripts/run.sh test    set up, run the gates, then the unit, integration and e2e tiers
+# and two quicker ones:
+#   bash scripts/run.sh unit    set up and run the unit tier alone (seconds: no export, no Triton)
+#   bash scripts/run.sh lint    set up and run the gates alone (ruff, mypy, import contracts)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source .venv/bin/activate
+
+gates() {
+  echo "[gates] ruff (lint), ruff (format), mypy, import contracts"
+  ruff check .
+  ruff format --check .
+  mypy
+  lint-imports --no-cache
+}
+
+tests() {
+  set +e
+  python -m pytest -ra "$@"
+  local code=$?
+  set -e
+  if [ "$code" -eq 5 ]; then
+    echo "pytest collected no tests in $1: failing on purpose" >&2
+    exit 1
+  fi
+  [ "$code" -eq 0 ] || exit "$code"
+}
 
 case "${1:-}" in
   serve)
@@ -21,20 +44,22 @@ case "${1:-}" in
     fi
     exec maskserve serve --model-repository "$repo" "$@"
     ;;
+  lint)
+    gates
+    ;;
+  unit)
+    shift
+    tests tests/unit "$@"
+    ;;
   test)
     shift
-    set +e
-    python -m pytest -ra "$@"
-    code=$?
-    set -e
-    if [ "$code" -eq 5 ]; then
-      echo "pytest collected no tests: failing on purpose" >&2
-      exit 1
-    fi
-    exit "$code"
+    gates
+    tests tests/unit "$@"
+    # one session for both slower tiers: they share one export and one Triton
+    tests tests/integration tests/e2e "$@"
     ;;
   *)
-    echo "usage: bash scripts/run.sh serve|test [args...]" >&2
+    echo "usage: bash scripts/run.sh serve|test|unit|lint [args...]" >&2
     exit 2
     ;;
 esac

@@ -36,7 +36,7 @@ echo "[setup] installing torch==$TORCH_VERSION (CPU)"
 "${PIP[@]}" "torch==$TORCH_VERSION"
 
 echo "[setup] installing maskserve and its dependencies (Triton wheel, ONNX, OpenVINO, ...)"
-"${PIP[@]}" -e ".[export,test]"
+"${PIP[@]}" -e ".[export,test,dev]"
 
 # sam2 is an sdist whose requirements name torchvision, which has no CPU build
 # that loads beside this torch; the parts we use (build_sam, modeling) need
@@ -48,6 +48,7 @@ fi
 
 "$PY" - <<'PY'
 import torch, sam2.build_sam, tritonclient.grpc, openvino, onnxruntime
+import maskserve.frontend.app, maskserve.export.command
 from maskserve.tritonserver import find_distribution
 find_distribution()
 assert torch.__version__.startswith("2.13.0"), torch.__version__

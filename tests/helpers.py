@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
+ROOT = Path(__file__).resolve().parents[1]
 SEED = 0
 """The random-weights seed of the suite's one exported model."""
 

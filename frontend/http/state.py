@@ -20,16 +20,14 @@ SIGNER = web.AppKey("signer", UrlSigner)
 TRITON = web.AppKey("triton", InferenceClient)
 JOBS = web.AppKey("jobs", ImageJobs)
 
-API_KEY = "maskserve.api_key"
-RATE = "maskserve.rate"
+API_KEY = web.RequestKey("api_key", ApiKey)
+RATE = web.RequestKey("rate", RateDecision)
 
 
 def api_key(request: web.Request) -> ApiKey:
     """The caller's key; set by the auth middleware on every route that is not public."""
-    key: ApiKey = request[API_KEY]
-    return key
+    return request[API_KEY]
 
 
 def rate_decision(request: web.Request) -> RateDecision | None:
-    decision: RateDecision | None = request.get(RATE)
-    return decision
+    return request.get(RATE)

@@ -1,0 +1,160 @@
+"""Parsing, admission, rate limits, the embedding cache, signing and settings, as plain objects."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from multidict import MultiDict
+
+from maskserve.frontend.adapters.cache import EmbeddingCache
+from maskserve.frontend.adapters.ratelimit import RateLimiter
+from maskserve.frontend.config import Settings, SettingsError, settings_table
+from maskserve.frontend.domain import Embeddings, JobKind, RateBucket
+from maskserve.frontend.errors import Forbidden, Unavailable, ValidationFailed
+from maskserve.frontend.http.parsing import check_query, parse_extraction_options, parse_prompt
+from maskserve.frontend.services import Admission
+from maskserve.frontend.signing import UrlSigner
+from tests.helpers import ROOT
+
+
+def query(**values: str) -> MultiDict[str]:
+    return MultiDict(values)
+
+
+def test_prompts_parse_into_arrays():
+    prompt = parse_prompt(query(points="[[1, 2], [3.5, 4]]", labels="[1, 0]", box="[0, 0, 10, 10]"))
+    assert prompt.points.tolist() == [[1, 2], [3.5, 4]] and prompt.labels.tolist() == [1, 0]
+    assert prompt.box.tolist() == [0, 0, 10, 10] and prompt.given
+    assert parse_prompt(query(points="[[1, 2]]")).labels.tolist() == [1]
+    assert not parse_prompt(query()).given
+
+
+@pytest.mark.parametrize(
+    ("values", "name"),
+    [
+        ({"points": "[[1, 2]"}, "points"),
+        ({"points": "[[1, NaN]]"}, "points"),
+        ({"points": "[[1, true]]"}, "points"),
+        ({"points": "[]"}, "points"),
+        ({"points": "[" + "[1, 1]," * 16 + "[1, 1]]"}, "points"),
+        ({"labels": "[1]"}, "labels"),
+        ({"points": "[[1, 2]]", "labels": "[1, 1]"}, "labels"),
+        ({"box": "[1, 2, 3]"}, "box"),
+        ({"box": "[5, 5, 1, 1]"}, "box"),
+        ({"points": "[[1e999, 2]]"}, "points"),
+    ],
+)
+def test_bad_prompts_name_their_field(values, name):
+    with pytest.raises(ValidationFailed) as info:
+        parse_prompt(query(**values))
+    assert info.value.body()["detail"][0]["loc"] == ["query", name]
+
+
+def test_extraction_options_and_unaccepted_parameters():
+    assert parse_extraction_options(query(feather="50", output_format="PNG")).output_format == "png"
+    for bad in ({"feather": "51"}, {"feather": "x"}, {"output_format": "gif"}):
+        with pytest.raises(ValidationFailed):
+            parse_extraction_options(query(**bad))
+    with pytest.raises(ValidationFailed):
+        check_query(query(feather="3"), {"points"})
+    dup = MultiDict([("points", "[[1,1]]"), ("points", "[[2,2]]")])
+    with pytest.raises(ValidationFailed):
+        parse_prompt(dup)
+
+
+def test_admission_refuses_past_its_bound_and_frees_on_exit():
+    admission = Admission(3)
+    with admission.admit(2):
+        assert admission.full(2) and not admission.full(1)
+        with pytest.raises(Unavailable):
+            admission.admit(2).__enter__()
+    assert admission.admitted == 0
+
+
+async def test_rate_window_slides():
+    now = [1000.0]
+    limiter = RateLimiter({RateBucket.SINGLE: 2}, clock=lambda: now[0])
+    assert [(await limiter.check("k", RateBucket.SINGLE)).allowed for _ in range(3)] == [True, True, False]
+    refused = await limiter.check("k", RateBucket.SINGLE)
+    assert refused.remaining == 0 and refused.reset_s == 60
+    now[0] += 60.5
+    assert (await limiter.check("k", RateBucket.SINGLE)).allowed
+    assert (await limiter.check("other", RateBucket.SINGLE)).allowed
+
+
+def _embeddings(nbytes: int) -> Embeddings:
+    one = np.zeros(nbytes // 12, np.float32)
+    return Embeddings(one, one.copy(), one.copy())
+
+
+async def test_cache_single_flight_and_lru_by_bytes():
+    cache = EmbeddingCache(max_bytes=2 * 1200)
+    calls = 0
+
+    async def compute() -> Embeddings:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return _embeddings(1200)
+
+    results = await asyncio.gather(*(cache.get_or_compute("a", "1", compute) for _ in range(5)))
+    assert calls == 1 and [hit for _, hit in results].count(False) == 1
+    await cache.get_or_compute("b", "1", compute)
+    await cache.get_or_compute("a", "1", compute)  # a is now the most recent
+    await cache.get_or_compute("c", "1", compute)  # evicts b
+    assert cache.contains("a", "1") and cache.contains("c", "1") and not cache.contains("b", "1")
+    assert cache.size_bytes <= cache.max_bytes and calls == 3
+    assert not cache.contains("a", "2"), "keyed by model version too"
+
+
+async def test_a_failed_computation_is_not_cached_and_waiters_see_it():
+    cache = EmbeddingCache(10_000)
+
+    async def broken() -> Embeddings:
+        await asyncio.sleep(0.01)
+        raise RuntimeError("encoder failed")
+
+    outcomes = await asyncio.gather(*(cache.get_or_compute("x", "1", broken) for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(o, RuntimeError) for o in outcomes) and len(cache) == 0
+
+
+def test_signed_links():
+    signer = UrlSigner(b"k" * 32, ttl_s=60)
+    expires = signer.expiry(now=1000)
+    signer.verify("a" * 32, str(expires), signer.sign("a" * 32, expires), now=1000)
+    for args, message in (
+        ((str(expires), "0" * 64), "Invalid"),
+        ((None, None), "Missing"),
+        (("soon", "x"), "Invalid"),
+    ):
+        with pytest.raises(Forbidden, match=message):
+            signer.verify("a" * 32, *args, now=1000)
+    with pytest.raises(Forbidden, match="expired"):
+        signer.verify("a" * 32, str(expires), signer.sign("a" * 32, expires), now=expires + 1)
+
+
+def test_settings_parse_by_type_and_refuse_bad_values():
+    settings = Settings.from_env({"MASKSERVE_PORT": "9000", "MASKSERVE_RATE_SINGLE": "5", "MASKSERVE_DATA_DIR": "/x"})
+    assert settings.port == 9000 and settings.rate_single_per_min == 5 and str(settings.data_dir) == "/x"
+    for env, words in (
+        ({"MASKSERVE_PORT": "eighty"}, "MASKSERVE_PORT='eighty': expected an integer"),
+        ({"MASKSERVE_PORT": "70000"}, "at most 65535"),
+        ({"MASKSERVE_MAX_BATCH": "0"}, "MASKSERVE_MAX_BATCH=0: must be at least 1"),
+        ({"MASKSERVE_FILES_BACKEND": "s4"}, "must be one of auto, local, database"),
+        ({"MASKSERVE_TRITON_TIMEOUT_S": "-1"}, "MASKSERVE_TRITON_TIMEOUT_S"),
+    ):
+        with pytest.raises(SettingsError, match=words):
+            Settings.from_env(env)
+    assert Settings(database_url="postgresql://h/db").files_in_database
+    assert not Settings().files_in_database and Settings(files_backend="database").files_in_database
+
+
+def test_the_documented_settings_table_is_generated_from_the_settings():
+    docs = (ROOT / "docs" / "API.md").read_text()
+    assert settings_table() in docs, "regenerate: python -c 'from maskserve.frontend.config import settings_table'"
+
+
+def test_kinds_cost_what_the_contract_says():
+    assert (JobKind.SEGMENTATION.cost, JobKind.EXTRACTION.cost) == (1, 2)

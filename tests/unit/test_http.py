@@ -1,0 +1,165 @@
+"""Handlers through aiohttp's test client: the real app, a real SQLite store, a fake Triton."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+import aiohttp
+import numpy as np
+import pytest
+from PIL import Image
+
+from maskserve.frontend.http.middleware import PUBLIC_ROUTES
+from maskserve.frontend.http.state import STORE
+from tests.helpers import image_bytes, png_mask
+
+SEG = "/v1/services/image-segmentation"
+EXT = "/v1/services/object-extraction"
+POINT = quote(json.dumps([[320, 240]]))
+
+
+def form(field: str = "file", *images: bytes) -> aiohttp.FormData:
+    data = aiohttp.FormData()
+    for i, image in enumerate(images or (image_bytes(),)):
+        data.add_field(field, image, filename=f"p{i}.jpg", content_type="image/jpeg")
+    return data
+
+
+def auth(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+async def test_every_route_needs_a_key_unless_it_is_public(client):
+    """Walks the route table: authentication fails closed for every route not listed as public."""
+    routes = [r for r in client.app.router.routes() if r.method != "HEAD"]
+    assert routes and all(r.resource is not None and r.resource.name for r in routes), "every route has a name"
+    private = 0
+    for route in routes:
+        info = route.resource.get_info()
+        path = info.get("path") or info["formatter"].replace("{job_id}", "0" * 32)
+        response = await client.request(route.method, path)
+        if route.resource.name in PUBLIC_ROUTES:
+            assert response.status != 401, path
+        else:
+            private += 1
+            assert response.status == 401, (route.method, path, response.status)
+            assert await response.json() == {"detail": "Invalid or missing API key"}
+    assert private >= 6
+    assert {"healthz", "readyz", "openapi", "metrics", "file"} == PUBLIC_ROUTES
+
+
+async def test_a_route_added_later_is_private_by_default(client):
+    async def secret_handler(request):
+        return aiohttp.web.json_response({"leak": True})
+
+    app = client.app
+    app.router._frozen = False  # the test adds a route after start-up, as a careless change would
+    app.router.add_get("/v1/new-thing", secret_handler, name="new_thing")
+    assert (await client.get("/v1/new-thing")).status == 401
+
+
+async def test_unknown_paths_are_404_not_401(client):
+    assert (await client.get("/v1/nothing-here")).status == 404
+
+
+async def test_segmentation_is_charged_once_and_its_mask_is_served(client, new_key, fake):
+    key_id, secret = await new_key(3)
+    response = await client.post(f"{SEG}?points={POINT}", data=form(), headers=auth(secret))
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert body["status"] == "completed" and body["result"]["credits_used"] == 1
+    assert response.headers["X-RateLimit-Limit"] == "60"
+    url = body["result"]["output_url"]
+    mask = await client.get(url[url.index("/v1/files/") :])
+    assert mask.status == 200 and mask.headers["Content-Type"] == "image/png"
+    import io
+
+    pixels = np.asarray(Image.open(io.BytesIO(await mask.read())))
+    assert pixels.shape == (480, 640) and pixels[240, 320] == 255 and pixels[10, 10] == 0
+    store = client.app[STORE]
+    assert (await store.get_key(key_id)).credits == 2 == await store.ledger_sum(key_id)
+    # the second prompt on the same image reuses the embeddings
+    await client.post(f"{SEG}?points={POINT}", data=form(), headers=auth(secret))
+    assert fake.encodes == 1 and fake.decodes == 2
+
+
+@pytest.mark.parametrize(
+    ("query", "loc"),
+    [
+        ("points=[[1,2]", ["query", "points"]),
+        ("points=[[1,2]]&labels=[2]", ["query", "labels"]),
+        ("box=[10,10,5,5]", ["query", "box"]),
+        ("points=[[1,2]]&feather=3", ["query", "feather"]),
+        ("points=[[9999,2]]", ["query", "points"]),
+    ],
+)
+async def test_422_names_the_parameter(client, new_key, query, loc):
+    _, secret = await new_key()
+    response = await client.post(f"{SEG}?{query}", data=form(), headers=auth(secret))
+    assert response.status == 422
+    assert (await response.json())["detail"][0]["loc"] == loc
+
+
+async def test_400_402_and_nothing_charged(client, new_key):
+    key_id, secret = await new_key(0)
+    assert (await client.post(f"{SEG}?points={POINT}", data=form("other"), headers=auth(secret))).status == 400
+    assert (await client.post(SEG, data=form(), headers=auth(secret))).status == 400
+    response = await client.post(f"{SEG}?points={POINT}", data=form(), headers=auth(secret))
+    assert response.status == 402 and await response.json() == {"detail": "Insufficient credits"}
+    assert await client.app[STORE].ledger_sum(key_id) == 0
+
+
+async def test_503_when_the_model_tier_is_away_and_nothing_is_charged(client, new_key, fake):
+    key_id, secret = await new_key(5)
+    fake.down = True
+    response = await client.post(f"{SEG}?points={POINT}", data=form(), headers=auth(secret))
+    assert response.status == 503
+    assert (await client.app[STORE].get_key(key_id)).credits == 5
+    assert (await client.get("/readyz")).status == 503
+
+
+async def test_429_with_retry_after(make_client, tmp_path):
+    client = await make_client(rate_single_per_min=2)
+    _, secret = await client.app[STORE].create_key("r", 10)
+    statuses = [(await client.post(SEG, data=form(), headers=auth(secret))).status for _ in range(3)]
+    assert statuses == [400, 400, 429]
+    limited = await client.post(SEG, data=form(), headers=auth(secret))
+    assert limited.headers["Retry-After"] and limited.headers["X-RateLimit-Remaining"] == "0"
+
+
+async def test_extraction_with_an_uploaded_mask_needs_no_model(client, new_key, fake):
+    key_id, secret = await new_key(2)
+    data = aiohttp.FormData()
+    data.add_field("image", image_bytes(), filename="a.jpg", content_type="image/jpeg")
+    data.add_field("mask", png_mask(640, 480, (100, 100, 300, 300)), filename="m.png", content_type="image/png")
+    response = await client.post(f"{EXT}?output_format=png", data=data, headers=auth(secret))
+    assert response.status == 200, await response.text()
+    assert fake.encodes == 0 and (await client.app[STORE].get_key(key_id)).credits == 0
+
+
+async def test_batch_with_one_bad_image_fails_only_that_one(client, new_key):
+    key_id, secret = await new_key(5)
+    data = form("files", image_bytes(seed=1), b"not an image", image_bytes(seed=2))
+    response = await client.post(f"{SEG}/batch?points={POINT}", data=data, headers=auth(secret))
+    body = await response.json()
+    assert response.status == 200 and [r["status"] for r in body["results"]] == ["completed", "failed", "completed"]
+    assert body["total_credits_used"] == 2 and (await client.app[STORE].get_key(key_id)).credits == 3
+
+
+async def test_jobs_and_account_belong_to_their_key(client, new_key):
+    _, first = await new_key(3)
+    _, second = await new_key(3)
+    job_id = (await (await client.post(f"{SEG}?points={POINT}", data=form(), headers=auth(first))).json())["job_id"]
+    assert (await client.get(f"/v1/jobs/{job_id}", headers=auth(first))).status == 200
+    assert (await client.get(f"/v1/jobs/{job_id}", headers=auth(second))).status == 404
+    account = await (await client.get("/v1/account", headers=auth(first))).json()
+    assert account["credits"] == 2 and account["key_prefix"].startswith("sk-live-")
+
+
+async def test_health_readiness_and_openapi(client):
+    assert (await client.get("/healthz")).status == 200
+    ready = await (await client.get("/readyz")).json()
+    assert ready["status"] == "ready" and ready["random_weights"] is True
+    spec = await (await client.get("/openapi.json")).json()
+    assert SEG in spec["paths"]
