@@ -3,7 +3,7 @@ FROM python:3.11-slim
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends curl gcc g++ && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY maskserve maskserve
+COPY src src
 COPY export export
 COPY frontend frontend
 COPY scripts scripts

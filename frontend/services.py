@@ -1,4 +1,4 @@
-"""Segmentation, extraction and batches: the domain layer (no aiohttp here).
+"""Segmentation, extraction and batches: the services layer (no aiohttp, no database or Triton code here).
 
 Every image goes through the same steps: decode and validate (before any
 credit moves), reserve its credits, run the models, write the output, then

@@ -1,9 +1,12 @@
 """The Triton adapter: the two models over gRPC (``tritonclient.grpc.aio``).
 
-Tensor names come from ``maskserve.core.signatures``; nothing else in the frontend
-knows them. Every call has a deadline; any failure to reach the server or a
-model surfaces as ``InferenceUnavailable`` so services answer 503 and never
-charge.
+Tensor names come from ``maskserve.core.signatures``; nothing else in the
+frontend knows them. Inference calls have the configured deadline and
+metadata calls a 5 s one; any failure to reach the server or a model surfaces
+as ``InferenceUnavailable``, so services answer 503 and never charge. With a
+Triton on loopback, tensors go through registered shared memory; when Triton
+no longer knows a region (it restarted), the call is retried over plain gRPC
+and the regions are registered again on the next call.
 """
 
 from __future__ import annotations
