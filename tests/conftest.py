@@ -68,6 +68,13 @@ def api(triton_server, tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture()
+def key(api):
+    """A fresh API key with 100 credits on the shared test service."""
+    _, secret = api.create_key(100)
+    return secret
+
+
 def _pg_bindir() -> Path | None:
     import glob
     import shutil

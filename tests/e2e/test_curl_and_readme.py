@@ -1,0 +1,103 @@
+"""The contract's curl examples, the README's quick start and the admin commands, as a user runs them."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shlex
+import sqlite3
+import subprocess
+import sys
+
+import requests
+from PIL import Image
+
+from tests.helpers import ROOT, image_bytes, png_mask
+
+
+def fetch(url: str) -> requests.Response:
+    return requests.get(url, timeout=30)
+
+
+def _curl(api, secret: str, url: str, *forms: str) -> dict:
+    cmd = ["curl", "-s", "-X", "POST", url, "-H", f"Authorization: Bearer {secret}"]
+    for form in forms:
+        cmd += ["-F", form]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(out.stdout)
+
+
+def test_contract_examples_with_curl(api, key, tmp_path):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(image_bytes(1920, 1080, seed=4))
+    mask = tmp_path / "mask.png"
+    mask.write_bytes(png_mask(1920, 1080, (400, 300, 1400, 800)))
+    base = api.url + "/v1/services"
+    # 1. extraction with a mask file
+    body = _curl(api, key, f"{base}/object-extraction", f"image=@{photo}", f"mask=@{mask}")
+    assert body["status"] == "completed" and body["result"]["credits_used"] == 2
+    out = Image.open(io.BytesIO(fetch(body["result"]["output_url"]).content))
+    assert out.format == "WEBP" and out.mode == "RGBA" and out.size == (1920, 1080)
+    # 2. point prompts
+    body = _curl(
+        api,
+        key,
+        f"{base}/image-segmentation?points=%5B%5B100,200%5D,%5B300,400%5D%5D&labels=%5B1,0%5D",
+        f"file=@{photo}",
+    )
+    assert body["status"] == "completed" and body["result"]["credits_used"] == 1
+    # 3. box
+    body = _curl(api, key, f"{base}/object-extraction?box=%5B100,100,900,700%5D&output_format=png", f"image=@{photo}")
+    assert body["status"] == "completed"
+    assert Image.open(io.BytesIO(fetch(body["result"]["output_url"]).content)).format == "PNG"
+    # 4. batch
+    body = _curl(
+        api, key, f"{base}/image-segmentation/batch?points=%5B%5B960,540%5D%5D", f"files=@{photo}", f"files=@{photo}"
+    )
+    assert body["completed"] == 2 and body["total_credits_used"] == 2
+
+
+def test_admin_commands_share_the_database(tmp_path):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "maskserve.cli", *args, "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    created = run("keys", "create", "--name", "ops", "--credits", "7")
+    assert created.returncode == 0, created.stderr
+    secret = next(line.split()[-1] for line in created.stdout.splitlines() if line.startswith("api key:"))
+    key_id = next(line.split()[-1] for line in created.stdout.splitlines() if line.startswith("key id:"))
+    assert secret.startswith("sk-live-")
+    listed = run("keys", "list")
+    assert key_id in listed.stdout and secret not in listed.stdout and secret[:16] in listed.stdout
+    assert run("credits", "add", key_id, "5").stdout.strip().endswith("balance 12")
+    assert run("keys", "revoke", key_id).returncode == 0
+    assert "revoked" in run("keys", "list").stdout
+    with sqlite3.connect(tmp_path / "maskserve.db") as db:
+        stored = db.execute("SELECT key_hash, prefix FROM api_keys").fetchone()
+        assert secret not in stored and stored[1] == secret[:16]
+        assert db.execute("SELECT SUM(delta) FROM ledger").fetchone()[0] == 12
+
+
+def test_readme_quick_start_works_as_written(api, tmp_path):
+    """The curl command of the README's quick start, against this server."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Quick start", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    command = re.search(r"^curl .*?(?<!\\)$", block.replace("\\\n", " "), re.M | re.S).group(0)
+    command = command.replace("http://127.0.0.1:8080", api.url)
+    (tmp_path / "photo.jpg").write_bytes(image_bytes(1000, 750, seed=55))
+    _, secret = api.create_key(3)
+    out = subprocess.run(
+        shlex.split(os.path.expandvars(command.replace("$KEY", secret))),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    body = json.loads(out.stdout)
+    assert body["status"] == "completed" and fetch(body["result"]["output_url"]).status_code == 200
