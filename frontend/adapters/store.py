@@ -1,33 +1,39 @@
 """The store: one implementation of the money rules for SQLite and PostgreSQL.
 
-SQLAlchemy Core (async) over aiosqlite or asyncpg; the schema is in
-``tables.py`` and Alembic migrates it when the store opens. Concurrency rests
-on the database itself, the same way on both: a reservation is one
-conditional ``UPDATE … WHERE credits >= cost``, completion and failure are
-conditional on the job still being ``processing``, and each runs in one
-transaction with its ledger row.
+Every operation is written once, as a function of a SQLAlchemy Core
+``Connection`` over the schema in ``tables.py``; Alembic migrates that schema
+when the store opens. Concurrency rests on the database itself, the same way
+on both: a reservation is one conditional ``UPDATE … WHERE credits >= cost``,
+completion and failure are conditional on the job still being ``processing``,
+and each runs in one transaction with its ledger row.
 
-SQLite specifics: writes start with ``BEGIN IMMEDIATE`` (the write lock up
-front, with a busy timeout), so two processes on one file (a frontend and an
-admin command) serialise instead of failing on a lock upgrade; reads use their
-own connections and never wait for a writer (WAL).
-PostgreSQL specifics: one advisory lock serialises the migrators of several
-frontends starting together, and one per key and bucket the shared rate window.
+How an operation runs differs, by measurement. PostgreSQL: on asyncpg,
+through ``AsyncConnection.run_sync``. SQLite: with the standard library's
+driver in a worker thread, the whole operation in one hop; aiosqlite hops to
+its thread for every cursor, statement, fetch and close, which cost 4 ms more
+per request (benchmarks/README.md). Writes go through one connection and start
+with ``BEGIN IMMEDIATE`` (the write lock up front, with a busy timeout), so
+two processes on one file (a frontend and an admin command) serialise instead
+of failing on a lock upgrade; reads use their own connections in autocommit
+and never wait for a writer (WAL). On PostgreSQL one advisory lock serialises
+the migrators of frontends starting together, and one per key and bucket the
+shared rate window.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from maskserve.frontend.adapters.tables import api_keys, jobs, ledger, output_files, rate_hits, service_state
 from maskserve.frontend.domain import (
@@ -47,6 +53,7 @@ from maskserve.frontend.domain import (
     now,
 )
 
+T = TypeVar("T")
 MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATION_LOCK = 7301
 PROCESSING, COMPLETED, FAILED = JobStatus.PROCESSING.value, JobStatus.COMPLETED.value, JobStatus.FAILED.value
@@ -55,7 +62,7 @@ PROCESSING, COMPLETED, FAILED = JobStatus.PROCESSING.value, JobStatus.COMPLETED.
 def database_url(url: str, sqlite_path: Path) -> str:
     """The SQLAlchemy URL: SQLite in the data directory, or the PostgreSQL the settings name."""
     if not url:
-        return f"sqlite+aiosqlite:///{sqlite_path}"
+        return f"sqlite:///{sqlite_path}"
     if url.startswith(("postgresql://", "postgres://")):
         return "postgresql+asyncpg://" + url.split("://", 1)[1]
     if url.startswith("postgresql+asyncpg://"):
@@ -63,137 +70,309 @@ def database_url(url: str, sqlite_path: Path) -> str:
     raise ValueError("MASKSERVE_DATABASE_URL must be a postgresql:// URL")
 
 
-def _sqlite_engine(url: str, pool_size: int, immediate: bool) -> AsyncEngine:
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, connect_args={"timeout": 10})
+def _sqlite_engine(url: str, pool_size: int, writer: bool) -> sa.Engine:
+    """The writer begins every transaction IMMEDIATE; the readers run each query on its own (autocommit)."""
+    options: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 0, "connect_args": {"timeout": 10}}
+    options["connect_args"]["check_same_thread"] = False
+    if not writer:
+        options.update(isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
+    engine = sa.create_engine(url, poolclass=sa.pool.QueuePool, **options)
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        dbapi_connection.isolation_level = None  # no implicit BEGIN from the driver
         cursor = dbapi_connection.cursor()
         for pragma in ("journal_mode=WAL", "busy_timeout=10000", "foreign_keys=ON", "synchronous=NORMAL"):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    if writer:
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+# --- the operations, once for both databases -----------------------------------
+
+
+def _key(row: sa.Row[Any]) -> ApiKey:
+    return ApiKey(row.id, row.name, row.prefix, int(row.credits), row.created_at, row.revoked_at)
+
+
+def _job(row: sa.Row[Any]) -> Job:
+    values = dict(row._mapping)
+    for name in ("reserved", "credits_used", "input_bytes", "output_bytes"):
+        if values[name] is not None:
+            values[name] = int(values[name])
+    values["kind"], values["status"] = JobKind(values["kind"]), JobStatus(values["status"])
+    return Job(**values)
+
+
+def _ledger(conn: sa.Connection, key_id: str, delta: int, reason: str, job_id: str | None, at: float) -> None:
+    conn.execute(ledger.insert().values(key_id=key_id, delta=delta, reason=str(reason), job_id=job_id, created_at=at))
+
+
+def _create_key(conn: sa.Connection, key: ApiKey, key_hash: str) -> None:
+    conn.execute(
+        api_keys.insert().values(
+            id=key.id,
+            name=key.name,
+            prefix=key.prefix,
+            key_hash=key_hash,
+            credits=key.credits,
+            created_at=key.created_at,
+        )
+    )
+    if key.credits:
+        _ledger(conn, key.id, key.credits, LedgerReason.INITIAL, None, key.created_at)
+
+
+def _add_credits(conn: sa.Connection, key_id: str, amount: int, reason: str) -> int | None:
+    balance = conn.execute(
+        api_keys.update()
+        .where(api_keys.c.id == key_id, api_keys.c.credits + amount >= 0)
+        .values(credits=api_keys.c.credits + amount)
+        .returning(api_keys.c.credits)
+    ).scalar()
+    if balance is None:
+        return None
+    _ledger(conn, key_id, amount, reason, None, now())
+    return int(balance)
+
+
+def _insert_job(
+    conn: sa.Connection,
+    key_id: str,
+    batch_id: str | None,
+    job: NewJob,
+    created: float,
+    status: JobStatus,
+    reserved: int,
+    error: str | None,
+) -> None:
+    conn.execute(
+        jobs.insert().values(
+            id=job.id,
+            key_id=key_id,
+            batch_id=batch_id,
+            kind=job.kind.value,
+            status=status.value,
+            input_filename=job.input_filename,
+            created_at=created,
+            started_at=created if status is JobStatus.PROCESSING else None,
+            finished_at=created if status is JobStatus.FAILED else None,
+            reserved=reserved,
+            error=error,
+            original_width=job.original_width,
+            original_height=job.original_height,
+            input_bytes=job.input_bytes,
+        )
+    )
+
+
+def _reserve(conn: sa.Connection, key_id: str, batch_id: str | None, new_jobs: list[NewJob]) -> list[bool]:
+    results = []
+    created = now()
+    for job in new_jobs:
+        taken = conn.execute(
+            api_keys.update()
+            .where(api_keys.c.id == key_id, api_keys.c.credits >= job.cost)
+            .values(credits=api_keys.c.credits - job.cost)
+        )
+        ok = taken.rowcount == 1
+        status = JobStatus.PROCESSING if ok else JobStatus.FAILED
+        _insert_job(
+            conn, key_id, batch_id, job, created, status, job.cost if ok else 0, None if ok else INSUFFICIENT_CREDITS
+        )
+        if ok:
+            _ledger(conn, key_id, -job.cost, LedgerReason.RESERVE, job.id, created)
+        results.append(ok)
+    return results
+
+
+def _complete(conn: sa.Connection, job_id: str, done: Completion) -> bool:
+    result = conn.execute(
+        jobs.update()
+        .where(jobs.c.id == job_id, jobs.c.status == PROCESSING)
+        .values(
+            status=COMPLETED,
+            credits_used=jobs.c.reserved,
+            finished_at=now(),
+            processing_ms=done.processing_ms,
+            output_path=done.output_path,
+            content_type=done.content_type,
+            output_width=done.output_width,
+            output_height=done.output_height,
+            output_bytes=done.output_bytes,
+            expires_at=done.expires_at,
+            model_version=done.model_version,
+        )
+    )
+    return result.rowcount == 1
+
+
+def _fail(conn: sa.Connection, job_id: str, error: str) -> bool:
+    stamp = now()
+    row = conn.execute(
+        jobs.update()
+        .where(jobs.c.id == job_id, jobs.c.status == PROCESSING)
+        .values(status=FAILED, error=error, credits_used=0, finished_at=stamp)
+        .returning(jobs.c.key_id, jobs.c.reserved)
+    ).first()
+    if row is None:
+        return False
+    if row.reserved:
+        conn.execute(
+            api_keys.update().where(api_keys.c.id == row.key_id).values(credits=api_keys.c.credits + row.reserved)
+        )
+        _ledger(conn, row.key_id, int(row.reserved), LedgerReason.RELEASE, job_id, stamp)
+    return True
+
+
+def _fail_all(conn: sa.Connection, job_ids: list[str], error: str) -> int:
+    return sum(_fail(conn, job_id, error) for job_id in job_ids)
+
+
+def _rate_hit(
+    conn: sa.Connection, key_id: str, bucket: str, limit: int, window_s: float, at: float, postgres: bool
+) -> RateWindow:
+    mine = (rate_hits.c.key_id == key_id) & (rate_hits.c.bucket == bucket)
+    if postgres:  # SQLite's BEGIN IMMEDIATE already serialises writers
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"{key_id}:{bucket}"))))
+    conn.execute(rate_hits.delete().where(mine, rate_hits.c.at <= at - window_s))
+    count = int(conn.execute(sa.select(sa.func.count()).select_from(rate_hits).where(mine)).scalar_one())
+    allowed = count < limit
+    if allowed:
+        conn.execute(rate_hits.insert().values(key_id=key_id, bucket=bucket, at=at))
+        count += 1
+    oldest = conn.execute(sa.select(sa.func.min(rate_hits.c.at)).where(mine)).scalar()
+    return RateWindow(allowed, count, oldest)
+
+
+def _rows(conn: sa.Connection, query: sa.Executable) -> list[sa.Row[Any]]:
+    return list(conn.execute(query).all())
+
+
+def _upgrade(conn: sa.Connection, postgres: bool) -> None:
+    if postgres:  # several frontends may start together: one migrator at a time
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = conn
+    command.upgrade(config, "head")
 
 
 class SqlStore:
     def __init__(self, url: str, pool_size: int = 10) -> None:
         self.url = url
         self.pool_size = pool_size
-        self.sqlite = url.startswith("sqlite")
-        self._writer: AsyncEngine | None = None
-        self._reader: AsyncEngine | None = None
+        self.postgres = not url.startswith("sqlite")
+        self._async: AsyncEngine | None = None
+        self._writer: sa.Engine | None = None
+        self._reader: sa.Engine | None = None
+        self._write_thread: ThreadPoolExecutor | None = None
+        self._read_threads: ThreadPoolExecutor | None = None
 
-    # --- lifecycle ----------------------------------------------------------
+    # --- running an operation -------------------------------------------------
 
-    async def open(self) -> None:
-        if self.sqlite:
-            Path(self.url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
-            self._writer = _sqlite_engine(self.url, 1, immediate=True)
-            self._reader = _sqlite_engine(self.url, 4, immediate=False)
-        else:
-            self._writer = self._reader = create_async_engine(self.url, pool_size=self.pool_size, max_overflow=0)
-        async with self._tx() as conn:
-            if not self.sqlite:  # several frontends may start together: one migrator at a time
-                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK)))
-            await conn.run_sync(_upgrade)
-
-    async def close(self) -> None:
-        for engine in {self._writer, self._reader} - {None}:
-            assert engine is not None
-            await engine.dispose()
-        self._writer = self._reader = None
-
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[AsyncConnection]:
+    async def _tx(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` in one transaction."""
+        if self._async is not None:
+            async with self._async.begin() as conn:
+                return await conn.run_sync(fn, *args)
         if self._writer is None:
             raise RuntimeError("store is not open")
-        async with self._writer.begin() as conn:
-            yield conn
+        return await asyncio.get_running_loop().run_in_executor(self._write_thread, self._sync_tx, fn, args)
 
-    async def _all(self, query: sa.Executable) -> list[sa.Row[Any]]:
+    def _sync_tx(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        assert self._writer is not None
+        with self._writer.begin() as conn:
+            return fn(conn, *args)
+
+    async def _read(self, query: sa.Executable) -> list[sa.Row[Any]]:
+        if self._async is not None:
+            async with self._async.connect() as conn:
+                return list((await conn.execute(query)).all())
         if self._reader is None:
             raise RuntimeError("store is not open")
-        async with self._reader.connect() as conn:
-            return list((await conn.execute(query)).all())
+        return await asyncio.get_running_loop().run_in_executor(self._read_threads, self._sync_read, query)
+
+    def _sync_read(self, query: sa.Executable) -> list[sa.Row[Any]]:
+        assert self._reader is not None
+        with self._reader.connect() as conn:
+            return _rows(conn, query)
 
     async def _one(self, query: sa.Executable) -> sa.Row[Any] | None:
-        rows = await self._all(query)
+        rows = await self._read(query)
         return rows[0] if rows else None
 
+    # --- lifecycle ------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self.postgres:
+            self._async = create_async_engine(self.url, pool_size=self.pool_size, max_overflow=0)
+        else:
+            Path(self.url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+            self._writer = _sqlite_engine(self.url, 1, writer=True)
+            self._reader = _sqlite_engine(self.url, 2, writer=False)
+            self._write_thread = ThreadPoolExecutor(1, "maskserve-db-write")
+            self._read_threads = ThreadPoolExecutor(2, "maskserve-db-read")
+        await self._tx(_upgrade, self.postgres)
+
+    async def close(self) -> None:
+        if self._async is not None:
+            await self._async.dispose()
+        for engine in (self._writer, self._reader):
+            if engine is not None:
+                engine.dispose()
+        for pool in (self._write_thread, self._read_threads):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._async = self._writer = self._reader = self._write_thread = self._read_threads = None
+
     async def ping(self) -> None:
-        await self._all(sa.select(sa.literal(1)))
+        await self._read(sa.select(sa.literal(1)))
 
-    # --- keys and credits ---------------------------------------------------
-
-    @staticmethod
-    def _key(row: sa.Row[Any]) -> ApiKey:
-        return ApiKey(row.id, row.name, row.prefix, int(row.credits), row.created_at, row.revoked_at)
+    # --- keys and credits -----------------------------------------------------
 
     async def create_key(self, name: str, credits: int) -> tuple[ApiKey, str]:
         if credits < 0:
             raise ValueError("credits must be >= 0")
         secret = new_key_secret()
         key = ApiKey(uuid.uuid4().hex, name, key_prefix(secret), credits, now())
-        async with self._tx() as conn:
-            await conn.execute(
-                api_keys.insert().values(
-                    id=key.id,
-                    name=name,
-                    prefix=key.prefix,
-                    key_hash=hash_key(secret),
-                    credits=credits,
-                    created_at=key.created_at,
-                )
-            )
-            if credits:
-                await self._ledger(conn, key.id, credits, LedgerReason.INITIAL, None, key.created_at)
+        await self._tx(_create_key, key, hash_key(secret))
         return key, secret
 
     async def list_keys(self) -> list[ApiKey]:
-        return [self._key(r) for r in await self._all(sa.select(api_keys).order_by(api_keys.c.created_at))]
+        return [_key(r) for r in await self._read(sa.select(api_keys).order_by(api_keys.c.created_at))]
 
     async def get_key(self, key_id: str) -> ApiKey | None:
         row = await self._one(sa.select(api_keys).where(api_keys.c.id == key_id))
-        return None if row is None else self._key(row)
+        return None if row is None else _key(row)
 
     async def revoke_key(self, key_id: str) -> bool:
-        async with self._tx() as conn:
-            result = await conn.execute(
-                api_keys.update()
-                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=now())
-            )
-            return result.rowcount == 1
+        query = (
+            api_keys.update().where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)).values(revoked_at=now())
+        )
+        return bool(await self._tx(lambda conn: conn.execute(query).rowcount == 1))
 
     async def add_credits(self, key_id: str, amount: int, reason: str = LedgerReason.TOP_UP) -> int:
-        async with self._tx() as conn:
-            balance = (
-                await conn.execute(
-                    api_keys.update()
-                    .where(api_keys.c.id == key_id, api_keys.c.credits + amount >= 0)
-                    .values(credits=api_keys.c.credits + amount)
-                    .returning(api_keys.c.credits)
-                )
-            ).scalar()
-            if balance is None:
-                raise KeyError(key_id)
-            await self._ledger(conn, key_id, amount, reason, None, now())
-            return int(balance)
+        balance = await self._tx(_add_credits, key_id, amount, reason)
+        if balance is None:
+            raise KeyError(key_id)
+        return balance
 
     async def authenticate(self, secret: str) -> ApiKey | None:
-        rows = await self._all(
+        rows = await self._read(
             sa.select(api_keys).where(api_keys.c.prefix == key_prefix(secret), api_keys.c.revoked_at.is_(None))
         )
         found = None
         for row in rows:  # compare every candidate, in constant time
             if key_matches(secret, row.key_hash):
-                found = self._key(row)
+                found = _key(row)
         return found
 
     async def ledger_sum(self, key_id: str) -> int:
@@ -202,164 +381,54 @@ class SqlStore:
         )
         return int(row[0]) if row else 0
 
-    @staticmethod
-    async def _ledger(
-        conn: AsyncConnection, key_id: str, delta: int, reason: str, job_id: str | None, at: float
-    ) -> None:
-        await conn.execute(
-            ledger.insert().values(key_id=key_id, delta=delta, reason=str(reason), job_id=job_id, created_at=at)
-        )
-
-    # --- jobs ---------------------------------------------------------------
+    # --- jobs -----------------------------------------------------------------
 
     async def reserve_jobs(self, key_id: str, batch_id: str | None, new_jobs: list[NewJob]) -> list[bool]:
         """In order: reserve each job's cost if the balance covers it, else record it failed."""
-        results = []
-        created = now()
-        async with self._tx() as conn:
-            for job in new_jobs:
-                taken = await conn.execute(
-                    api_keys.update()
-                    .where(api_keys.c.id == key_id, api_keys.c.credits >= job.cost)
-                    .values(credits=api_keys.c.credits - job.cost)
-                )
-                ok = taken.rowcount == 1
-                await self._insert_job(
-                    conn,
-                    key_id,
-                    batch_id,
-                    job,
-                    created,
-                    JobStatus.PROCESSING if ok else JobStatus.FAILED,
-                    job.cost if ok else 0,
-                    None if ok else INSUFFICIENT_CREDITS,
-                )
-                if ok:
-                    await self._ledger(conn, key_id, -job.cost, LedgerReason.RESERVE, job.id, created)
-                results.append(ok)
-        return results
+        return await self._tx(_reserve, key_id, batch_id, new_jobs)
 
     async def record_failed(self, key_id: str, batch_id: str | None, job: NewJob, error: str) -> None:
-        async with self._tx() as conn:
-            await self._insert_job(conn, key_id, batch_id, job, now(), JobStatus.FAILED, 0, error)
-
-    @staticmethod
-    async def _insert_job(
-        conn: AsyncConnection,
-        key_id: str,
-        batch_id: str | None,
-        job: NewJob,
-        created: float,
-        status: JobStatus,
-        reserved: int,
-        error: str | None,
-    ) -> None:
-        await conn.execute(
-            jobs.insert().values(
-                id=job.id,
-                key_id=key_id,
-                batch_id=batch_id,
-                kind=job.kind.value,
-                status=status.value,
-                input_filename=job.input_filename,
-                created_at=created,
-                started_at=created if status is JobStatus.PROCESSING else None,
-                finished_at=created if status is JobStatus.FAILED else None,
-                reserved=reserved,
-                error=error,
-                original_width=job.original_width,
-                original_height=job.original_height,
-                input_bytes=job.input_bytes,
-            )
-        )
+        await self._tx(_insert_job, key_id, batch_id, job, now(), JobStatus.FAILED, 0, error)
 
     async def complete_job(self, job_id: str, done: Completion) -> bool:
-        async with self._tx() as conn:
-            result = await conn.execute(
-                jobs.update()
-                .where(jobs.c.id == job_id, jobs.c.status == PROCESSING)
-                .values(
-                    status=COMPLETED,
-                    credits_used=jobs.c.reserved,
-                    finished_at=now(),
-                    processing_ms=done.processing_ms,
-                    output_path=done.output_path,
-                    content_type=done.content_type,
-                    output_width=done.output_width,
-                    output_height=done.output_height,
-                    output_bytes=done.output_bytes,
-                    expires_at=done.expires_at,
-                    model_version=done.model_version,
-                )
-            )
-            return result.rowcount == 1
+        return await self._tx(_complete, job_id, done)
 
     async def fail_job(self, job_id: str, error: str) -> bool:
-        async with self._tx() as conn:
-            return await self._fail(conn, job_id, error)
-
-    async def _fail(self, conn: AsyncConnection, job_id: str, error: str) -> bool:
-        stamp = now()
-        row = (
-            await conn.execute(
-                jobs.update()
-                .where(jobs.c.id == job_id, jobs.c.status == PROCESSING)
-                .values(status=FAILED, error=error, credits_used=0, finished_at=stamp)
-                .returning(jobs.c.key_id, jobs.c.reserved)
-            )
-        ).first()
-        if row is None:
-            return False
-        if row.reserved:
-            await conn.execute(
-                api_keys.update().where(api_keys.c.id == row.key_id).values(credits=api_keys.c.credits + row.reserved)
-            )
-            await self._ledger(conn, row.key_id, int(row.reserved), LedgerReason.RELEASE, job_id, stamp)
-        return True
+        return await self._tx(_fail, job_id, error)
 
     async def fail_stale_processing(self, error: str, older_than_s: float = 0.0) -> int:
         """Refund jobs left ``processing``; with other frontends running, only those older than any request can be."""
-        rows = await self._all(
+        rows = await self._read(
             sa.select(jobs.c.id).where(jobs.c.status == PROCESSING, jobs.c.started_at <= now() - older_than_s)
         )
-        failed = 0
-        async with self._tx() as conn:
-            for row in rows:
-                failed += await self._fail(conn, row.id, error)
-        return failed
-
-    @staticmethod
-    def _job(row: sa.Row[Any]) -> Job:
-        values = dict(row._mapping)
-        for name in ("reserved", "credits_used", "input_bytes", "output_bytes"):
-            if values[name] is not None:
-                values[name] = int(values[name])
-        values["kind"], values["status"] = JobKind(values["kind"]), JobStatus(values["status"])
-        return Job(**values)
+        return await self._tx(_fail_all, [row.id for row in rows], error)
 
     async def get_job(self, job_id: str) -> Job | None:
         row = await self._one(sa.select(jobs).where(jobs.c.id == job_id))
-        return None if row is None else self._job(row)
+        return None if row is None else _job(row)
 
     async def expired_outputs(self, before: float) -> list[Job]:
-        rows = await self._all(sa.select(jobs).where(jobs.c.output_path.is_not(None), jobs.c.expires_at < before))
-        return [self._job(r) for r in rows]
+        rows = await self._read(sa.select(jobs).where(jobs.c.output_path.is_not(None), jobs.c.expires_at < before))
+        return [_job(r) for r in rows]
 
     async def forget_output(self, job_id: str) -> None:
-        async with self._tx() as conn:
-            await conn.execute(jobs.update().where(jobs.c.id == job_id).values(output_path=None))
+        query = jobs.update().where(jobs.c.id == job_id).values(output_path=None)
+        await self._tx(lambda conn: conn.execute(query))
 
-    # --- service state ------------------------------------------------------
+    # --- service state and file rows: upserts in the database's own dialect --
 
     def _insert(self, table: sa.Table) -> Any:
         """The dialect's INSERT, which has ``on_conflict_do_…`` on both databases."""
-        if self.sqlite:
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+        if self.postgres:
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            return sqlite_insert(table)
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        return pg_insert(table)
+        return sqlite_insert(table)
+
+    async def _execute(self, query: sa.Executable) -> None:
+        await self._tx(lambda conn: conn.execute(query))
 
     async def get_state(self, name: str) -> str | None:
         row = await self._one(sa.select(service_state.c.value).where(service_state.c.name == name))
@@ -367,60 +436,32 @@ class SqlStore:
 
     async def set_state(self, name: str, value: str) -> None:
         insert = self._insert(service_state).values(name=name, value=value, updated_at=now())
-        async with self._tx() as conn:
-            await conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=[service_state.c.name],
-                    set_={"value": insert.excluded.value, "updated_at": insert.excluded.updated_at},
-                )
+        await self._execute(
+            insert.on_conflict_do_update(
+                index_elements=[service_state.c.name],
+                set_={"value": insert.excluded.value, "updated_at": insert.excluded.updated_at},
             )
+        )
 
     async def set_state_if_absent(self, name: str, value: str) -> None:
         insert = self._insert(service_state).values(name=name, value=value, updated_at=now())
-        async with self._tx() as conn:
-            await conn.execute(insert.on_conflict_do_nothing(index_elements=[service_state.c.name]))
-
-    # --- output files as rows -----------------------------------------------
+        await self._execute(insert.on_conflict_do_nothing(index_elements=[service_state.c.name]))
 
     async def put_file(self, job_id: str, data: bytes) -> None:
         insert = self._insert(output_files).values(job_id=job_id, data=data, created_at=now())
-        async with self._tx() as conn:
-            await conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=[output_files.c.job_id], set_={"data": insert.excluded.data}
-                )
-            )
+        await self._execute(
+            insert.on_conflict_do_update(index_elements=[output_files.c.job_id], set_={"data": insert.excluded.data})
+        )
 
     async def get_file(self, job_id: str) -> bytes | None:
         row = await self._one(sa.select(output_files.c.data).where(output_files.c.job_id == job_id))
         return None if row is None else bytes(row.data)
 
     async def delete_file(self, job_id: str) -> None:
-        async with self._tx() as conn:
-            await conn.execute(output_files.delete().where(output_files.c.job_id == job_id))
+        await self._execute(output_files.delete().where(output_files.c.job_id == job_id))
 
-    # --- the shared rate window ---------------------------------------------
+    # --- the shared rate window -----------------------------------------------
 
     async def rate_hit(self, key_id: str, bucket: str, limit: int, window_s: float, at: float) -> RateWindow:
         """Sliding window shared by every frontend on this database."""
-        mine = (rate_hits.c.key_id == key_id) & (rate_hits.c.bucket == bucket)
-        async with self._tx() as conn:
-            if not self.sqlite:  # SQLite's BEGIN IMMEDIATE already serialises writers
-                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"{key_id}:{bucket}"))))
-            await conn.execute(rate_hits.delete().where(mine, rate_hits.c.at <= at - window_s))
-            count = int(
-                (await conn.execute(sa.select(sa.func.count()).select_from(rate_hits).where(mine))).scalar_one()
-            )
-            allowed = count < limit
-            if allowed:
-                await conn.execute(rate_hits.insert().values(key_id=key_id, bucket=bucket, at=at))
-                count += 1
-            oldest = (await conn.execute(sa.select(sa.func.min(rate_hits.c.at)).where(mine))).scalar()
-            return RateWindow(allowed, count, oldest)
-
-
-def _upgrade(sync_conn: sa.Connection) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["connection"] = sync_conn
-    command.upgrade(config, "head")
+        return await self._tx(_rate_hit, key_id, bucket, limit, window_s, at, self.postgres)

@@ -159,14 +159,12 @@ def test_migrated_schema_matches_the_table_definitions(settings):
 
     from maskserve.frontend.adapters.tables import metadata
 
+    def compare(conn):
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        return diff, conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+
     async def scenario(store):
-        async with store._tx() as conn:
-
-            def compare(sync_conn):
-                return compare_metadata(MigrationContext.configure(sync_conn), metadata)
-
-            diff = await conn.run_sync(compare)
-            version = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).scalar()
+        diff, version = await store._tx(compare)
         assert diff == [], diff
         assert version == "0001"
 
