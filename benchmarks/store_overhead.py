@@ -1,6 +1,6 @@
 """The store's cost per request: authenticate, reserve, complete and read back one job on SQLite.
 
-    python benchmarks/store_overhead.py [--requests 400]
+python benchmarks/store_overhead.py [--requests 400]
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=400)
     times = asyncio.run(measure(parser.parse_args().requests))
-    print(f"store per request: median {statistics.median(times):.2f} ms, p90 {sorted(times)[int(0.9 * len(times))]:.2f} ms")
+    p90 = sorted(times)[int(0.9 * len(times))]
+    print(f"store per request: median {statistics.median(times):.2f} ms, p90 {p90:.2f} ms")
 
 
 if __name__ == "__main__":
