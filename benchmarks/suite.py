@@ -75,7 +75,7 @@ async def encoder_rate(grpc_url: str, tensors: list[np.ndarray], concurrency: in
     """Images/s through Triton with ``concurrency`` requests in flight, and each call's seconds.
 
     Each tensor is one request (its first axis the images it carries)."""
-    from maskserve.frontend.adapters.triton import TritonClient
+    from benchmarks.graphs import TritonClient
 
     client = TritonClient(grpc_url, 600, shm_slots=concurrency)
     try:

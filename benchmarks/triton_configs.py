@@ -83,9 +83,9 @@ def variant_repo(source: Path, config: Config, work: Path) -> Path:
 
 
 async def _measure(grpc_url: str, images: list[np.ndarray], concurrency: int, client_batch: int) -> dict:
+    from benchmarks.graphs import TritonClient
     from benchmarks.suite import encoder_rate
     from maskserve.core.prompts import pack_prompt
-    from maskserve.frontend.adapters.triton import TritonClient
 
     requests_ = [np.concatenate(images[i : i + client_batch]) for i in range(0, len(images), client_batch)]
     rate, latencies = await encoder_rate(grpc_url, requests_, concurrency)

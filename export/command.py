@@ -33,6 +33,7 @@ class ExportRequest:
     target: str = "cpu"
     version: int | None = None
     cpu: repository.CpuRuntime = repository.CpuRuntime()
+    session: repository.SessionSettings = repository.SessionSettings()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +68,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="default: bf16 with openvino, fp32 with onnxruntime",
     )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per model instance")
+    parser.add_argument(
+        "--session-cache-mib",
+        type=int,
+        default=repository.SessionSettings().cache_bytes >> 20,
+        help="image embeddings the session model keeps per version, MiB (fp16: 8 MiB an image)",
+    )
+    parser.add_argument(
+        "--session-storage",
+        choices=("fp16", "fp32"),
+        default="fp16",
+        help="precision the session model keeps embeddings in",
+    )
 
 
 def request_from_args(args: argparse.Namespace) -> ExportRequest:
@@ -82,6 +95,8 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
         cpu.decoder.validate()
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
+    if args.session_cache_mib < 1:
+        raise ExportError("--session-cache-mib must be at least 1")
     return ExportRequest(
         model=args.model,
         out=args.out,
@@ -93,6 +108,7 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
         target=args.target,
         version=args.version,
         cpu=cpu,
+        session=repository.SessionSettings(args.session_cache_mib << 20, args.session_storage),
     )
 
 
@@ -117,7 +133,7 @@ def _load_weights(req: ExportRequest):
 
 
 def run_export(req: ExportRequest) -> int:
-    """Export both graphs as one new version; returns the version number."""
+    """Export both graphs and the session model as one new version; returns the version number."""
     from maskserve.export.onnx_export import OPSET, export_decoder, export_encoder
 
     try:
@@ -126,7 +142,7 @@ def run_export(req: ExportRequest) -> int:
         raise ExportError(str(exc)) from exc
     req.out.mkdir(parents=True, exist_ok=True)
     version = req.version if req.version is not None else repository.next_version(req.out)
-    for name in sig.SIGNATURES:
+    for name in sig.LIFECYCLE_MODELS:
         if (req.out / name / str(version)).exists():
             raise ExportError(f"{req.out / name / str(version)} already exists")
     manifest = {
@@ -145,6 +161,7 @@ def run_export(req: ExportRequest) -> int:
         export_decoder(model, work / "decoder.onnx")
         for name, path in ((sig.ENCODER_MODEL, "encoder.onnx"), (sig.DECODER_MODEL, "decoder.onnx")):
             repository.write_version(req.out, name, version, work / path, req.target, manifest, req.cpu)
+        repository.write_session_version(req.out, version, req.target, manifest, req.session)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return version

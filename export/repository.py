@@ -19,6 +19,7 @@ from maskserve.core import signatures as sig
 from maskserve.export.checkpoints import sha256_of
 
 BACKEND_SOURCE = Path(__file__).with_name("backend") / "model.py"
+SESSION_SOURCE = Path(__file__).with_name("backend") / "session.py"
 TARGETS = ("cpu", "gpu")
 
 
@@ -85,10 +86,24 @@ GPU_BATCHING = {
 }
 
 
+@dataclass(frozen=True)
+class SessionSettings:
+    """The session model's store: its bound (per version) and the precision it keeps embeddings in.
+
+    fp16 halves an image's embeddings to 8 MiB with masks that agree with fp32
+    storage at IoU >= 0.99 (tests/integration/test_session.py); 1 GiB holds 128 images.
+    """
+
+    cache_bytes: int = 1 << 30
+    storage: str = "fp16"
+
+
 def _tensor_block(kind: str, specs: tuple[sig.TensorSpec, ...]) -> str:
     entries = []
     for spec in specs:
         lines = [f'    name: "{spec.name}"', f"    data_type: TYPE_{spec.triton_dtype}"]
+        if spec.optional:
+            lines.append("    optional: true")
         if spec.dims:
             lines.append(f"    dims: [ {', '.join(str(d) for d in spec.dims)} ]")
         else:  # a per-item scalar travels as [1] and reaches the model as [B]
@@ -163,9 +178,71 @@ def render_config(
     return "\n".join(parts) + "\n"
 
 
+def render_session_config(target: str, session: SessionSettings, provenance: dict[str, str] | None = None) -> str:
+    """``config.pbtxt`` of ``sam2_session``: a decoupled python-backend model in both targets.
+
+    It is decoupled so that its ``async`` execute serves many requests at once
+    in one instance (one store per version); batching happens where it pays,
+    in the encoder's and decoder's own dynamic batchers, which it calls
+    through BLS. On the ``gpu`` target the graphs run on the GPU; the store
+    holds the embeddings in host memory in this version (see docs/TRITON.md).
+    """
+    inputs, outputs = sig.SESSION_INPUTS, sig.SESSION_OUTPUTS
+    parts = [
+        f'name: "{sig.SESSION_MODEL}"',
+        'backend: "python"',
+        "max_batch_size: 0",
+        "version_policy: { latest: { num_versions: 2 } }",
+        "model_transaction_policy { decoupled: true }",
+        _tensor_block("input", inputs),
+        _tensor_block("output", outputs),
+        "instance_group [ { count: 1 kind: KIND_CPU } ]",
+        _param("cache_bytes", str(session.cache_bytes)),
+        _param("storage", session.storage),
+        _param("preprocess_threads", "2" if target == "cpu" else "4"),
+    ]
+    for key, value in (provenance or {}).items():
+        parts.append(_param(f"maskserve_{key}", value.replace('"', "'")))
+    return "\n".join(parts) + "\n"
+
+
+def write_session_version(
+    out: Path, version: int, target: str, manifest: dict, session: SessionSettings | None = None
+) -> Path:
+    """Install the session model as ``<out>/sam2_session/<version>`` and (re)write its config."""
+    session = session or SessionSettings()
+    model_dir = out / sig.SESSION_MODEL
+    version_dir = model_dir / str(version)
+    if version_dir.exists():
+        raise FileExistsError(f"{version_dir} already exists; export a new version instead")
+    staging = model_dir / f".{version}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copyfile(SESSION_SOURCE, staging / "model.py")
+    full_manifest = {
+        **manifest,
+        "triton_model": sig.SESSION_MODEL,
+        "version": version,
+        "target": target,
+        "session": {"cache_bytes": session.cache_bytes, "storage": session.storage},
+        "inputs": [spec.__dict__ for spec in sig.SESSION_INPUTS],
+        "outputs": [spec.__dict__ for spec in sig.SESSION_OUTPUTS],
+    }
+    (staging / "manifest.json").write_text(json.dumps(full_manifest, indent=2) + "\n")
+    staging.rename(version_dir)
+    _write_config(model_dir, render_session_config(target, session, repository_provenance(model_dir)))
+    return version_dir
+
+
+def _write_config(model_dir: Path, text: str) -> None:
+    tmp = model_dir / "config.pbtxt.tmp"
+    tmp.write_text(text)
+    tmp.replace(model_dir / "config.pbtxt")
+
+
 def existing_versions(out: Path) -> list[int]:
     versions: set[int] = set()
-    for model in sig.SIGNATURES:
+    for model in sig.LIFECYCLE_MODELS:
         model_dir = out / model
         if model_dir.is_dir():
             versions.update(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
@@ -210,10 +287,7 @@ def write_version(
     }
     (staging / "manifest.json").write_text(json.dumps(full_manifest, indent=2) + "\n")
     staging.rename(version_dir)  # a version appears whole or not at all
-    config = render_config(model, target, cpu, provenance=repository_provenance(model_dir))
-    tmp = model_dir / "config.pbtxt.tmp"
-    tmp.write_text(config)
-    tmp.replace(model_dir / "config.pbtxt")
+    _write_config(model_dir, render_config(model, target, cpu, provenance=repository_provenance(model_dir)))
     return version_dir
 
 

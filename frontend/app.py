@@ -14,8 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from maskserve.frontend.adapters.backends import build_backends
-from maskserve.frontend.adapters.cache import EmbeddingCache
-from maskserve.frontend.adapters.triton import TritonClient
+from maskserve.frontend.adapters.model_tier import ModelTier
 from maskserve.frontend.config import Settings
 from maskserve.frontend.domain import ACTIVE_MODEL_VERSION, Failure
 from maskserve.frontend.errors import InferenceUnavailable
@@ -95,17 +94,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     stale = await store.fail_stale_processing(Failure.RESTARTED, STALE_AFTER_S if settings.shared else 0.0)
     if stale:
         log.warning("refunded %d jobs left processing by a previous run", stale)
-    triton = (
-        app[TRITON]
-        if TRITON in app
-        else TritonClient(settings.triton_url, settings.triton_timeout_s, settings.triton_shm_slots)
-    )
+    triton = app[TRITON] if TRITON in app else ModelTier(settings.triton_urls, settings.triton_timeout_s, app[METRICS])
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="maskserve-cpu", initializer=_yield_to_models)
     jobs = ImageJobs(
         settings,
         store,
         triton,
-        EmbeddingCache(settings.cache_bytes),
         backends.files,
         backends.signer,
         executor,

@@ -53,14 +53,17 @@ class Settings:
         "database, readable by every frontend); `auto` = `database` with a database URL, else `local`",
         choices=FILES_BACKENDS,
     )
-    triton_url: str = setting("127.0.0.1:8001", "Triton gRPC address, HOST:PORT")
+    triton_url: str = setting(
+        "127.0.0.1:8001",
+        "Triton gRPC address HOST:PORT, or several separated by commas: each image goes to one replica by "
+        "rendezvous hashing of its digest (the same one from every frontend)",
+    )
     public_url: str = setting("", "base of output URLs (empty: the request's own scheme and host)")
     max_upload_bytes: int = setting(25 * MB, "largest uploaded file", min=1, shown="25 MiB")
     max_pixels: int = setting(40_000_000, "largest image, in pixels", min=1)
     max_batch: int = setting(50, "files per batch", min=1, max=50)
     url_ttl_s: int = setting(3600, "lifetime of output links, seconds", min=1)
     sweep_interval_s: float = setting(60.0, "how often expired files are deleted, seconds", min=0.01)
-    cache_bytes: int = setting(512 * MB, "image embeddings kept in memory, bytes", min=0, shown="512 MiB")
     triton_timeout_s: float = setting(60.0, "deadline of one Triton call, seconds", min=0.1)
     rate_single_per_min: int = setting(
         60, "single-image requests per key and minute", env="MASKSERVE_RATE_SINGLE", min=1
@@ -70,9 +73,6 @@ class Settings:
         600, "job and account lookups per key and minute", env="MASKSERVE_RATE_READ", min=1
     )
     inflight_images: int = setting(16, "images decoded or encoded at once per process", min=1)
-    triton_shm_slots: int = setting(
-        8, "shared-memory slots of 32 MiB for tensors to a Triton on loopback (0 = plain gRPC)", min=0, max=64
-    )
     max_admitted_images: int = setting(
         100, "images accepted and not yet answered per process; more get a fast 503", min=1
     )
@@ -82,6 +82,10 @@ class Settings:
     def __post_init__(self) -> None:
         for f in fields(self):
             _check(f, getattr(self, f.name))
+        for url in self.triton_urls or [""]:
+            host, _, port = url.rpartition(":")
+            if not host or not port.isdigit():
+                raise SettingsError(f"MASKSERVE_TRITON_URL: {url!r} is not HOST:PORT")
 
     @property
     def database_path(self) -> Path:
@@ -94,6 +98,10 @@ class Settings:
     @property
     def secret_path(self) -> Path:
         return self.data_dir / "signing.key"
+
+    @property
+    def triton_urls(self) -> list[str]:
+        return [url.strip() for url in self.triton_url.split(",") if url.strip()]
 
     @property
     def shared(self) -> bool:

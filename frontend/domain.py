@@ -161,15 +161,15 @@ class RateDecision:
         }
 
 
-@dataclass(frozen=True)
-class Embeddings:
-    image_embed: np.ndarray  # [1,256,64,64]
-    high_res_feats_0: np.ndarray  # [1,32,256,256]
-    high_res_feats_1: np.ndarray  # [1,64,128,128]
+@dataclass
+class Segmentation:
+    """The model tier's answer to one prompt."""
 
-    @property
-    def nbytes(self) -> int:
-        return self.image_embed.nbytes + self.high_res_feats_0.nbytes + self.high_res_feats_1.nbytes
+    needs_image: bool = False  # the replica does not hold the image's embeddings
+    rejected: str = ""  # why the model tier could not read the image ("" when it could)
+    logits: np.ndarray | None = None  # [256, 256] float32 logits of the chosen mask
+    score: float = 0.0  # its predicted IoU
+    encoded: bool = False  # the image's bytes were sent, and the encoder ran
 
 
 @dataclass(frozen=True)

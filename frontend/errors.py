@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from maskserve.core.images import ImageRejected
+
 
 class ApiError(Exception):
     status = 500
@@ -94,28 +96,12 @@ class ValidationFailed(ApiError):
         return {"detail": [e.as_dict() for e in self.errors]}
 
 
-class ImageRejected(Exception):
-    """An uploaded file is not an image we process; carries its form field and the status it maps to.
-
-    Raised by the imaging layer (no HTTP there); services convert it into a 413
-    or 422 for a single request, or into the failed item of a batch.
-    """
-
-    def __init__(self, field: str, message: str, too_large: bool = False) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-        self.too_large = too_large
-
-    def to_api_error(self) -> ApiError:
-        if self.too_large:
-            return PayloadTooLarge(self.message)
-        return ValidationFailed.one("body", self.field, self.message)
+def rejection(exc: ImageRejected) -> ApiError:
+    """An image the imaging code refused, as the contract's 413 (too large) or 422 (naming its field)."""
+    if exc.too_large:
+        return PayloadTooLarge(exc.message)
+    return ValidationFailed.one("body", exc.field, exc.message)
 
 
 class InferenceUnavailable(RuntimeError):
     """Triton (or one of its models) cannot be reached or is not ready: 503, never charged."""
-
-
-class SharedMemoryLost(InferenceUnavailable):
-    """Triton no longer knows our shared-memory regions (it restarted): register them again."""

@@ -32,8 +32,18 @@ class Metrics:
         )
         self.credits = Counter("maskserve_credits_charged", "Credits charged for completed images", registry=r)
         self.images = Counter("maskserve_images", "Images processed by outcome", ["kind", "status"], registry=r)
-        self.cache = Counter("maskserve_embedding_cache", "Embedding cache lookups", ["result"], registry=r)
-        self.cache_bytes = Gauge("maskserve_embedding_cache_bytes", "Bytes of embeddings held", registry=r)
+        self.encodes = Counter(
+            "maskserve_model_tier_encodes",
+            "Prompts by whether the model tier had to receive and encode the image (yes) or held it (no)",
+            ["encoded"],
+            registry=r,
+        )
+        self.wire = Counter(
+            "maskserve_model_tier_bytes",
+            "Tensor payload bytes exchanged with the model tier",
+            ["direction"],
+            registry=r,
+        )
         self.triton = Histogram(
             "maskserve_triton_call_seconds",
             "Triton call latency by model",

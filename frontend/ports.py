@@ -2,7 +2,7 @@
 
 ``Store`` (accounts, the credit ledger, jobs, service state), ``OutputFiles``
 (where output images live), ``RateCounter`` (the shared rate-limit window) and
-``InferenceClient`` (the two models). Services and handlers are typed against
+``InferenceClient`` (the model tier). Services and handlers are typed against
 these, so a fake can stand in for the unit tier and every real adapter is
 checked against the same contract by mypy.
 """
@@ -12,18 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
-
+from maskserve.core.prompts import PackedPrompt
 from maskserve.frontend.domain import (
     ApiKey,
     Completion,
-    Embeddings,
     Job,
     ModelInfo,
     NewJob,
     RateBucket,
     RateDecision,
     RateWindow,
+    Segmentation,
 )
 
 
@@ -94,17 +93,15 @@ class RateLimits(Protocol):
 
 
 class InferenceClient(Protocol):
-    """The two models in Triton; every failure to reach them is ``InferenceUnavailable``."""
+    """The model tier (``sam2_session`` on one or several Triton replicas).
 
-    async def encode(self, image: np.ndarray, version: str = "") -> Embeddings: ...
-    async def decode(
-        self,
-        emb: Embeddings,
-        point_coords: np.ndarray,
-        point_labels: np.ndarray,
-        mask_input: np.ndarray | None = None,
-        version: str = "",
-    ) -> tuple[np.ndarray, np.ndarray]: ...
+    Every failure to reach it is ``InferenceUnavailable``.
+    """
+
+    async def segment(self, digest: str, image: bytes, prompt: PackedPrompt, version: str) -> Segmentation:
+        """One prompt's mask; ``image`` travels only when the replica does not hold the embeddings."""
+        ...
+
     async def latest_ready_version(self) -> str: ...
     async def model_info(self, version: str) -> list[ModelInfo]: ...
     async def close(self) -> None: ...

@@ -23,16 +23,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from maskserve.core.masks import select_mask
-from maskserve.core.prompts import is_multimask, pack_prompt
+from maskserve.core.images import ImageRejected
+from maskserve.core.prompts import PackedPrompt, is_multimask, pack_prompt
 from maskserve.frontend import imaging
-from maskserve.frontend.adapters.cache import EmbeddingCache
 from maskserve.frontend.config import Settings
 from maskserve.frontend.domain import (
     UPLOADED_MASK,
     ApiKey,
     Completion,
-    Embeddings,
     Failure,
     Job,
     JobKind,
@@ -43,11 +41,11 @@ from maskserve.frontend.domain import (
 from maskserve.frontend.errors import (
     ApiError,
     FieldError,
-    ImageRejected,
     InferenceUnavailable,
     InsufficientCredits,
     Unavailable,
     ValidationFailed,
+    rejection,
 )
 from maskserve.frontend.metrics import Metrics
 from maskserve.frontend.ports import InferenceClient, OutputFiles, Store
@@ -93,7 +91,7 @@ class Item:
 class _Prepared:
     job: NewJob
     item: Item
-    decoded: imaging.DecodedImage | None  # None: only the header was read (embeddings cached)
+    decoded: imaging.DecodedImage | None  # None: only the header was read (the model tier decodes)
     width: int
     height: int
     digest: str
@@ -140,7 +138,6 @@ class ImageJobs:
         settings: Settings,
         store: Store,
         triton: InferenceClient,
-        cache: EmbeddingCache,
         files: OutputFiles,
         signer: UrlSigner,
         executor: Executor | None = None,
@@ -149,7 +146,6 @@ class ImageJobs:
         self.settings = settings
         self.store = store
         self.triton = triton
-        self.cache = cache
         self.files = files
         self.signer = signer
         self._executor = executor
@@ -173,7 +169,7 @@ class ImageJobs:
         return self.models
 
     async def model_version(self) -> str:
-        """The version a new request uses for all its Triton calls (and its cache key)."""
+        """The version a new request uses for all its calls (the model tier keeps embeddings per version)."""
         if self.models is None or (self.pinned_version and self.models[0].version != self.pinned_version):
             try:
                 await self.refresh_models()
@@ -184,11 +180,17 @@ class ImageJobs:
 
     # --- preparation: everything that can be refused before credits move --
 
-    def _decode(self, kind: JobKind, item: Item, prompt: Prompt | None, version: str) -> _Prepared:
+    def _decode(self, kind: JobKind, item: Item, prompt: Prompt | None) -> _Prepared:
+        """Check the upload; decode its pixels only when this frontend needs them (a cut-out).
+
+        For segmentation the header is enough here (format, size, orientation,
+        the pixel limit): the model tier decodes the image, and only when it
+        does not hold the image's embeddings already.
+        """
         limit = self.settings.max_pixels
         digest = hashlib.sha256(item.image.data).hexdigest()
         decoded = None
-        if kind is JobKind.SEGMENTATION and self.cache.contains(digest, version):
+        if kind is JobKind.SEGMENTATION:
             width, height = imaging.probe_image(item.image.data, limit, what=item.image.field)
         else:
             decoded = imaging.decode_image(item.image.data, limit, what=item.image.field)
@@ -207,40 +209,31 @@ class ImageJobs:
         )
         return _Prepared(job, item, decoded, width, height, digest, mask)
 
-    async def _prepare(self, kind: JobKind, item: Item, prompt: Prompt | None, version: str) -> _Prepared:
+    async def _prepare(self, kind: JobKind, item: Item, prompt: Prompt | None) -> _Prepared:
         try:
-            return await self._cpu(self._decode, kind, item, prompt, version)
+            return await self._cpu(self._decode, kind, item, prompt)
         except ImageRejected as exc:
-            raise exc.to_api_error() from None
+            raise rejection(exc) from None
 
     # --- running one reserved image ---------------------------------------
 
-    async def _embeddings(self, prep: _Prepared, version: str) -> Embeddings:
-        async def compute() -> Embeddings:
-            if prep.decoded is None:  # evicted since the header check; the bytes are known good
-                prep.decoded = await self._cpu(imaging.decode_image, prep.item.image.data, self.settings.max_pixels)
-            tensor = await self._cpu(imaging.preprocess, prep.decoded.rgb)
-            with self.metrics.triton.labels("encoder").time():
-                return await self.triton.encode(tensor, version)
-
-        embeddings, hit = await self.cache.get_or_compute(prep.digest, version, compute)
-        self.metrics.cache.labels("hit" if hit else "miss").inc()
-        self.metrics.cache_bytes.set(self.cache.size_bytes)
-        return embeddings
-
     async def _segment(self, prep: _Prepared, prompt: Prompt | None, version: str) -> np.ndarray:
-        """The chosen mask's 256x256 logits for this prompt."""
+        """The chosen mask's 256x256 logits for this prompt, from the model tier."""
         if prompt is None:
             raise ValueError("segmenting needs a prompt")
         width, height = prep.width, prep.height
-        embeddings = await self._embeddings(prep, version)
         points = None if prompt.points is None else imaging.to_model_frame(prompt.points, width, height)
         box = None if prompt.box is None else imaging.to_model_frame(prompt.box, width, height).reshape(4)
         coords, labels = pack_prompt(points, prompt.labels, box)
-        with self.metrics.triton.labels("decoder").time():
-            masks, iou = await self.triton.decode(embeddings, coords, labels, version=version)
-        logits, _ = select_mask(masks, iou, is_multimask(prompt.points, prompt.box))
-        return logits
+        packed = PackedPrompt(coords, labels, None, is_multimask(prompt.points, prompt.box))
+        with self.metrics.triton.labels("session").time():
+            answer = await self.triton.segment(prep.digest, prep.item.image.data, packed, version)
+        self.metrics.encodes.labels("yes" if answer.encoded else "no").inc()
+        if answer.rejected:
+            raise ImageRejected(prep.item.image.field, answer.rejected)
+        if answer.logits is None:
+            raise InferenceUnavailable("the model tier answered without a mask")
+        return answer.logits
 
     def _render(
         self, kind: JobKind, prep: _Prepared, logits: np.ndarray | None, opts: ExtractionOptions | None
@@ -259,11 +252,11 @@ class ImageJobs:
 
     async def _run(
         self, kind: JobKind, prep: _Prepared, prompt: Prompt | None, opts: ExtractionOptions | None, version: str
-    ) -> tuple[Job, Failure | None]:
+    ) -> tuple[Job, Failure | ImageRejected | None]:
         """Run one reserved image to its end: completed and charged, or failed and refunded (and why)."""
         started = time.perf_counter()
         job_id = prep.job.id
-        failure: Failure | None = None
+        failure: Failure | ImageRejected | None = None
         try:
             async with self._slots:
                 logits = None if prep.mask is not None else await self._segment(prep, prompt, version)
@@ -286,6 +279,9 @@ class ImageJobs:
             log.warning("job %s: %s", job_id, exc)
             failure = Failure.UNAVAILABLE
             await self.store.fail_job(job_id, failure)
+        except ImageRejected as exc:  # the model tier could not read the pixels the header promised
+            failure = exc
+            await self.store.fail_job(job_id, exc.message)
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
                 log.exception("job %s failed", job_id)
@@ -312,12 +308,14 @@ class ImageJobs:
         self, key: ApiKey, kind: JobKind, item: Item, prompt: Prompt | None, opts: ExtractionOptions | None
     ) -> Job:
         version = await self.model_version() if item.mask is None else UPLOADED_MASK
-        prep = await self._prepare(kind, item, prompt, version)
+        prep = await self._prepare(kind, item, prompt)
         if not (await self.store.reserve_jobs(key.id, None, [prep.job]))[0]:
             raise InsufficientCredits()
         job, failure = await self._run(kind, prep, prompt, opts, version)
         if failure is Failure.UNAVAILABLE:
             raise Unavailable(failure)
+        if isinstance(failure, ImageRejected):
+            raise rejection(failure)
         if job.status is not JobStatus.COMPLETED:
             raise ApiError()
         return job
@@ -343,7 +341,7 @@ class ImageJobs:
 
         async def prepare(item: Item) -> _Prepared | ApiError:
             try:
-                return await self._prepare(kind, item, prompt, version)
+                return await self._prepare(kind, item, prompt)
             except ApiError as exc:
                 return exc
 

@@ -34,7 +34,7 @@ case "${1:-}" in
   serve)
     shift
     repo=${MASKSERVE_MODEL_REPOSITORY:-model_repository}
-    if ! ls "$repo"/sam2_image_encoder/*/model.onnx >/dev/null 2>&1; then
+    if ! ls "$repo"/sam2_image_encoder/*/model.onnx "$repo"/sam2_session/*/model.py >/dev/null 2>&1; then
       if [ -n "${MASKSERVE_CHECKPOINT:-}" ]; then
         maskserve export --model "${MASKSERVE_MODEL:-sam2.1_hiera_tiny}" --checkpoint "$MASKSERVE_CHECKPOINT" --out "$repo"
       else

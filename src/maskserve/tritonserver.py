@@ -45,7 +45,7 @@ class TritonOptions:
     grpc_port: int = 8001
     http_port: int = 8000
     metrics_port: int = 8002
-    models: tuple[str, ...] = tuple(sig.SIGNATURES)
+    models: tuple[str, ...] = sig.LIFECYCLE_MODELS
     work_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "maskserve" / "triton")
     log_verbose: int = 0
 
@@ -84,7 +84,7 @@ def find_distribution() -> TritonDistribution:
     return dist
 
 
-def check_repository(repo: Path, models: tuple[str, ...] = tuple(sig.SIGNATURES)) -> None:
+def check_repository(repo: Path, models: tuple[str, ...] = sig.LIFECYCLE_MODELS) -> None:
     """Refuse early, with the command to run, when exported models are missing."""
     hint = (
         "Export them first, e.g. `maskserve export --model sam2.1_hiera_tiny "
@@ -96,9 +96,9 @@ def check_repository(repo: Path, models: tuple[str, ...] = tuple(sig.SIGNATURES)
         model_dir = repo / model
         if not (model_dir / "config.pbtxt").is_file():
             raise TritonSetupError(f"{model_dir}/config.pbtxt is missing. {hint}")
-        versions = [p for p in model_dir.iterdir() if p.name.isdigit() and (p / "model.onnx").is_file()]
+        versions = [p for p in model_dir.iterdir() if p.name.isdigit() and (p / "manifest.json").is_file()]
         if not versions:
-            raise TritonSetupError(f"{model_dir} has no exported version (model.onnx). {hint}")
+            raise TritonSetupError(f"{model_dir} has no exported version. {hint}")
 
 
 def prepare_backends(dist: TritonDistribution, work_dir: Path) -> Path:

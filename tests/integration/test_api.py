@@ -434,7 +434,7 @@ def test_health_ready_and_openapi(api):
     assert ready.status_code == 200
     body = ready.json()
     assert body["status"] == "ready" and body["random_weights"] is True
-    assert {m["name"] for m in body["models"]} == set(sig.SIGNATURES)
+    assert {m["name"] for m in body["models"]} == set(sig.LIFECYCLE_MODELS)
     assert all(
         m["weights"] == "random (seed 0)" and m["model"] == "sam2.1_hiera_tiny" and m["version"] == "1"
         for m in body["models"]
@@ -462,12 +462,10 @@ def test_metrics_move_as_requests_are_served(api, key):
     route = 'maskserve_http_requests_total{route="/v1/services/image-segmentation",status="200"}'
     assert value(after, route) == value(before, route) + 2
     assert value(after, "maskserve_credits_charged_total") == value(before, "maskserve_credits_charged_total") + 2
-    assert (
-        value(after, 'maskserve_embedding_cache_total{result="hit"}')
-        >= value(before, 'maskserve_embedding_cache_total{result="hit"}') + 1
-    )
-    assert (
-        value(after, 'maskserve_triton_call_seconds_count{model="decoder"}')
-        == value(before, 'maskserve_triton_call_seconds_count{model="decoder"}') + 2
-    )
+    held = 'maskserve_model_tier_encodes_total{encoded="no"}'
+    assert value(after, held) == value(before, held) + 1  # the second prompt found the image in the model tier
+    calls = 'maskserve_triton_call_seconds_count{model="session"}'
+    assert value(after, calls) == value(before, calls) + 2
+    sent = 'maskserve_model_tier_bytes_total{direction="sent"}'
+    assert len(photo) < value(after, sent) - value(before, sent) < len(photo) + 4096  # the image once, then prompts
     assert value(after, "maskserve_event_loop_lag_seconds_count") > 0

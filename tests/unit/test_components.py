@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
-import numpy as np
 import pytest
 from multidict import MultiDict
 
-from maskserve.frontend.adapters.cache import EmbeddingCache
 from maskserve.frontend.adapters.ratelimit import RateLimiter
 from maskserve.frontend.config import Settings, SettingsError, settings_table
-from maskserve.frontend.domain import Embeddings, JobKind, RateBucket
+from maskserve.frontend.domain import JobKind, RateBucket
 from maskserve.frontend.errors import Forbidden, Unavailable, ValidationFailed
 from maskserve.frontend.http.parsing import check_query, parse_extraction_options, parse_prompt
 from maskserve.frontend.services import Admission
@@ -84,42 +80,6 @@ async def test_rate_window_slides():
     assert (await limiter.check("other", RateBucket.SINGLE)).allowed
 
 
-def _embeddings(nbytes: int) -> Embeddings:
-    one = np.zeros(nbytes // 12, np.float32)
-    return Embeddings(one, one.copy(), one.copy())
-
-
-async def test_cache_single_flight_and_lru_by_bytes():
-    cache = EmbeddingCache(max_bytes=2 * 1200)
-    calls = 0
-
-    async def compute() -> Embeddings:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.05)
-        return _embeddings(1200)
-
-    results = await asyncio.gather(*(cache.get_or_compute("a", "1", compute) for _ in range(5)))
-    assert calls == 1 and [hit for _, hit in results].count(False) == 1
-    await cache.get_or_compute("b", "1", compute)
-    await cache.get_or_compute("a", "1", compute)  # a is now the most recent
-    await cache.get_or_compute("c", "1", compute)  # evicts b
-    assert cache.contains("a", "1") and cache.contains("c", "1") and not cache.contains("b", "1")
-    assert cache.size_bytes <= cache.max_bytes and calls == 3
-    assert not cache.contains("a", "2"), "keyed by model version too"
-
-
-async def test_a_failed_computation_is_not_cached_and_waiters_see_it():
-    cache = EmbeddingCache(10_000)
-
-    async def broken() -> Embeddings:
-        await asyncio.sleep(0.01)
-        raise RuntimeError("encoder failed")
-
-    outcomes = await asyncio.gather(*(cache.get_or_compute("x", "1", broken) for _ in range(3)), return_exceptions=True)
-    assert all(isinstance(o, RuntimeError) for o in outcomes) and len(cache) == 0
-
-
 def test_signed_links():
     signer = UrlSigner(b"k" * 32, ttl_s=60)
     expires = signer.expiry(now=1000)
@@ -158,3 +118,10 @@ def test_the_documented_settings_table_is_generated_from_the_settings():
 
 def test_kinds_cost_what_the_contract_says():
     assert (JobKind.SEGMENTATION.cost, JobKind.EXTRACTION.cost) == (1, 2)
+
+
+def test_several_triton_urls_are_one_setting():
+    settings = Settings.from_env({"MASKSERVE_TRITON_URL": "10.0.0.1:8001, 10.0.0.2:8001"})
+    assert settings.triton_urls == ["10.0.0.1:8001", "10.0.0.2:8001"]
+    with pytest.raises(SettingsError, match="not HOST:PORT"):
+        Settings(triton_url="triton")

@@ -79,9 +79,11 @@ async def test_segmentation_is_charged_once_and_its_mask_is_served(client, new_k
     assert pixels.shape == (480, 640) and pixels[240, 320] == 255 and pixels[10, 10] == 0
     store = client.app[STORE]
     assert (await store.get_key(key_id)).credits == 2 == await store.ledger_sum(key_id)
-    # the second prompt on the same image reuses the embeddings
+    # the second prompt on the same image reuses the embeddings the model tier holds
     await client.post(f"{SEG}?points={POINT}", data=form(), headers=auth(secret))
     assert fake.encodes == 1 and fake.decodes == 2
+    metrics = await (await client.get("/metrics")).text()
+    assert 'maskserve_model_tier_encodes_total{encoded="no"} 1.0' in metrics
 
 
 @pytest.mark.parametrize(
@@ -126,6 +128,19 @@ async def test_429_with_retry_after(make_client, tmp_path):
     assert statuses == [400, 400, 429]
     limited = await client.post(SEG, data=form(), headers=auth(secret))
     assert limited.headers["Retry-After"] and limited.headers["X-RateLimit-Remaining"] == "0"
+
+
+async def test_an_image_the_model_tier_cannot_read_is_422_and_refunded(client, new_key, fake):
+    key_id, secret = await new_key(3)
+    fake.reject = "image is truncated or corrupt: broken data stream"
+    response = await client.post(f"{SEG}?points={POINT}", data=form(), headers=auth(secret))
+    assert response.status == 422
+    assert (await response.json())["detail"][0] == {
+        "loc": ["body", "file"],
+        "msg": "image is truncated or corrupt: broken data stream",
+        "type": "value_error",
+    }
+    assert (await client.app[STORE].get_key(key_id)).credits == 3 == await client.app[STORE].ledger_sum(key_id)
 
 
 async def test_extraction_with_an_uploaded_mask_needs_no_model(client, new_key, fake):

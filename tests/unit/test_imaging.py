@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from maskserve.core import images
+from maskserve.core.images import ImageRejected
 from maskserve.core.signatures import PIXEL_MEAN, PIXEL_STD
 from maskserve.frontend import imaging
-from maskserve.frontend.errors import ImageRejected
 from tests.helpers import image_bytes
 
 
@@ -28,7 +29,7 @@ def _torch_preprocess(rgb: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("size", [(1080, 1920), (300, 200), (1024, 1024)])
 def test_preprocess_matches_sam2_transforms(size):
     rgb = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
-    ours = imaging.preprocess(rgb)
+    ours = images.preprocess(rgb)
     want = _torch_preprocess(rgb)
     assert ours.shape == (1, 3, 1024, 1024) and ours.dtype == np.float32
     # the resize output is rounded to 8 bits: at most one grey level, 1/255/0.225 after normalising

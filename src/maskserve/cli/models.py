@@ -76,7 +76,7 @@ def apply_versions(client: grpcclient.InferenceServerClient, model: str, version
 
 def wait_ready(client: grpcclient.InferenceServerClient, version: str, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
-    while not all(client.is_model_ready(m, version) for m in sig.SIGNATURES):
+    while not all(client.is_model_ready(m, version) for m in sig.LIFECYCLE_MODELS):
         if time.monotonic() > deadline:
             raise RuntimeError(f"version {version} not READY after {timeout:.0f} s")
         time.sleep(0.5)
@@ -117,7 +117,7 @@ def run_models(args: argparse.Namespace) -> int:
             return 0
         version = args.version
         if args.models_command == "load":
-            for model in sig.SIGNATURES:
+            for model in sig.LIFECYCLE_MODELS:
                 apply_versions(client, model, loaded_versions(client, model) | {version})
             wait_ready(client, version)
             print(f"version {version} loaded")
@@ -126,12 +126,12 @@ def run_models(args: argparse.Namespace) -> int:
             if _state(settings) == version:
                 print(f"version {version} is active; promote another version first", file=sys.stderr)
                 return 1
-            for model in sig.SIGNATURES:
+            for model in sig.LIFECYCLE_MODELS:
                 apply_versions(client, model, loaded_versions(client, model) - {version})
             print(f"version {version} unloaded")
             return 0
         # promote
-        for model in sig.SIGNATURES:
+        for model in sig.LIFECYCLE_MODELS:
             apply_versions(client, model, loaded_versions(client, model) | {version})
         wait_ready(client, version)
         warm_up(client, version)
@@ -139,7 +139,7 @@ def run_models(args: argparse.Namespace) -> int:
         _state(settings, version)
         print(f"traffic switched to version {version} (was {previous or 'the newest loaded'}); draining", flush=True)
         time.sleep(args.drain_seconds)
-        for model in sig.SIGNATURES:
+        for model in sig.LIFECYCLE_MODELS:
             apply_versions(client, model, {version})
         print(f"version {version} promoted; other versions unloaded")
         return 0

@@ -8,6 +8,8 @@ also label -1, which the exported decoder ignores.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from maskserve.core.signatures import (
@@ -21,6 +23,21 @@ from maskserve.core.signatures import (
 
 class PromptTooLarge(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class PackedPrompt:
+    """One object's prompt as the model tier takes it (model frame, fixed slots)."""
+
+    point_coords: np.ndarray  # [DECODER_POINTS, 2] float32
+    point_labels: np.ndarray  # [DECODER_POINTS] int32
+    mask_input: np.ndarray | None  # [1, 256, 256] float32 logits of an earlier mask, or None
+    multimask: bool
+
+    @property
+    def nbytes(self) -> int:
+        extra = 0 if self.mask_input is None else int(self.mask_input.nbytes)
+        return int(self.point_coords.nbytes + self.point_labels.nbytes) + 1 + extra
 
 
 def pack_prompt(

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 ENCODER_MODEL = "sam2_image_encoder"
 DECODER_MODEL = "sam2_prompt_decoder"
+SESSION_MODEL = "sam2_session"
+"""The model the frontends call: embeddings kept next to the two graphs (python backend, BLS)."""
 
 IMAGE_SIZE = 1024
 EMBED_SIZE = 64
@@ -43,12 +45,13 @@ class TensorSpec:
     """A tensor as Triton sees it: ``dims`` exclude the batch dimension."""
 
     name: str
-    dtype: str  # numpy dtype name
+    dtype: str  # numpy dtype name, or "bytes"
     dims: tuple[int, ...]
+    optional: bool = False
 
     @property
     def triton_dtype(self) -> str:
-        return {"float32": "FP32", "int32": "INT32", "float16": "FP16"}[self.dtype]
+        return {"float32": "FP32", "int32": "INT32", "float16": "FP16", "bool": "BOOL", "bytes": "STRING"}[self.dtype]
 
 
 ENCODER_INPUTS = (TensorSpec("image", "float32", (3, IMAGE_SIZE, IMAGE_SIZE)),)
@@ -73,3 +76,21 @@ SIGNATURES: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
     ENCODER_MODEL: (ENCODER_INPUTS, ENCODER_OUTPUTS),
     DECODER_MODEL: (DECODER_INPUTS, DECODER_OUTPUTS),
 }
+
+SESSION_INPUTS = (
+    TensorSpec("digest", "bytes", (1,)),  # SHA-256 (hex) of the image as uploaded
+    TensorSpec("image", "bytes", (1,), optional=True),  # the upload itself, only when the model asks for it
+    TensorSpec("point_coords", "float32", (DECODER_POINTS, 2)),
+    TensorSpec("point_labels", "int32", (DECODER_POINTS,)),
+    TensorSpec("mask_input", "float32", (1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE), optional=True),
+    TensorSpec("multimask", "bool", (1,)),
+)
+SESSION_OUTPUTS = (
+    TensorSpec("needs_image", "bool", (1,)),  # the embeddings are unknown here: send the image
+    TensorSpec("rejected", "bytes", (1,)),  # why the image could not be read ("" when it could)
+    TensorSpec("low_res_logits", "float32", (LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)),  # the chosen mask
+    TensorSpec("score", "float32", (1,)),  # its predicted IoU
+)
+
+LIFECYCLE_MODELS = (ENCODER_MODEL, DECODER_MODEL, SESSION_MODEL)
+"""Loaded, promoted and unloaded together: version N of the session calls version N of the graphs."""

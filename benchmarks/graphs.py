@@ -1,12 +1,10 @@
-"""The Triton adapter: the two models over gRPC (``tritonclient.grpc.aio``).
+"""The two graphs over gRPC, tensors and all: the model-level benchmarks' client.
 
-Tensor names come from ``maskserve.core.signatures``; nothing else in the
-frontend knows them. Inference calls have the configured deadline and
-metadata calls a 5 s one; any failure to reach the server or a model surfaces
-as ``InferenceUnavailable``, so services answer 503 and never charge. With a
-Triton on loopback, tensors go through registered shared memory; when Triton
-no longer knows a region (it restarted), the call is retried over plain gRPC
-and the regions are registered again on the next call.
+The service never sends embeddings over the wire (the session model keeps them
+next to the graphs); this client does, on purpose, to measure the encoder's and
+the decoder's own throughput through Triton. With a Triton on loopback, tensors
+go through registered shared memory so the measurement is of the models, not
+of copying 16 MiB messages.
 """
 
 from __future__ import annotations
@@ -14,16 +12,28 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
+from benchmarks.shm import ShmPool, Slot
 from maskserve.core import signatures as sig
-from maskserve.frontend.adapters.shm import ShmPool, Slot
-from maskserve.frontend.domain import Embeddings, ModelInfo
-from maskserve.frontend.errors import InferenceUnavailable, SharedMemoryLost
+from maskserve.frontend.errors import InferenceUnavailable
+
+
+class SharedMemoryLost(InferenceUnavailable):
+    """Triton no longer knows our shared-memory regions (it restarted): register them again."""
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    image_embed: np.ndarray  # [1,256,64,64]
+    high_res_feats_0: np.ndarray  # [1,32,256,256]
+    high_res_feats_1: np.ndarray  # [1,64,128,128]
+
 
 log = logging.getLogger("maskserve.triton_client")
 SLOT_BYTES = 32 * 1024 * 1024  # the image (12 MiB) plus the embeddings (16 MiB)
@@ -187,38 +197,3 @@ class TritonClient:
 
         masks, iou = await self._with_slot(shared, plain)
         return masks[0], iou[0]
-
-    async def latest_ready_version(self) -> str:
-        """The newest version both models have READY (what an unpinned request would use)."""
-        try:
-            common = None
-            for model in sig.SIGNATURES:
-                meta = await self._client.get_model_metadata(model, client_timeout=5)
-                ready = set(meta.versions)
-                common = ready if common is None else common & ready
-        except InferenceServerException as exc:
-            raise InferenceUnavailable(str(exc)) from exc
-        if not common:
-            raise InferenceUnavailable("no model version is loaded in both models")
-        return max(common, key=int)
-
-    async def model_info(self, version: str) -> list[ModelInfo]:
-        """Readiness and provenance of ``version`` of both models; raises if either is not ready."""
-        infos = []
-        try:
-            for model in sig.SIGNATURES:
-                if not await self._client.is_model_ready(model, version, client_timeout=5):
-                    raise InferenceUnavailable(f"{model} version {version} is not ready")
-                config = (await self._client.get_model_config(model, client_timeout=5)).config
-                params = {k: v.string_value for k, v in config.parameters.items()}
-                infos.append(
-                    ModelInfo(
-                        name=model,
-                        version=version,
-                        variant=params.get(f"maskserve_model_v{version}", params.get("maskserve_model", "unknown")),
-                        weights=params.get(f"maskserve_weights_v{version}", params.get("maskserve_weights", "unknown")),
-                    )
-                )
-        except InferenceServerException as exc:
-            raise InferenceUnavailable(str(exc)) from exc
-        return infos

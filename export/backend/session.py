@@ -1,0 +1,167 @@
+"""Triton python-backend model ``sam2_session``: image embeddings resident next to the models.
+
+Copied into every version directory of the ``sam2_session`` model. It is
+decoupled with an ``async`` execute, so one instance serves many requests at
+once: a prompt on a cached image is decoded while another request waits for
+its image to be encoded. For each request it takes an image digest and one
+packed prompt (plus, only when asked for, the image's bytes), finds the
+embeddings in its store or has the encoder model compute them (once per image,
+however many requests for it arrive together), calls the decoder model, picks
+the mask as SAM 2's predictor does, and answers with that mask's 256² logits
+and score. The encoder and decoder stay separate Triton models with their own
+dynamic batching; this model reaches them through BLS at its own version, so
+each version keeps its own embeddings and unloading a version frees them.
+
+Parameters (``config.pbtxt``): ``cache_bytes`` (the store's bound),
+``storage`` (``fp16`` default, or ``fp32``), ``preprocess_threads``.
+Custom metrics on Triton's metrics port: ``maskserve_session_cache_hits``,
+``…_misses``, ``…_evictions``, ``…_encodes``, ``…_bytes`` and ``…_entries``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from maskserve.core import signatures as sig
+from maskserve.core.images import encoder_input
+from maskserve.core.prompts import PackedPrompt
+from maskserve.session.engine import Outcome, SessionEngine
+from maskserve.session.store import EmbeddingStore, Entry
+
+EMBEDDINGS = tuple(spec.name for spec in sig.ENCODER_OUTPUTS)
+DECODER_OUTPUTS = tuple(spec.name for spec in sig.DECODER_OUTPUTS)
+
+
+def _param(config: dict[str, Any], key: str, default: str) -> str:
+    value = config.get("parameters", {}).get(key, {}).get("string_value")
+    return value if value not in (None, "") else default
+
+
+def _optional(request: Any, name: str) -> np.ndarray | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def _input(request: Any, name: str) -> np.ndarray:
+    found = _optional(request, name)
+    if found is None:
+        raise ValueError(f"input {name!r} is missing")
+    return found
+
+
+class _Metrics:
+    def __init__(self, model: str, version: str) -> None:
+        labels = {"model": model, "version": version}
+        self._families: list[Any] = []  # a family must outlive its metrics
+
+        def family(name: str, text: str, kind: Any) -> Any:
+            created = pb_utils.MetricFamily(name=f"maskserve_session_{name}", description=text, kind=kind)
+            self._families.append(created)
+            return created.Metric(labels=labels)
+
+        counter, gauge = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE
+        self.hits = family("cache_hits", "Prompts whose image embeddings were in the store", counter)
+        self.misses = family("cache_misses", "Prompts whose image embeddings were not in the store", counter)
+        self.evictions = family("cache_evictions", "Images evicted from the store to stay within its bound", counter)
+        self.encodes = family("encodes", "Encoder calls made by the session model", counter)
+        self.bytes = family("cache_bytes", "Bytes of embeddings held", gauge)
+        self.entries = family("cache_entries", "Images whose embeddings are held", gauge)
+        self._seen = (0, 0, 0)
+
+    def update(self, store: EmbeddingStore, encodes: int) -> None:
+        stats = store.stats
+        now = (stats.hits, stats.misses, stats.evictions)
+        for metric, new, old in zip((self.hits, self.misses, self.evictions), now, self._seen, strict=True):
+            if new > old:
+                metric.increment(new - old)
+        self._seen = now
+        self.encodes.increment(encodes)
+        self.bytes.set(store.nbytes)
+        self.entries.set(len(store))
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, Any]) -> None:
+        config = json.loads(args["model_config"])
+        self.version = int(args["model_version"])
+        self.store = EmbeddingStore(int(_param(config, "cache_bytes", str(1 << 30))), _param(config, "storage", "fp16"))
+        threads = int(_param(config, "preprocess_threads", "2"))
+        self.engine = SessionEngine(
+            self.store, encoder_input, self._encode, self._decode, ThreadPoolExecutor(threads, "preprocess")
+        )
+        self.metrics = _Metrics(config["name"], args["model_version"])
+        pb_utils.Logger.log_info(
+            f"{config['name']} v{self.version}: embedding store of {self.store.max_bytes >> 20} MiB, "
+            f"{_param(config, 'storage', 'fp16')} storage"
+        )
+
+    async def _call(self, model: str, inputs: list[Any], outputs: tuple[str, ...]) -> list[np.ndarray]:
+        request = pb_utils.InferenceRequest(
+            model_name=model, model_version=self.version, requested_output_names=list(outputs), inputs=inputs
+        )
+        response = await request.async_exec()
+        if response.has_error():
+            raise pb_utils.TritonModelException(f"{model} v{self.version}: {response.error().message()}")
+        return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs]
+
+    async def _encode(self, image: np.ndarray) -> list[np.ndarray]:
+        return await self._call(sig.ENCODER_MODEL, [pb_utils.Tensor("image", image)], EMBEDDINGS)
+
+    async def _decode(self, entry: Entry, prompt: PackedPrompt) -> tuple[np.ndarray, np.ndarray]:
+        mask = prompt.mask_input if prompt.mask_input is not None else np.zeros((1, 256, 256), np.float32)
+        inputs = [
+            pb_utils.Tensor(name, np.asarray(array, np.float32))
+            for name, array in zip(EMBEDDINGS, entry.arrays, strict=True)
+        ]
+        inputs += [
+            pb_utils.Tensor("point_coords", prompt.point_coords[None].astype(np.float32)),
+            pb_utils.Tensor("point_labels", prompt.point_labels[None].astype(np.int32)),
+            pb_utils.Tensor("mask_input", mask.reshape(1, 1, 256, 256).astype(np.float32)),
+            pb_utils.Tensor("has_mask_input", np.array([[1.0 if prompt.mask_input is not None else 0.0]], np.float32)),
+        ]
+        masks, iou = await self._call(sig.DECODER_MODEL, inputs, DECODER_OUTPUTS)
+        return masks[0], iou[0]
+
+    async def _answer(self, request: Any) -> Any:
+        digest = bytes(_input(request, "digest").reshape(-1)[0]).decode()
+        image = _optional(request, "image")
+        mask_input = _optional(request, "mask_input")
+        prompt = PackedPrompt(
+            point_coords=_input(request, "point_coords").reshape(sig.DECODER_POINTS, 2),
+            point_labels=_input(request, "point_labels").reshape(sig.DECODER_POINTS),
+            mask_input=None if mask_input is None else mask_input.reshape(1, 256, 256),
+            multimask=bool(_input(request, "multimask").reshape(-1)[0]),
+        )
+        outcome = await self.engine.segment(digest, None if image is None else bytes(image.reshape(-1)[0]), prompt)
+        self.metrics.update(self.store, int(outcome.encoded))
+        return pb_utils.InferenceResponse(output_tensors=_outputs(outcome))
+
+    async def _handle(self, request: Any) -> None:
+        sender = request.get_response_sender()
+        try:
+            response = await self._answer(request)
+        except Exception as exc:  # one failed request fails only itself
+            response = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"sam2_session: {exc}"))
+        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    async def execute(self, requests: list[Any]) -> None:
+        await asyncio.gather(*(self._handle(request) for request in requests))
+
+    def finalize(self) -> None:
+        self.store.clear()
+
+
+def _outputs(outcome: Outcome) -> list[Any]:
+    logits = outcome.logits if outcome.logits is not None else np.zeros((256, 256), np.float32)
+    return [
+        pb_utils.Tensor("needs_image", np.array([outcome.needs_image], np.bool_)),
+        pb_utils.Tensor("rejected", np.array([outcome.rejected.encode()], np.object_)),
+        pb_utils.Tensor("low_res_logits", logits),
+        pb_utils.Tensor("score", np.array([outcome.score], np.float32)),
+    ]

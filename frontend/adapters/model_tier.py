@@ -1,0 +1,203 @@
+"""The model tier over gRPC: the ``sam2_session`` model on one or several Triton replicas.
+
+Only image digests, prompts, an image's bytes (once, when the replica asks for
+them) and one mask's 256² logits cross the wire; the embeddings stay in the
+replica that computed them. ``sam2_session`` is a decoupled model (so one
+instance serves many requests at once), which Triton serves over gRPC
+streaming only: each call opens a short stream of one request and reads its
+one answer, so an error always belongs to the call that caused it.
+
+Every call has a deadline; any failure to reach a replica or a model surfaces
+as ``InferenceUnavailable`` (the services answer 503 and never charge), after
+the call has been tried on the image's other replicas in rendezvous order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
+
+from maskserve.core import signatures as sig
+from maskserve.core.prompts import PackedPrompt
+from maskserve.frontend.adapters.routing import ReplicaSet
+from maskserve.frontend.domain import ModelInfo, Segmentation
+from maskserve.frontend.errors import InferenceUnavailable
+from maskserve.frontend.metrics import Metrics
+
+MAX_MESSAGE = 64 * 1024 * 1024  # an upload is at most 25 MB
+OUTPUTS = tuple(spec.name for spec in sig.SESSION_OUTPUTS)
+
+
+def _tensor(name: str, array: np.ndarray, dtype: str) -> grpcaio.InferInput:
+    tensor = grpcaio.InferInput(name, list(array.shape), dtype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+class TritonReplica:
+    """One Triton server: the session model over streaming gRPC, readiness and provenance over unary calls."""
+
+    def __init__(self, url: str, timeout_s: float, metrics: Metrics) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._sent = metrics.wire.labels("sent")
+        self._received = metrics.wire.labels("received")
+        self._client = grpcaio.InferenceServerClient(
+            url,
+            channel_args=[
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ],
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def _inputs(self, digest: str, image: bytes | None, prompt: PackedPrompt) -> list[grpcaio.InferInput]:
+        inputs = [
+            _tensor("digest", np.array([digest.encode()], np.object_), "BYTES"),
+            _tensor("point_coords", np.ascontiguousarray(prompt.point_coords, np.float32), "FP32"),
+            _tensor("point_labels", np.ascontiguousarray(prompt.point_labels, np.int32), "INT32"),
+            _tensor("multimask", np.array([prompt.multimask], np.bool_), "BOOL"),
+        ]
+        if image is not None:
+            inputs.append(_tensor("image", np.array([image], np.object_), "BYTES"))
+        if prompt.mask_input is not None:
+            inputs.append(_tensor("mask_input", np.ascontiguousarray(prompt.mask_input, np.float32), "FP32"))
+        self._sent.inc(len(digest) + (len(image) if image is not None else 0) + prompt.nbytes)
+        return inputs
+
+    async def _ask(self, digest: str, image: bytes | None, prompt: PackedPrompt, version: str) -> Segmentation:
+        request = {
+            "model_name": sig.SESSION_MODEL,
+            "model_version": version,
+            "inputs": self._inputs(digest, image, prompt),
+            "outputs": [grpcaio.InferRequestedOutput(name) for name in OUTPUTS],
+            "request_id": uuid.uuid4().hex,
+        }
+
+        async def one() -> AsyncIterator[dict[str, Any]]:
+            yield request
+
+        stream = self._client.stream_infer(one(), stream_timeout=self.timeout_s)
+        try:
+            async with asyncio.timeout(self.timeout_s + 5):
+                async for result, error in stream:
+                    if error is not None:
+                        raise InferenceUnavailable(f"{self.url}: {error}")
+                    return self._answer(result)
+        except (InferenceServerException, grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
+            raise InferenceUnavailable(f"{self.url}: {exc}") from exc
+        finally:
+            stream.cancel()
+        raise InferenceUnavailable(f"{self.url}: the session model closed the stream without an answer")
+
+    def _answer(self, result: Any) -> Segmentation:
+        logits = result.as_numpy("low_res_logits")
+        self._received.inc(int(logits.nbytes) + 16)
+        rejected = result.as_numpy("rejected").reshape(-1)[0]
+        return Segmentation(
+            needs_image=bool(result.as_numpy("needs_image").reshape(-1)[0]),
+            rejected=rejected.decode() if isinstance(rejected, bytes) else str(rejected),
+            logits=logits.reshape(sig.LOW_RES_MASK_SIZE, sig.LOW_RES_MASK_SIZE),
+            score=float(result.as_numpy("score").reshape(-1)[0]),
+        )
+
+    async def segment(self, digest: str, image: bytes, prompt: PackedPrompt, version: str) -> Segmentation:
+        """The prompt's mask; the image's bytes travel only when this replica does not hold its embeddings."""
+        answer = await self._ask(digest, None, prompt, version)
+        if answer.needs_image:
+            answer = await self._ask(digest, image, prompt, version)
+            answer.encoded = True
+        if answer.needs_image:
+            raise InferenceUnavailable(f"{self.url}: the session model asked for the image it was given")
+        return answer
+
+    async def latest_ready_version(self) -> str:
+        """The newest version every model has READY (what an unpinned request uses)."""
+        try:
+            common: set[str] | None = None
+            for model in sig.LIFECYCLE_MODELS:
+                meta = await self._client.get_model_metadata(model, client_timeout=5)
+                ready = set(meta.versions)
+                common = ready if common is None else common & ready
+        except (InferenceServerException, grpc.aio.AioRpcError) as exc:
+            raise InferenceUnavailable(f"{self.url}: {exc}") from exc
+        if not common:
+            raise InferenceUnavailable(f"{self.url}: no model version is loaded in every model")
+        return max(common, key=int)
+
+    async def model_info(self, version: str) -> list[ModelInfo]:
+        """Readiness and provenance of ``version`` of every model; raises if one is not ready."""
+        infos = []
+        try:
+            for model in sig.LIFECYCLE_MODELS:
+                if not await self._client.is_model_ready(model, version, client_timeout=5):
+                    raise InferenceUnavailable(f"{self.url}: {model} version {version} is not ready")
+                config = (await self._client.get_model_config(model, client_timeout=5)).config
+                params = {k: v.string_value for k, v in config.parameters.items()}
+                infos.append(
+                    ModelInfo(
+                        name=model,
+                        version=version,
+                        variant=params.get(f"maskserve_model_v{version}", params.get("maskserve_model", "unknown")),
+                        weights=params.get(f"maskserve_weights_v{version}", params.get("maskserve_weights", "unknown")),
+                    )
+                )
+        except (InferenceServerException, grpc.aio.AioRpcError) as exc:
+            raise InferenceUnavailable(f"{self.url}: {exc}") from exc
+        return infos
+
+
+class ModelTier:
+    """Several Triton replicas behind one interface: each image goes to its replica by rendezvous hashing."""
+
+    def __init__(self, urls: list[str], timeout_s: float, metrics: Metrics, retry_after_s: float = 5.0) -> None:
+        self.replicas: ReplicaSet[TritonReplica] = ReplicaSet(
+            urls, lambda url: TritonReplica(url, timeout_s, metrics), retry_after_s
+        )
+
+    async def close(self) -> None:
+        for replica in self.replicas.replicas:
+            await replica.client.close()
+
+    async def segment(self, digest: str, image: bytes, prompt: PackedPrompt, version: str) -> Segmentation:
+        last: InferenceUnavailable | None = None
+        for replica in self.replicas.order(digest):
+            try:
+                answer = await replica.client.segment(digest, image, prompt, version)
+            except InferenceUnavailable as exc:
+                self.replicas.failed(replica)
+                last = exc
+                continue
+            self.replicas.succeeded(replica)
+            return answer
+        raise last or InferenceUnavailable("no Triton replica is configured")
+
+    async def _first(self, call: str, *args: str) -> Any:
+        """A metadata call on the first replica (in a fixed order) that answers."""
+        last: InferenceUnavailable | None = None
+        for replica in self.replicas.order(""):
+            try:
+                result = await getattr(replica.client, call)(*args)
+            except InferenceUnavailable as exc:
+                self.replicas.failed(replica)
+                last = exc
+                continue
+            return result
+        raise last or InferenceUnavailable("no Triton replica is configured")
+
+    async def latest_ready_version(self) -> str:
+        version: str = await self._first("latest_ready_version")
+        return version
+
+    async def model_info(self, version: str) -> list[ModelInfo]:
+        infos: list[ModelInfo] = await self._first("model_info", version)
+        return infos

@@ -1,0 +1,90 @@
+"""Image embeddings kept in a compact precision, bounded in bytes, least recently used first out."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+STORAGE_DTYPES = {"fp16": np.float16, "fp32": np.float32}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image's three embedding tensors, as stored."""
+
+    arrays: tuple[np.ndarray, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) for a in self.arrays)
+
+
+@dataclass
+class StoreStats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    inserts: int = 0
+    too_large: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class EmbeddingStore:
+    """An LRU map from image digest to embeddings, holding at most ``max_bytes``."""
+
+    def __init__(self, max_bytes: int, storage: str = "fp16") -> None:
+        if storage not in STORAGE_DTYPES:
+            raise ValueError(f"storage must be one of {sorted(STORAGE_DTYPES)}")
+        self.max_bytes = max_bytes
+        self.dtype = STORAGE_DTYPES[storage]
+        self._items: OrderedDict[str, Entry] = OrderedDict()
+        self._bytes = 0
+        self.stats = StoreStats()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._items
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def get(self, digest: str) -> Entry | None:
+        entry = self._items.get(digest)
+        if entry is None:
+            self.stats.misses += 1
+            return None
+        self._items.move_to_end(digest)
+        self.stats.hits += 1
+        return entry
+
+    def pack(self, arrays: list[np.ndarray]) -> Entry:
+        """The encoder's fp32 outputs in the storage precision (a copy the store owns)."""
+        return Entry(tuple(np.ascontiguousarray(a, dtype=self.dtype) for a in arrays))
+
+    def put(self, digest: str, entry: Entry) -> int:
+        """Keep ``entry``; evict the least recently used until it fits. Returns how many were evicted."""
+        if entry.nbytes > self.max_bytes:
+            self.stats.too_large += 1
+            return 0
+        old = self._items.pop(digest, None)
+        if old is not None:
+            self._bytes -= old.nbytes
+        self._items[digest] = entry
+        self._bytes += entry.nbytes
+        self.stats.inserts += 1
+        evicted = 0
+        while self._bytes > self.max_bytes:
+            _, dropped = self._items.popitem(last=False)
+            self._bytes -= dropped.nbytes
+            evicted += 1
+        self.stats.evictions += evicted
+        return evicted
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0

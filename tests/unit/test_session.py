@@ -1,0 +1,112 @@
+"""The model tier's session: the embedding store and the engine, with fake encoder and decoder."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from maskserve.core.images import ImageRejected, encoder_input
+from maskserve.core.prompts import PackedPrompt, pack_prompt
+from maskserve.session.engine import SessionEngine
+from maskserve.session.store import EmbeddingStore, Entry
+from tests.helpers import image_bytes
+
+SHAPES = ((1, 256, 64, 64), (1, 32, 256, 256), (1, 64, 128, 128))
+
+
+def fp32_outputs(value: float = 1.0) -> list[np.ndarray]:
+    return [np.full(shape, value, np.float32) for shape in SHAPES]
+
+
+def test_store_holds_half_the_bytes_in_fp16_and_evicts_least_recent():
+    fp32 = EmbeddingStore(10**9, "fp32").pack(fp32_outputs())
+    fp16 = EmbeddingStore(10**9, "fp16").pack(fp32_outputs())
+    assert fp32.nbytes == 16 * 2**20 and fp16.nbytes == 8 * 2**20
+    store = EmbeddingStore(2 * fp16.nbytes, "fp16")
+    store.put("a", fp16)
+    store.put("b", fp16)
+    assert store.get("a") is not None  # a is now the most recent
+    assert store.put("c", fp16) == 1
+    assert "a" in store and "c" in store and "b" not in store
+    assert store.nbytes <= store.max_bytes and store.stats.evictions == 1
+    assert store.get("b") is None and store.stats.misses == 1
+    with pytest.raises(ValueError):
+        EmbeddingStore(1, "int8")
+
+
+class Fakes:
+    def __init__(self) -> None:
+        self.encodes = 0
+        self.decodes = 0
+        self.fail = False
+
+    def preprocess(self, data: bytes) -> np.ndarray:
+        return encoder_input(data)
+
+    async def encode(self, image: np.ndarray) -> list[np.ndarray]:
+        self.encodes += 1
+        await asyncio.sleep(0.05)
+        if self.fail:
+            raise RuntimeError("encoder failed")
+        return fp32_outputs()
+
+    async def decode(self, entry: Entry, prompt: PackedPrompt) -> tuple[np.ndarray, np.ndarray]:
+        self.decodes += 1
+        masks = np.stack([np.full((256, 256), 10.0 + i, np.float32) for i in range(4)])  # all stable
+        return masks, np.array([0.5, 0.1, 0.9, 0.2], np.float32)
+
+
+def engine(fakes: Fakes, max_bytes: int = 10**9) -> SessionEngine:
+    return SessionEngine(EmbeddingStore(max_bytes), fakes.preprocess, fakes.encode, fakes.decode)
+
+
+def prompt(multimask: bool = True) -> PackedPrompt:
+    coords, labels = pack_prompt(np.array([[100.0, 100.0]]), np.array([1]), None)
+    return PackedPrompt(coords, labels, None, multimask)
+
+
+async def test_unknown_image_without_bytes_asks_for_them_then_encodes_once():
+    fakes = Fakes()
+    session = engine(fakes)
+    first = await session.segment("d1", None, prompt())
+    assert first.needs_image and fakes.encodes == 0
+    image = image_bytes(64, 48)
+    outcomes = await asyncio.gather(*(session.segment("d1", image, prompt()) for _ in range(4)))
+    assert fakes.encodes == 1 and sum(o.encoded for o in outcomes) == 1
+    assert all(o.logits is not None and o.score == pytest.approx(0.9) for o in outcomes)  # best multimask token
+    assert (await session.segment("d1", None, prompt(multimask=False))).score == pytest.approx(0.5)
+
+
+async def test_requests_without_bytes_join_an_encode_in_flight():
+    fakes = Fakes()
+    session = engine(fakes)
+    with_bytes = asyncio.ensure_future(session.segment("d2", image_bytes(64, 48), prompt()))
+    await asyncio.sleep(0.01)
+    without = await session.segment("d2", None, prompt())
+    assert not without.needs_image and (await with_bytes).encoded and fakes.encodes == 1
+
+
+async def test_a_failed_encode_reaches_every_waiter_and_is_not_kept():
+    fakes = Fakes()
+    fakes.fail = True
+    session = engine(fakes)
+    results = await asyncio.gather(
+        *(session.segment("d3", image_bytes(64, 48), prompt()) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, RuntimeError) for r in results) and fakes.encodes == 1
+    assert (await session.segment("d3", None, prompt())).needs_image
+
+
+async def test_unreadable_bytes_are_refused_not_raised():
+    session = engine(Fakes())
+    outcome = await session.segment("d4", b"not an image", prompt())
+    assert outcome.rejected.startswith("image is not a JPEG") and outcome.logits is None
+
+
+def test_encoder_input_reads_images_like_the_frontend():
+    tensor = encoder_input(image_bytes(640, 480))
+    assert tensor.shape == (1, 3, 1024, 1024) and tensor.dtype == np.float32
+    with pytest.raises(ImageRejected):
+        encoder_input(image_bytes(640, 480), max_pixels=1000)
