@@ -22,7 +22,7 @@ import requests
 
 from benchmarks.images import photo, photos
 from benchmarks.loadgen import plan, run_load
-from benchmarks.stack import rss_mb, running_stack
+from benchmarks.stack import metric, rss_mb, running_stack
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     per_round = kinds.count("new") + 2 * kinds.count("batch")
     cached = photo(1)
     rounds, statuses = [], Counter()
-    with running_stack(env={"MASKSERVE_CACHE_BYTES": str(128 * 1024 * 1024)}) as stack:
+    with running_stack(session_cache_bytes=128 * 1024 * 1024) as stack:
         deadline = time.monotonic() + 60 * args.minutes
         seed = 20_000
         while time.monotonic() < deadline:
@@ -45,12 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             seed += per_round
             summary = asyncio.run(run_load(stack.url, stack.key, kinds, args.concurrency, None, images, cached, 2))
             statuses.update(summary["errors_by_status"])
-            metrics = requests.get(f"{stack.url}/metrics", timeout=10).text
-            cache = next(
-                float(line.rsplit(" ", 1)[1])
-                for line in metrics.splitlines()
-                if line.startswith("maskserve_embedding_cache_bytes")
-            )
+            cache = metric(requests.get(stack.triton_metrics_url, timeout=10).text, "maskserve_session_cache_bytes{")
             rounds.append(
                 {
                     "t_s": round(time.monotonic() - deadline + 60 * args.minutes),

@@ -30,6 +30,7 @@ class Stack:
     grpc_url: str  # Triton
     frontend_pid: int
     repo: Path
+    triton_metrics_url: str  # Triton's Prometheus endpoint (the session model's store)
 
 
 def rss_mb(pid: int) -> float:
@@ -39,20 +40,24 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def export_default(work: Path) -> Path:
+def export_default(work: Path, session_cache_bytes: int | None = None) -> Path:
     from maskserve.export.command import ExportRequest, run_export
+    from maskserve.export.repository import SessionSettings
 
     repo = work / "model_repository"
-    run_export(ExportRequest(out=repo, random_weights=True, seed=0))
+    session = SessionSettings(cache_bytes=session_cache_bytes) if session_cache_bytes else SessionSettings()
+    run_export(ExportRequest(out=repo, random_weights=True, seed=0, session=session))
     return repo
 
 
 @contextlib.contextmanager
-def running_stack(repo: Path | None = None, env: dict[str, str] | None = None) -> Iterator[Stack]:
+def running_stack(
+    repo: Path | None = None, env: dict[str, str] | None = None, session_cache_bytes: int | None = None
+) -> Iterator[Stack]:
     from maskserve.tritonserver import TritonOptions, TritonServer
 
     work = Path(tempfile.mkdtemp(prefix="maskserve-bench-"))
-    repo = repo or export_default(work)
+    repo = repo or export_default(work, session_cache_bytes)
     opts = TritonOptions(
         model_repository=repo,
         grpc_port=free_port(),
@@ -96,10 +101,15 @@ def running_stack(repo: Path | None = None, env: dict[str, str] | None = None) -
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"frontend did not become ready; see {work / 'frontend.log'}")
                 time.sleep(0.3)
-            yield Stack(url, key, opts.grpc_url, proc.pid, repo)
+            yield Stack(url, key, opts.grpc_url, proc.pid, repo, f"http://127.0.0.1:{opts.metrics_port}/metrics")
         finally:
             proc.terminate()
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of a Prometheus metric's samples whose line starts with ``name``."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))

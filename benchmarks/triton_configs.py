@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             http_port=free_port(),
             metrics_port=free_port(),
             work_dir=work / "triton",
+            models=tuple(sig.SIGNATURES),  # the two graphs alone: this harness measures them
         )
         client_batch = min(args.client_batch, config.encoder_batch)
         with TritonServer(opts):

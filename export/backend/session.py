@@ -92,9 +92,8 @@ class TritonPythonModel:
         self.version = int(args["model_version"])
         self.store = EmbeddingStore(int(_param(config, "cache_bytes", str(1 << 30))), _param(config, "storage", "fp16"))
         threads = int(_param(config, "preprocess_threads", "2"))
-        self.engine = SessionEngine(
-            self.store, encoder_input, self._encode, self._decode, ThreadPoolExecutor(threads, "preprocess")
-        )
+        self.pool = ThreadPoolExecutor(threads, "session")
+        self.engine = SessionEngine(self.store, encoder_input, self._encode, self._decode, self.pool)
         self.metrics = _Metrics(config["name"], args["model_version"])
         pb_utils.Logger.log_info(
             f"{config['name']} v{self.version}: embedding store of {self.store.max_bytes >> 20} MiB, "
@@ -115,10 +114,9 @@ class TritonPythonModel:
 
     async def _decode(self, entry: Entry, prompt: PackedPrompt) -> tuple[np.ndarray, np.ndarray]:
         mask = prompt.mask_input if prompt.mask_input is not None else np.zeros((1, 256, 256), np.float32)
-        inputs = [
-            pb_utils.Tensor(name, np.asarray(array, np.float32))
-            for name, array in zip(EMBEDDINGS, entry.arrays, strict=True)
-        ]
+        # widening 8 MiB of fp16 to the decoder's fp32 is CPU work: off the event loop
+        arrays = await asyncio.get_running_loop().run_in_executor(self.pool, _as_fp32, entry.arrays)
+        inputs = [pb_utils.Tensor(name, array) for name, array in zip(EMBEDDINGS, arrays, strict=True)]
         inputs += [
             pb_utils.Tensor("point_coords", prompt.point_coords[None].astype(np.float32)),
             pb_utils.Tensor("point_labels", prompt.point_labels[None].astype(np.int32)),
@@ -155,6 +153,10 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.store.clear()
+
+
+def _as_fp32(arrays: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+    return [np.asarray(array, np.float32) for array in arrays]
 
 
 def _outputs(outcome: Outcome) -> list[Any]:

@@ -40,7 +40,7 @@ def _models(served: Served, *args: str) -> subprocess.CompletedProcess:
 
 def test_promote_and_rollback_under_load(exported_repo, tmp_path, report):
     repo = tmp_path / "repo"
-    for model in sig.SIGNATURES:  # version 1 as exported for the session, version 2 with other weights
+    for model in sig.LIFECYCLE_MODELS:  # version 1 as exported for the session, version 2 with other weights
         shutil.copytree(exported_repo / model, repo / model)
     run_export(ExportRequest(out=repo, random_weights=True, seed=7, version=2))
     served = Served(repo, tmp_path, credits=100_000, env={"MASKSERVE_RATE_SINGLE": "100000"})

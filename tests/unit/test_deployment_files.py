@@ -13,6 +13,7 @@ from maskserve.frontend.config import Settings
 ROOT = Path(__file__).resolve().parents[2]
 # Triton 2.51 (the nvidia-pytriton wheel's server) is NGC release 24.10.
 NGC_TRITON = "nvcr.io/nvidia/tritonserver:24.10-py3"
+TRITON_IMAGE = "maskserve-triton:latest"  # NGC_TRITON plus the session model's code (deploy/triton/Dockerfile)
 SETTING_VARS = {"MASKSERVE_" + f.name.upper() for f in fields(Settings)} | {
     "MASKSERVE_RATE_SINGLE",
     "MASKSERVE_RATE_BATCH",
@@ -26,20 +27,26 @@ def _compose() -> dict:
 
 def test_compose_wires_export_triton_postgres_frontends_and_a_balancer():
     services = _compose()["services"]
-    assert set(services) == {"export", "triton", "postgres", "frontend", "lb"}
-    assert services["triton"]["image"] == NGC_TRITON
-    assert services["triton"]["depends_on"]["export"]["condition"] == "service_completed_successfully"
-    assert "--model-control-mode=explicit" in services["triton"]["command"]
-    assert services["triton"]["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert set(services) == {"export", "triton-0", "triton-1", "postgres", "frontend", "lb"}
+    for name in ("triton-0", "triton-1"):  # replicas by name: affinity needs each one addressable
+        triton = services[name]
+        assert triton["image"] == TRITON_IMAGE and triton["build"]["dockerfile"] == "deploy/triton/Dockerfile"
+        assert triton["depends_on"]["export"]["condition"] == "service_completed_successfully"
+        assert "--model-control-mode=explicit" in triton["command"]
+        assert "--load-model=sam2_session" in triton["command"]
+        assert triton["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert f"FROM {NGC_TRITON}" in (ROOT / "deploy/triton/Dockerfile").read_text()
     export_cmd = " ".join(services["export"]["command"])
     assert "maskserve export" in export_cmd and "--target gpu" in export_cmd and "--out /models" in export_cmd
     front = services["frontend"]
-    assert front["command"][:3] == ["frontend", "--triton-url", "triton:8001"]
-    assert {"triton", "postgres"} <= set(front["depends_on"]) and "readyz" in " ".join(front["healthcheck"]["test"])
+    assert front["command"][0] == "frontend"
+    assert {"triton-0", "triton-1", "postgres"} <= set(front["depends_on"])
+    assert "readyz" in " ".join(front["healthcheck"]["test"])
     env = front["environment"]
     assert set(env) <= SETTING_VARS and env["MASKSERVE_DATABASE_URL"].startswith("postgresql://")
+    assert env["MASKSERVE_TRITON_URL"] == "triton-0:8001,triton-1:8001"
     assert "frontend:8080" in (ROOT / "deploy/nginx/nginx.conf").read_text()
-    for name in ("triton", "postgres", "frontend"):
+    for name in ("triton-0", "postgres", "frontend"):
         assert "healthcheck" in services[name]
 
 
@@ -58,7 +65,7 @@ def test_kubernetes_manifests():
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     assert {
         ("Job", "maskserve-export"),
-        ("Deployment", "triton"),
+        ("StatefulSet", "triton"),
         ("Deployment", "maskserve-frontend"),
         ("Service", "triton"),
         ("Service", "maskserve"),
@@ -68,16 +75,19 @@ def test_kubernetes_manifests():
 
     for doc in docs:
         assert doc["apiVersion"] and doc["metadata"]["name"]
-        if doc["kind"] in ("Deployment", "Job"):
+        if doc["kind"] == "Service" and doc["metadata"]["name"] == "triton":
+            assert doc["spec"]["clusterIP"] == "None"  # headless: one DNS name per replica
+        if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
             for container in doc["spec"]["template"]["spec"]["containers"]:
-                if doc["kind"] == "Deployment":
+                if doc["kind"] != "Job":
                     assert container["readinessProbe"]["httpGet"]["path"] in ("/readyz", "/v2/health/ready")
-                if container["image"].startswith("maskserve"):
+                if doc["kind"] == "StatefulSet":
+                    assert container["image"] == TRITON_IMAGE and "--load-model=sam2_session" in container["args"]
+                else:
+                    assert container["image"].startswith("maskserve:")
                     build_parser().parse_args(container["args"])
                     for var in container.get("env", []):
                         assert var["name"] in SETTING_VARS
-                else:
-                    assert container["image"] == NGC_TRITON
         if doc["kind"] == "Deployment":
             assert doc["spec"]["selector"]["matchLabels"] == doc["spec"]["template"]["metadata"]["labels"]
 

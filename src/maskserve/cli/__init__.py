@@ -61,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--triton-metrics-port", type=int, default=8002)
 
     front = sub.add_parser("frontend", help="run the REST API alone against an existing Triton")
-    front.add_argument("--triton-url", required=True, help="Triton gRPC address, HOST:PORT")
+    front.add_argument(
+        "--triton-url",
+        help="Triton gRPC address HOST:PORT, or several separated by commas (replicas; default "
+        "MASKSERVE_TRITON_URL or 127.0.0.1:8001)",
+    )
     front.add_argument("--host", default=None, help="API address (default 127.0.0.1)")
     _add_frontend_arguments(front)
 
