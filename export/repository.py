@@ -206,30 +206,36 @@ def render_session_config(target: str, session: SessionSettings, provenance: dic
     return "\n".join(parts) + "\n"
 
 
-def write_session_version(
-    out: Path, version: int, target: str, manifest: dict, session: SessionSettings | None = None
-) -> Path:
-    """Install the session model as ``<out>/sam2_session/<version>`` and (re)write its config."""
-    session = session or SessionSettings()
-    model_dir = out / sig.SESSION_MODEL
+def _staging(model_dir: Path, version: int) -> tuple[Path, Path]:
+    """A fresh staging directory for ``version``, and where it goes once complete."""
     version_dir = model_dir / str(version)
     if version_dir.exists():
         raise FileExistsError(f"{version_dir} already exists; export a new version instead")
     staging = model_dir / f".{version}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    shutil.copyfile(SESSION_SOURCE, staging / "model.py")
-    full_manifest = {
-        **manifest,
-        "triton_model": sig.SESSION_MODEL,
-        "version": version,
-        "target": target,
-        "session": {"cache_bytes": session.cache_bytes, "storage": session.storage},
-        "inputs": [spec.__dict__ for spec in sig.SESSION_INPUTS],
-        "outputs": [spec.__dict__ for spec in sig.SESSION_OUTPUTS],
-    }
-    (staging / "manifest.json").write_text(json.dumps(full_manifest, indent=2) + "\n")
+    return staging, version_dir
+
+
+def _install(staging: Path, version_dir: Path, manifest: dict, specs: tuple[tuple[sig.TensorSpec, ...], ...]) -> None:
+    """Write the manifest (with the tensors), then move the version in: it appears whole or not at all."""
+    inputs, outputs = specs
+    full = {**manifest, "inputs": [s.__dict__ for s in inputs], "outputs": [s.__dict__ for s in outputs]}
+    (staging / "manifest.json").write_text(json.dumps(full, indent=2) + "\n")
     staging.rename(version_dir)
+
+
+def write_session_version(
+    out: Path, version: int, target: str, manifest: dict, session: SessionSettings | None = None
+) -> Path:
+    """Install the session model as ``<out>/sam2_session/<version>`` and (re)write its config."""
+    session = session or SessionSettings()
+    model_dir = out / sig.SESSION_MODEL
+    staging, version_dir = _staging(model_dir, version)
+    shutil.copyfile(SESSION_SOURCE, staging / "model.py")
+    stored = {"cache_bytes": session.cache_bytes, "storage": session.storage}
+    info = {**manifest, "triton_model": sig.SESSION_MODEL, "version": version, "target": target, "session": stored}
+    _install(staging, version_dir, info, (sig.SESSION_INPUTS, sig.SESSION_OUTPUTS))
     _write_config(model_dir, render_session_config(target, session, repository_provenance(model_dir)))
     return version_dir
 
@@ -267,26 +273,18 @@ def write_version(
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
     model_dir = out / model
-    version_dir = model_dir / str(version)
-    if version_dir.exists():
-        raise FileExistsError(f"{version_dir} already exists; export a new version instead")
-    staging = model_dir / f".{version}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging, version_dir = _staging(model_dir, version)
     shutil.move(str(onnx_file), staging / "model.onnx")
     if target == "cpu":
         shutil.copyfile(BACKEND_SOURCE, staging / "model.py")
-    full_manifest = {
+    info = {
         **manifest,
         "triton_model": model,
         "version": version,
         "target": target,
         "onnx_sha256": sha256_of(staging / "model.onnx"),
-        "inputs": [spec.__dict__ for spec in sig.SIGNATURES[model][0]],
-        "outputs": [spec.__dict__ for spec in sig.SIGNATURES[model][1]],
     }
-    (staging / "manifest.json").write_text(json.dumps(full_manifest, indent=2) + "\n")
-    staging.rename(version_dir)  # a version appears whole or not at all
+    _install(staging, version_dir, info, sig.SIGNATURES[model])
     _write_config(model_dir, render_config(model, target, cpu, provenance=repository_provenance(model_dir)))
     return version_dir
 
