@@ -85,7 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list, load, unload and promote model versions in Triton (admin)")
     add_models_arguments(models)
-    _data_dir_argument(models)
 
     credits = sub.add_parser("credits", help="manage credits (admin)")
     credits_sub = credits.add_subparsers(dest="credits_command", required=True)

@@ -17,6 +17,7 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -28,17 +29,31 @@ from maskserve.frontend.config import Settings
 from maskserve.frontend.domain import ACTIVE_MODEL_VERSION
 
 
+def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """Where Triton and the store are; accepted before the subcommand and after it (as the docs write it)."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--triton-url", default=default("127.0.0.1:8001"), help="Triton gRPC address, HOST:PORT")
+    parser.add_argument("--data-dir", type=Path, default=default(None), help="the directory `serve` uses")
+    parser.add_argument("--database-url", default=default(None), help="postgresql://... of shared frontends")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Subcommands and the Triton address; the store options come from the CLI's shared helper."""
-    parser.add_argument("--triton-url", default="127.0.0.1:8001")
+    """Subcommands, each taking the Triton and store options too."""
+    _connection_options(parser, defaults=True)
     sub = parser.add_subparsers(dest="models_command", required=True)
-    sub.add_parser("list", help="versions in the repository, their state, and the active one")
+    _connection_options(
+        sub.add_parser("list", help="versions in the repository, their state, and the active one"), False
+    )
     for name, text in (
         ("load", "load VERSION beside the loaded ones"),
         ("unload", "unload VERSION (not the active one)"),
         ("promote", "load, warm up and switch traffic to VERSION, then unload the others"),
     ):
         cmd = sub.add_parser(name, help=text)
+        _connection_options(cmd, defaults=False)
         cmd.add_argument("version")
         if name == "promote":
             cmd.add_argument(
@@ -72,6 +87,26 @@ def apply_versions(client: grpcclient.InferenceServerClient, model: str, version
     config = client.get_model_config(model, as_json=True)["config"]
     config["version_policy"] = {"specific": {"versions": sorted(int(v) for v in versions)}}
     client.load_model(model, config=json.dumps(config))
+
+
+def check_loaded(client: grpcclient.InferenceServerClient, version: str) -> None:
+    """Right after a load: every model must list ``version``; one that does not has no such directory.
+
+    Triton loads the versions it finds and says nothing to the client about a
+    missing one, so without this a promote would wait for a version that can
+    never become ready.
+    """
+    index = client.get_model_repository_index(as_json=True).get("models", [])
+    for model in sig.LIFECYCLE_MODELS:
+        found = [m for m in index if m["name"] == model and m.get("version") == version]
+        if not found:
+            loaded = ", ".join(sorted(loaded_versions(client, model), key=int)) or "none"
+            raise RuntimeError(
+                f"{model} has no version {version} in Triton's model repository; export it first "
+                f"(maskserve export ... --version {version}); loaded versions: {loaded}"
+            )
+        if found[0].get("state") not in ("READY", "LOADING"):
+            raise RuntimeError(f"{model} version {version} is {found[0].get('state')}: {found[0].get('reason', '')}")
 
 
 def wait_ready(client: grpcclient.InferenceServerClient, version: str, timeout: float = 300) -> None:
@@ -119,6 +154,7 @@ def run_models(args: argparse.Namespace) -> int:
         if args.models_command == "load":
             for model in sig.LIFECYCLE_MODELS:
                 apply_versions(client, model, loaded_versions(client, model) | {version})
+            check_loaded(client, version)
             wait_ready(client, version)
             print(f"version {version} loaded")
             return 0
@@ -133,6 +169,7 @@ def run_models(args: argparse.Namespace) -> int:
         # promote
         for model in sig.LIFECYCLE_MODELS:
             apply_versions(client, model, loaded_versions(client, model) | {version})
+        check_loaded(client, version)
         wait_ready(client, version)
         warm_up(client, version)
         previous = _state(settings)
