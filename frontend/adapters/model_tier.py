@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -33,6 +33,7 @@ from maskserve.frontend.metrics import Metrics
 
 MAX_MESSAGE = 64 * 1024 * 1024  # an upload is at most 25 MB
 OUTPUTS = tuple(spec.name for spec in sig.SESSION_OUTPUTS)
+T = TypeVar("T")
 
 
 def _tensor(name: str, array: np.ndarray, dtype: str) -> grpcaio.InferInput:
@@ -168,36 +169,26 @@ class ModelTier:
         for replica in self.replicas.replicas:
             await replica.client.close()
 
-    async def segment(self, digest: str, image: bytes, prompt: PackedPrompt, version: str) -> Segmentation:
+    async def _on_replicas(self, key: str, call: Callable[[TritonReplica], Awaitable[T]]) -> T:
+        """``call`` on the key's replicas in rendezvous order until one answers; a failing one is skipped a while."""
         last: InferenceUnavailable | None = None
-        for replica in self.replicas.order(digest):
+        for replica in self.replicas.order(key):
             try:
-                answer = await replica.client.segment(digest, image, prompt, version)
+                result = await call(replica.client)
             except InferenceUnavailable as exc:
                 self.replicas.failed(replica)
                 last = exc
                 continue
             self.replicas.succeeded(replica)
-            return answer
-        raise last or InferenceUnavailable("no Triton replica is configured")
-
-    async def _first(self, call: str, *args: str) -> Any:
-        """A metadata call on the first replica (in a fixed order) that answers."""
-        last: InferenceUnavailable | None = None
-        for replica in self.replicas.order(""):
-            try:
-                result = await getattr(replica.client, call)(*args)
-            except InferenceUnavailable as exc:
-                self.replicas.failed(replica)
-                last = exc
-                continue
             return result
         raise last or InferenceUnavailable("no Triton replica is configured")
 
+    async def segment(self, digest: str, image: bytes, prompt: PackedPrompt, version: str) -> Segmentation:
+        return await self._on_replicas(digest, lambda client: client.segment(digest, image, prompt, version))
+
     async def latest_ready_version(self) -> str:
-        version: str = await self._first("latest_ready_version")
-        return version
+        """Asked of the first replica (in a fixed order) that answers."""
+        return await self._on_replicas("", lambda client: client.latest_ready_version())
 
     async def model_info(self, version: str) -> list[ModelInfo]:
-        infos: list[ModelInfo] = await self._first("model_info", version)
-        return infos
+        return await self._on_replicas("", lambda client: client.model_info(version))

@@ -53,12 +53,10 @@ class SessionEngine:
         self._decode = decode
         self._executor = executor
         self._inflight: dict[str, asyncio.Future[Entry]] = {}
-        self.encoder_calls = 0
 
     async def _embed(self, digest: str, image: bytes) -> Entry:
         loop = asyncio.get_running_loop()
         tensor = await loop.run_in_executor(self._executor, self._preprocess, image)
-        self.encoder_calls += 1
         outputs = await self._encode(tensor)
         entry = await loop.run_in_executor(self._executor, self.store.pack, outputs)
         self.store.put(digest, entry)

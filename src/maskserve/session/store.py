@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,9 +26,6 @@ class StoreStats:
     hits: int = 0
     misses: int = 0
     evictions: int = 0
-    inserts: int = 0
-    too_large: int = 0
-    by_reason: dict[str, int] = field(default_factory=dict)
 
 
 class EmbeddingStore:
@@ -69,14 +66,12 @@ class EmbeddingStore:
     def put(self, digest: str, entry: Entry) -> int:
         """Keep ``entry``; evict the least recently used until it fits. Returns how many were evicted."""
         if entry.nbytes > self.max_bytes:
-            self.stats.too_large += 1
             return 0
         old = self._items.pop(digest, None)
         if old is not None:
             self._bytes -= old.nbytes
         self._items[digest] = entry
         self._bytes += entry.nbytes
-        self.stats.inserts += 1
         evicted = 0
         while self._bytes > self.max_bytes:
             _, dropped = self._items.popitem(last=False)
