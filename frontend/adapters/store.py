@@ -412,8 +412,7 @@ class SqlStore:
         return [_job(r) for r in rows]
 
     async def forget_output(self, job_id: str) -> None:
-        query = jobs.update().where(jobs.c.id == job_id).values(output_path=None)
-        await self._tx(lambda conn: conn.execute(query))
+        await self._execute(jobs.update().where(jobs.c.id == job_id).values(output_path=None))
 
     # --- service state and file rows: upserts in the database's own dialect --
 
