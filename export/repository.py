@@ -1,10 +1,14 @@
 """Writing exported models into a versioned Triton model repository.
 
 Layout: ``<out>/<model>/config.pbtxt`` and ``<out>/<model>/<version>/`` with
-``model.onnx``, ``manifest.json`` and, for the ``cpu`` target, the python-backend
-``model.py`` that runs the ONNX file. Both models of one export share one
-version number, so version N of the decoder always belongs to version N of the
-encoder.
+``model.onnx``, ``manifest.json``, the version's own ``config.pbtxt`` and, for
+the ``cpu`` target, the python-backend ``model.py`` that runs the ONNX file.
+Both models of one export share one version number, so version N of the
+decoder always belongs to version N of the encoder.
+
+The model-level ``config.pbtxt`` (what Triton reads at start) is composed from
+the versions' own files (``maskserve.core.model_config``): the newest version's
+model-wide settings, and every version's parameters under ``_v<version>``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from maskserve.core import model_config
 from maskserve.core import signatures as sig
 from maskserve.export.checkpoints import sha256_of
 
@@ -235,14 +240,18 @@ def write_session_version(
     shutil.copyfile(SESSION_SOURCE, staging / "model.py")
     stored = {"cache_bytes": session.cache_bytes, "storage": session.storage}
     info = {**manifest, "triton_model": sig.SESSION_MODEL, "version": version, "target": target, "session": stored}
+    (staging / "config.pbtxt").write_text(render_session_config(target, session, provenance_of(info)))
     _install(staging, version_dir, info, (sig.SESSION_INPUTS, sig.SESSION_OUTPUTS))
-    _write_config(model_dir, render_session_config(target, session, repository_provenance(model_dir)))
+    _write_model_config(model_dir)
     return version_dir
 
 
-def _write_config(model_dir: Path, text: str) -> None:
+def _write_model_config(model_dir: Path) -> None:
+    """The model-level file from every version's own configuration, the newest one's settings first."""
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    config = model_config.compose(model_dir, versions, max(versions))
     tmp = model_dir / "config.pbtxt.tmp"
-    tmp.write_text(text)
+    tmp.write_text(model_config.render(config))
     tmp.replace(model_dir / "config.pbtxt")
 
 
@@ -284,8 +293,9 @@ def write_version(
         "target": target,
         "onnx_sha256": sha256_of(staging / "model.onnx"),
     }
+    (staging / "config.pbtxt").write_text(render_config(model, target, cpu, provenance=provenance_of(info)))
     _install(staging, version_dir, info, sig.SIGNATURES[model])
-    _write_config(model_dir, render_config(model, target, cpu, provenance=repository_provenance(model_dir)))
+    _write_model_config(model_dir)
     return version_dir
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +17,7 @@ from aiohttp import web
 from maskserve.frontend.adapters.backends import build_backends
 from maskserve.frontend.adapters.model_tier import ModelTier
 from maskserve.frontend.config import Settings
-from maskserve.frontend.domain import ACTIVE_MODEL_VERSION, Failure
+from maskserve.frontend.domain import Failure, FrontendReport, now
 from maskserve.frontend.errors import InferenceUnavailable
 from maskserve.frontend.http import handlers
 from maskserve.frontend.http.middleware import MIDDLEWARES
@@ -58,20 +59,35 @@ def _yield_to_models() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
-async def _follow_promotions(app: web.Application, interval: float = 1.0) -> None:
-    """Switch new requests to the version `maskserve models promote` recorded in the store."""
-    jobs = app[JOBS]
+FOLLOW_INTERVAL_S = 0.5
+
+
+async def _follow_routing(app: web.Application, frontend_id: str, interval: float = FOLLOW_INTERVAL_S) -> None:
+    """Follow the routing `maskserve models` keeps in the store, and report back what this frontend runs.
+
+    The report (the routing generation now followed, requests in flight per
+    version) is written after the new routing took effect, so once every
+    frontend reports a generation, no new request goes to a version that
+    generation retired, and the in-flight counts say when the old ones ended.
+    """
+    jobs, store = app[JOBS], app[STORE]
     while True:
         try:
-            pinned = await app[STORE].get_state(ACTIVE_MODEL_VERSION)
-            if pinned != jobs.pinned_version:
-                jobs.pinned_version = pinned
+            routing = await store.get_routing()
+            if routing != jobs.routing:
+                jobs.routing = routing
+                log.info("model routing %d: %s", routing.generation, routing.to_json())
+            with contextlib.suppress(InferenceUnavailable):  # Triton briefly away: keep the versions known
+                before = jobs.models[0].version if jobs.models else None
                 models = await jobs.refresh_models()
-                log.info("traffic now goes to model version %s (%s)", models[0].version, models[0].weights)
+                if models[0].version != before:
+                    log.info("traffic now goes to model version %s (%s)", models[0].version, models[0].weights)
+            report = FrontendReport(frontend_id, routing.generation, jobs.in_flight_now(), now())
+            await store.report_frontend(report)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # Triton or the store briefly away: keep the current version
-            log.warning("could not follow the promoted model version: %s", exc)
+        except Exception as exc:  # the store briefly away: keep the current routing
+            log.warning("could not follow the model routing: %s", exc)
         await asyncio.sleep(interval)
 
 
@@ -107,12 +123,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     )
     app[STORE], app[FILES], app[LIMITS], app[SIGNER] = store, backends.files, backends.limits, backends.signer
     app[TRITON], app[JOBS] = triton, jobs
-    jobs.pinned_version = await store.get_state(ACTIVE_MODEL_VERSION)
+    jobs.routing = await store.get_routing()
     await _log_models(jobs, settings.triton_url)
+    frontend_id = uuid.uuid4().hex
     background = [
         asyncio.ensure_future(_sweep_expired(app)),
         asyncio.ensure_future(monitor_loop_lag(app[METRICS])),
-        asyncio.ensure_future(_follow_promotions(app)),
+        asyncio.ensure_future(_follow_routing(app, frontend_id)),
     ]
     try:
         yield
@@ -121,6 +138,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await jobs.close()
+        with contextlib.suppress(Exception):
+            await store.forget_frontend(frontend_id)
         await triton.close()
         await store.close()
         executor.shutdown(wait=False, cancel_futures=True)

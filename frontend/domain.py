@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
 KEY_PREFIX = "sk-live-"
 VISIBLE_CHARS = 8  # characters after KEY_PREFIX kept in clear as the key's prefix
 ACTIVE_MODEL_VERSION = "active_model_version"
-"""Service state: the model version frontends send traffic to (set by ``maskserve models promote``)."""
+"""Service state of older releases: the promoted version (now part of ``MODEL_ROUTING``)."""
+MODEL_ROUTING = "model_routing"
+"""Service state: which model version serves what (``Routing`` as JSON, set by ``maskserve models``)."""
 SIGNING_SECRET = "signing_secret"
 """Service state: the link-signing secret shared by every frontend of one database."""
 UPLOADED_MASK = "uploaded-mask"
@@ -78,6 +83,7 @@ class ApiKey:
     credits: int
     created_at: float
     revoked_at: float | None = None
+    pinned_version: str | None = None  # ``maskserve keys pin``: its requests run on this version while loaded
 
     @property
     def active(self) -> bool:
@@ -119,6 +125,7 @@ class NewJob:
     input_bytes: int | None = None
     original_width: int | None = None
     original_height: int | None = None
+    model_version: str | None = None  # recorded at reservation: what ``models report`` and the drain count
 
     @property
     def cost(self) -> int:
@@ -182,6 +189,101 @@ class ModelInfo:
     @property
     def random_weights(self) -> bool:
         return self.weights.startswith("random")
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A candidate version taking ``percent`` % of unpinned images (or, with ``shadow``, a copy of them)."""
+
+    version: str
+    percent: float
+    shadow: bool = False
+    started_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Route:
+    version: str  # the version that serves the request
+    shadow: str | None = None  # a candidate that gets a copy of it, compared and never billed
+
+
+def traffic_bucket(digest: str) -> float:
+    """Where an image falls in [0, 100): a stable function of its SHA-256, so an image keeps its version."""
+    return int(digest[:12], 16) % 10_000 / 100
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which model version serves what, shared by every frontend through the store.
+
+    ``generation`` grows with every change; each frontend reports the
+    generation it follows and its requests in flight per version, which is
+    how a promotion knows when a version it is about to unload is idle.
+    ``retiring`` versions take no new requests (they are being unloaded).
+    """
+
+    generation: int = 0
+    active: str | None = None  # None: the newest version loaded
+    canary: Canary | None = None
+    retiring: tuple[str, ...] = field(default_factory=tuple)
+
+    def route(self, pinned: str | None, digest: str, ready: Iterable[str]) -> Route:
+        """The version for one image of a key pinned to ``pinned`` (or not), given the versions ready."""
+        usable = {v for v in ready if v not in self.retiring}
+        if pinned is not None and pinned in usable:
+            return Route(pinned)
+        base = self.active or (max(usable, key=int) if usable else None)
+        if base is None:
+            raise LookupError("no model version is ready")
+        canary = self.canary
+        if canary is None or canary.version not in usable or canary.version == base:
+            return Route(base)
+        if traffic_bucket(digest) >= canary.percent:
+            return Route(base)
+        return Route(base, shadow=canary.version) if canary.shadow else Route(canary.version)
+
+    def changed(self, **changes: Any) -> Routing:
+        return replace(self, generation=self.generation + 1, **changes)
+
+    def to_json(self) -> str:
+        canary = None if self.canary is None else self.canary.__dict__
+        return json.dumps(
+            {"generation": self.generation, "active": self.active, "canary": canary, "retiring": list(self.retiring)}
+        )
+
+    @classmethod
+    def from_json(cls, text: str | None, legacy_active: str | None = None) -> Routing:
+        if not text:
+            return cls(active=legacy_active)
+        data = json.loads(text)
+        canary = data.get("canary")
+        return cls(
+            generation=int(data.get("generation", 0)),
+            active=data.get("active"),
+            canary=Canary(**canary) if canary else None,
+            retiring=tuple(data.get("retiring", ())),
+        )
+
+
+@dataclass(frozen=True)
+class FrontendReport:
+    """What one frontend last told the store: the routing generation it follows, and its work in flight."""
+
+    id: str
+    generation: int
+    in_flight: dict[str, int]
+    seen_at: float
+
+
+@dataclass(frozen=True)
+class ShadowResult:
+    """One shadowed prompt: the candidate's mask against the served one (IoU), or the candidate's error."""
+
+    candidate: str
+    baseline: str
+    iou: float | None
+    latency_ms: float
+    error: str | None = None
 
 
 def new_key_secret() -> str:

@@ -89,6 +89,14 @@ def mask_from_logits(logits: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.where(upsample_logits(logits, height, width) > 0.0, 255, 0).astype(np.uint8)
 
 
+def mask_iou(a: np.ndarray, b: np.ndarray, height: int, width: int) -> float:
+    """IoU of the binary masks two versions' logits give at the image's size (1.0 when both are empty)."""
+    mask_a = upsample_logits(a, height, width) > 0.0
+    mask_b = upsample_logits(b, height, width) > 0.0
+    union = int(np.count_nonzero(mask_a | mask_b))
+    return 1.0 if union == 0 else int(np.count_nonzero(mask_a & mask_b)) / union
+
+
 def decode_mask(data: bytes, width: int, height: int, max_pixels: int) -> np.ndarray:
     """An uploaded mask (any PNG/JPEG/WebP mode) → uint8 alpha, white = keep.
 

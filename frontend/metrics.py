@@ -13,6 +13,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+IOU_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.999, 1.0)
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -49,6 +50,32 @@ class Metrics:
             "Triton call latency by model",
             ["model"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.version_requests = Counter(
+            "maskserve_model_version_requests",
+            "Images that ran a model, by the version that served them and their outcome",
+            ["version", "status"],
+            registry=r,
+        )
+        self.version_latency = Histogram(
+            "maskserve_model_version_seconds",
+            "Processing time of images that ran a model, by version",
+            ["version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.shadow = Counter(
+            "maskserve_shadow_requests",
+            "Shadowed prompts by candidate version and outcome (compared, error, skipped)",
+            ["candidate", "outcome"],
+            registry=r,
+        )
+        self.shadow_iou = Histogram(
+            "maskserve_shadow_iou",
+            "Binary-mask IoU between the candidate's mask and the served one",
+            ["candidate", "baseline"],
+            buckets=IOU_BUCKETS,
             registry=r,
         )
         self.rejected = Counter(

@@ -9,6 +9,7 @@ checked against the same contract by mypy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -16,13 +17,16 @@ from maskserve.core.prompts import PackedPrompt
 from maskserve.frontend.domain import (
     ApiKey,
     Completion,
+    FrontendReport,
     Job,
     ModelInfo,
     NewJob,
     RateBucket,
     RateDecision,
     RateWindow,
+    Routing,
     Segmentation,
+    ShadowResult,
 )
 
 
@@ -40,7 +44,21 @@ class FileRows(Protocol):
     async def delete_file(self, job_id: str) -> None: ...
 
 
-class Store(RateCounter, FileRows, Protocol):
+class Lifecycle(Protocol):
+    """The model lifecycle's shared state: pins, routing, what each frontend runs, shadow comparisons."""
+
+    async def pin_key(self, key_id: str, version: str | None) -> bool: ...
+    async def get_routing(self) -> Routing: ...
+    async def update_routing(self, change: Callable[[Routing], Routing]) -> Routing: ...
+    async def report_frontend(self, report: FrontendReport) -> None: ...
+    async def forget_frontend(self, frontend_id: str) -> None: ...
+    async def frontend_reports(self, seen_after: float) -> list[FrontendReport]: ...
+    async def record_shadow(self, result: ShadowResult) -> None: ...
+    async def shadow_results(self, since: float) -> list[ShadowResult]: ...
+    async def version_requests(self, since: float) -> list[tuple[str, str, float | None]]: ...
+
+
+class Store(RateCounter, FileRows, Lifecycle, Protocol):
     """Money rules every implementation keeps:
 
     * a reservation takes credits only if the balance covers them (an atomic
@@ -103,5 +121,9 @@ class InferenceClient(Protocol):
         ...
 
     async def latest_ready_version(self) -> str: ...
+    async def ready_versions(self) -> set[str]:
+        """Versions READY in every model (on the first replica that answers)."""
+        ...
+
     async def model_info(self, version: str) -> list[ModelInfo]: ...
     async def close(self) -> None: ...

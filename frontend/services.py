@@ -15,9 +15,10 @@ import hashlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -28,7 +29,6 @@ from maskserve.core.prompts import PackedPrompt, is_multimask, pack_prompt
 from maskserve.frontend import imaging
 from maskserve.frontend.config import Settings
 from maskserve.frontend.domain import (
-    UPLOADED_MASK,
     ApiKey,
     Completion,
     Failure,
@@ -37,6 +37,9 @@ from maskserve.frontend.domain import (
     JobStatus,
     ModelInfo,
     NewJob,
+    Route,
+    Routing,
+    ShadowResult,
 )
 from maskserve.frontend.errors import (
     ApiError,
@@ -53,6 +56,8 @@ from maskserve.frontend.signing import UrlSigner
 
 log = logging.getLogger("maskserve.frontend")
 T = TypeVar("T")
+SHADOW_CONCURRENCY = 4
+"""Shadow copies running at once; past it a sampled prompt is not shadowed (counted as skipped)."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,11 @@ class _Prepared:
     height: int
     digest: str
     mask: np.ndarray | None
+    route: Route | None = None  # the version it runs on (None: only an uploaded mask is used)
+
+    def routed(self, route: Route | None) -> None:
+        self.route = route
+        self.job = replace(self.job, model_version=None if route is None else route.version)
 
 
 @dataclass(frozen=True)
@@ -152,31 +162,64 @@ class ImageJobs:
         self._slots = asyncio.Semaphore(settings.inflight_images)
         self.admission = Admission(settings.max_admitted_images)
         self.metrics = metrics or Metrics()
-        self.models: list[ModelInfo] | None = None
-        self.pinned_version: str | None = None  # set by `maskserve models promote`, via the store
+        self.models: list[ModelInfo] | None = None  # the active version's, for /readyz
+        self.routing = Routing()  # followed from the store (``maskserve models``)
+        self.ready: set[str] = set()  # versions READY in every model, followed from the model tier
+        self.variants: dict[str, str] = {}  # version -> model variant, for X-Model-Version
+        self.in_flight: Counter[str] = Counter()  # requests (and shadow copies) running, by version
+        self._shadows: set[asyncio.Task[None]] = set()
 
     async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
 
     async def refresh_models(self) -> list[ModelInfo]:
-        """The version traffic goes to (the promoted one, else Triton's newest), checked READY."""
+        """The versions ready, and the provenance of the one unpinned traffic goes to (checked READY)."""
         try:
-            version = self.pinned_version or await self.triton.latest_ready_version()
-            self.models = await self.triton.model_info(version)
+            self.ready = await self.triton.ready_versions()
+            version = self.routing.active or (max(self.ready, key=int) if self.ready else None)
+            if version is None:
+                raise InferenceUnavailable("no model version is loaded in every model")
+            if self.models is None or self.models[0].version != version:
+                self.models = await self.triton.model_info(version)
+            for ready in self.ready - set(self.variants):
+                self.variants[ready] = (await self.triton.model_info(ready))[0].variant
         except InferenceUnavailable:
             self.models = None
             raise
         return self.models
 
-    async def model_version(self) -> str:
-        """The version a new request uses for all its calls (the model tier keeps embeddings per version)."""
-        if self.models is None or (self.pinned_version and self.models[0].version != self.pinned_version):
+    def model_label(self, version: str) -> str:
+        """``variant/version``, as ``X-Model-Version`` shows it."""
+        return f"{self.variants.get(version, 'sam2')}/{version}"
+
+    async def route(self, key: ApiKey, digest: str) -> Route:
+        """The version serving this key's image (its pin, a canary, or the promoted one), and a shadow."""
+        if self.models is None or not self.ready:
             try:
                 await self.refresh_models()
             except InferenceUnavailable as exc:
                 raise Unavailable(Failure.UNAVAILABLE) from exc
-        assert self.models is not None
-        return self.models[0].version
+        try:
+            return self.routing.route(key.pinned_version, digest, self.ready)
+        except LookupError as exc:
+            raise Unavailable(Failure.UNAVAILABLE) from exc
+
+    @contextlib.contextmanager
+    def running(self, versions: list[str]) -> Iterator[None]:
+        """Count requests in flight per version (reported to the store; a promotion drains on them)."""
+        self.in_flight.update(versions)
+        try:
+            yield
+        finally:
+            self.in_flight.subtract(versions)
+
+    def in_flight_now(self) -> dict[str, int]:
+        return {version: n for version, n in self.in_flight.items() if n > 0}
+
+    async def close(self) -> None:
+        for task in list(self._shadows):
+            task.cancel()
+        await asyncio.gather(*self._shadows, return_exceptions=True)
 
     # --- preparation: everything that can be refused before credits move --
 
@@ -217,15 +260,18 @@ class ImageJobs:
 
     # --- running one reserved image ---------------------------------------
 
-    async def _segment(self, prep: _Prepared, prompt: Prompt | None, version: str) -> np.ndarray:
-        """The chosen mask's 256x256 logits for this prompt, from the model tier."""
+    @staticmethod
+    def _pack(prep: _Prepared, prompt: Prompt | None) -> PackedPrompt:
         if prompt is None:
             raise ValueError("segmenting needs a prompt")
         width, height = prep.width, prep.height
         points = None if prompt.points is None else imaging.to_model_frame(prompt.points, width, height)
         box = None if prompt.box is None else imaging.to_model_frame(prompt.box, width, height).reshape(4)
         coords, labels = pack_prompt(points, prompt.labels, box)
-        packed = PackedPrompt(coords, labels, None, is_multimask(prompt.points, prompt.box))
+        return PackedPrompt(coords, labels, None, is_multimask(prompt.points, prompt.box))
+
+    async def _segment(self, prep: _Prepared, packed: PackedPrompt, version: str) -> np.ndarray:
+        """The chosen mask's 256x256 logits for this prompt, from the model tier."""
         with self.metrics.triton.labels("session").time():
             answer = await self.triton.segment(prep.digest, prep.item.image.data, packed, version)
         self.metrics.encodes.labels("yes" if answer.encoded else "no").inc()
@@ -234,6 +280,42 @@ class ImageJobs:
         if answer.logits is None:
             raise InferenceUnavailable("the model tier answered without a mask")
         return answer.logits
+
+    def _shadow(self, prep: _Prepared, packed: PackedPrompt, served: np.ndarray, route: Route) -> None:
+        """Send a copy of the prompt to the candidate in the background; never delays or changes the answer."""
+        candidate = route.shadow
+        assert candidate is not None
+        if len(self._shadows) >= SHADOW_CONCURRENCY:
+            self.metrics.shadow.labels(candidate, "skipped").inc()
+            return
+        task = asyncio.ensure_future(self._compare(prep, packed, served, route.version, candidate))
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _compare(
+        self, prep: _Prepared, packed: PackedPrompt, served: np.ndarray, baseline: str, candidate: str
+    ) -> None:
+        started = time.perf_counter()
+        iou, error = None, None
+        with self.running([candidate]):
+            try:
+                answer = await self.triton.segment(prep.digest, prep.item.image.data, packed, candidate)
+                if answer.rejected or answer.logits is None:
+                    raise InferenceUnavailable(answer.rejected or "the model tier answered without a mask")
+                iou = await self._cpu(imaging.mask_iou, served, answer.logits, prep.height, prep.width)
+            except InferenceUnavailable as exc:
+                error = str(exc)
+            except Exception as exc:
+                log.exception("shadow of job %s on version %s failed", prep.job.id, candidate)
+                error = f"{type(exc).__name__}: {exc}"
+        result = ShadowResult(candidate, baseline, iou, (time.perf_counter() - started) * 1000, error)
+        self.metrics.shadow.labels(candidate, "error" if error else "compared").inc()
+        if iou is not None:
+            self.metrics.shadow_iou.labels(candidate, baseline).observe(iou)
+        try:
+            await self.store.record_shadow(result)
+        except Exception as exc:  # a comparison is worth less than the store's other work
+            log.warning("could not record a shadow comparison: %s", exc)
 
     def _render(
         self, kind: JobKind, prep: _Prepared, logits: np.ndarray | None, opts: ExtractionOptions | None
@@ -251,15 +333,22 @@ class ImageJobs:
         return imaging.encode_cutout(imaging.cutout(prep.decoded, soft), opts.output_format), opts.output_format
 
     async def _run(
-        self, kind: JobKind, prep: _Prepared, prompt: Prompt | None, opts: ExtractionOptions | None, version: str
+        self, kind: JobKind, prep: _Prepared, prompt: Prompt | None, opts: ExtractionOptions | None
     ) -> tuple[Job, Failure | ImageRejected | None]:
         """Run one reserved image to its end: completed and charged, or failed and refunded (and why)."""
         started = time.perf_counter()
         job_id = prep.job.id
+        route = prep.route
+        version = None if route is None else route.version
         failure: Failure | ImageRejected | None = None
         try:
             async with self._slots:
-                logits = None if prep.mask is not None else await self._segment(prep, prompt, version)
+                logits = None
+                if route is not None:
+                    packed = self._pack(prep, prompt)
+                    logits = await self._segment(prep, packed, route.version)
+                    if route.shadow is not None:
+                        self._shadow(prep, packed, logits, route)
                 data, extension = await self._cpu(self._render, kind, prep, logits, opts)
             location = await self.files.put(job_id, extension, data)
             done = Completion(
@@ -270,7 +359,7 @@ class ImageJobs:
                 output_bytes=len(data),
                 processing_ms=(time.perf_counter() - started) * 1000,
                 expires_at=float(self.signer.expiry()),
-                model_version=version if prep.mask is None else None,
+                model_version=version,
             )
             if not await self.store.complete_job(job_id, done):
                 await self.files.remove(location)  # never a stored result without its charge
@@ -292,6 +381,9 @@ class ImageJobs:
         job = await self.store.get_job(job_id)
         assert job is not None
         self.metrics.images.labels(kind.value, job.status.value).inc()
+        if version is not None:
+            self.metrics.version_requests.labels(version, job.status.value).inc()
+            self.metrics.version_latency.labels(version).observe(time.perf_counter() - started)
         if job.status is JobStatus.COMPLETED:
             self.metrics.credits.inc(job.credits_used)
         return job, failure
@@ -307,11 +399,14 @@ class ImageJobs:
     async def _single(
         self, key: ApiKey, kind: JobKind, item: Item, prompt: Prompt | None, opts: ExtractionOptions | None
     ) -> Job:
-        version = await self.model_version() if item.mask is None else UPLOADED_MASK
+        if item.mask is None and self.models is None:  # Triton away: 503 before decoding
+            await self.route(key, "0" * 12)
         prep = await self._prepare(kind, item, prompt)
-        if not (await self.store.reserve_jobs(key.id, None, [prep.job]))[0]:
-            raise InsufficientCredits()
-        job, failure = await self._run(kind, prep, prompt, opts, version)
+        prep.routed(None if item.mask is not None else await self.route(key, prep.digest))
+        with self.running(_versions([prep])):
+            if not (await self.store.reserve_jobs(key.id, None, [prep.job]))[0]:
+                raise InsufficientCredits()
+            job, failure = await self._run(kind, prep, prompt, opts)
         if failure is Failure.UNAVAILABLE:
             raise Unavailable(failure)
         if isinstance(failure, ImageRejected):
@@ -336,8 +431,8 @@ class ImageJobs:
     ) -> BatchOutcome:
         started = time.perf_counter()
         batch_id = uuid.uuid4().hex
-        needs_model = any(item.mask is None for item in items)
-        version = await self.model_version() if needs_model else UPLOADED_MASK
+        if any(item.mask is None for item in items) and self.models is None:  # Triton away: 503 at once
+            await self.route(key, "0" * 12)
 
         async def prepare(item: Item) -> _Prepared | ApiError:
             try:
@@ -346,6 +441,23 @@ class ImageJobs:
                 return exc
 
         prepared = await asyncio.gather(*(prepare(item) for item in items))
+        ready = [p for p in prepared if isinstance(p, _Prepared)]
+        for prep in ready:
+            prep.routed(None if prep.mask is not None else await self.route(key, prep.digest))
+        with self.running(_versions(ready)):
+            return await self._run_batch(key, kind, items, prompt, opts, batch_id, prepared, started)
+
+    async def _run_batch(
+        self,
+        key: ApiKey,
+        kind: JobKind,
+        items: list[Item],
+        prompt: Prompt | None,
+        opts: ExtractionOptions | None,
+        batch_id: str,
+        prepared: list[_Prepared | ApiError],
+        started: float,
+    ) -> BatchOutcome:
         ready = [p for p in prepared if isinstance(p, _Prepared)]
         reserved = await self.store.reserve_jobs(key.id, batch_id, [p.job for p in ready])
         paid = {p.job.id for p, ok in zip(ready, reserved, strict=False) if ok}
@@ -357,7 +469,7 @@ class ImageJobs:
                 await self.store.record_failed(key.id, batch_id, failed, _item_error(prep))
 
         async def run(prep: _Prepared) -> Job:
-            job, _ = await self._run(kind, prep, prompt, opts, version)
+            job, _ = await self._run(kind, prep, prompt, opts)
             return job
 
         runs = {p.job.id: asyncio.ensure_future(run(p)) for p in ready if p.job.id in paid}
@@ -373,6 +485,10 @@ class ImageJobs:
                 assert found is not None
                 jobs.append(found)
         return BatchOutcome(batch_id, jobs, (time.perf_counter() - started) * 1000)
+
+
+def _versions(prepared: list[_Prepared]) -> list[str]:
+    return [p.route.version for p in prepared if p.route is not None]
 
 
 def _item_error(error: ApiError) -> str:

@@ -26,8 +26,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
-def _param(config: dict, key: str, default: str) -> str:
-    value = config.get("parameters", {}).get(key, {}).get("string_value")
+def _param(config: dict, key: str, default: str, version: str) -> str:
+    """This version's own value (``key_v<version>``, see maskserve.core.model_config), else the model's."""
+    params = config.get("parameters", {})
+    value = params.get(f"{key}_v{version}", params.get(key, {})).get("string_value")
     return value if value not in (None, "") else default
 
 
@@ -77,13 +79,14 @@ RUNTIMES = {"openvino": _OpenVINO, "onnxruntime": _OnnxRuntime}
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        version = args["model_version"]
+        version_dir = os.path.join(args["model_repository"], version)
         self._inputs = [(t["name"], t["data_type"]) for t in config["input"]]
         self._outputs = [t["name"] for t in config["output"]]
-        runtime = _param(config, "runtime", "openvino")
-        precision = _param(config, "precision", "fp32")
-        threads = int(_param(config, "num_threads", "0"))
-        nice = int(_param(config, "nice", "0"))
+        runtime = _param(config, "runtime", "openvino", version)
+        precision = _param(config, "precision", "fp32", version)
+        threads = int(_param(config, "num_threads", "0", version))
+        nice = int(_param(config, "nice", "0", version))
         if nice > 0:
             os.nice(nice)
         if runtime not in RUNTIMES:

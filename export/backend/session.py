@@ -40,8 +40,10 @@ HOT_IMAGES = 2  # images whose fp32 copies stay ready for the decoder
 DECODER_OUTPUTS = tuple(spec.name for spec in sig.DECODER_OUTPUTS)
 
 
-def _param(config: dict[str, Any], key: str, default: str) -> str:
-    value = config.get("parameters", {}).get(key, {}).get("string_value")
+def _param(config: dict[str, Any], key: str, default: str, version: str) -> str:
+    """This version's own value (``key_v<version>``, see maskserve.core.model_config), else the model's."""
+    params = config.get("parameters", {})
+    value = params.get(f"{key}_v{version}", params.get(key, {})).get("string_value")
     return value if value not in (None, "") else default
 
 
@@ -74,6 +76,7 @@ class _Metrics:
         self.encodes = family("encodes", "Encoder calls made by the session model", counter)
         self.bytes = family("cache_bytes", "Bytes of embeddings held", gauge)
         self.entries = family("cache_entries", "Images whose embeddings are held", gauge)
+        self.limit = family("cache_limit_bytes", "The store's bound (the version's cache_bytes)", gauge)
         self._seen = (0, 0, 0)
 
     def update(self, store: EmbeddingStore, encodes: int) -> None:
@@ -92,15 +95,17 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
         self.version = int(args["model_version"])
-        self.store = EmbeddingStore(int(_param(config, "cache_bytes", str(1 << 30))), _param(config, "storage", "fp16"))
-        threads = int(_param(config, "preprocess_threads", "2"))
+        version = args["model_version"]
+        storage = _param(config, "storage", "fp16", version)
+        self.store = EmbeddingStore(int(_param(config, "cache_bytes", str(1 << 30), version)), storage)
+        threads = int(_param(config, "preprocess_threads", "2", version))
         self.pool = ThreadPoolExecutor(threads, "session")
         self._hot: OrderedDict[int, tuple[Entry, list[np.ndarray]]] = OrderedDict()
         self.engine = SessionEngine(self.store, encoder_input, self._encode, self._decode, self.pool)
         self.metrics = _Metrics(config["name"], args["model_version"])
+        self.metrics.limit.set(self.store.max_bytes)
         pb_utils.Logger.log_info(
-            f"{config['name']} v{self.version}: embedding store of {self.store.max_bytes >> 20} MiB, "
-            f"{_param(config, 'storage', 'fp16')} storage"
+            f"{config['name']} v{self.version}: embedding store of {self.store.max_bytes >> 20} MiB, {storage} storage"
         )
 
     async def _call(self, model: str, inputs: list[Any], outputs: tuple[str, ...]) -> list[np.ndarray]:

@@ -121,8 +121,8 @@ class TritonReplica:
             raise InferenceUnavailable(f"{self.url}: the session model asked for the image it was given")
         return answer
 
-    async def latest_ready_version(self) -> str:
-        """The newest version every model has READY (what an unpinned request uses)."""
+    async def ready_versions(self) -> set[str]:
+        """The versions every model has READY."""
         try:
             common: set[str] | None = None
             for model in sig.LIFECYCLE_MODELS:
@@ -131,9 +131,7 @@ class TritonReplica:
                 common = ready if common is None else common & ready
         except (InferenceServerException, grpc.aio.AioRpcError) as exc:
             raise InferenceUnavailable(f"{self.url}: {exc}") from exc
-        if not common:
-            raise InferenceUnavailable(f"{self.url}: no model version is loaded in every model")
-        return max(common, key=int)
+        return common or set()
 
     async def model_info(self, version: str) -> list[ModelInfo]:
         """Readiness and provenance of ``version`` of every model; raises if one is not ready."""
@@ -186,9 +184,16 @@ class ModelTier:
     async def segment(self, digest: str, image: bytes, prompt: PackedPrompt, version: str) -> Segmentation:
         return await self._on_replicas(digest, lambda client: client.segment(digest, image, prompt, version))
 
-    async def latest_ready_version(self) -> str:
+    async def ready_versions(self) -> set[str]:
         """Asked of the first replica (in a fixed order) that answers."""
-        return await self._on_replicas("", lambda client: client.latest_ready_version())
+        return await self._on_replicas("", lambda client: client.ready_versions())
+
+    async def latest_ready_version(self) -> str:
+        """The newest version every model has READY (what an unpinned request uses when none is promoted)."""
+        ready = await self.ready_versions()
+        if not ready:
+            raise InferenceUnavailable("no model version is loaded in every model")
+        return max(ready, key=int)
 
     async def model_info(self, version: str) -> list[ModelInfo]:
         return await self._on_replicas("", lambda client: client.model_info(version))

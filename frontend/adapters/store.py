@@ -23,6 +23,7 @@ shared rate window.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,17 +36,31 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from maskserve.frontend.adapters.tables import api_keys, jobs, ledger, output_files, rate_hits, service_state
+from maskserve.frontend.adapters.tables import (
+    api_keys,
+    frontends,
+    jobs,
+    ledger,
+    output_files,
+    rate_hits,
+    service_state,
+    shadow_results,
+)
 from maskserve.frontend.domain import (
+    ACTIVE_MODEL_VERSION,
     INSUFFICIENT_CREDITS,
+    MODEL_ROUTING,
     ApiKey,
     Completion,
+    FrontendReport,
     Job,
     JobKind,
     JobStatus,
     LedgerReason,
     NewJob,
     RateWindow,
+    Routing,
+    ShadowResult,
     hash_key,
     key_matches,
     key_prefix,
@@ -99,7 +114,7 @@ def _sqlite_engine(url: str, pool_size: int, writer: bool) -> sa.Engine:
 
 
 def _key(row: sa.Row[Any]) -> ApiKey:
-    return ApiKey(row.id, row.name, row.prefix, int(row.credits), row.created_at, row.revoked_at)
+    return ApiKey(row.id, row.name, row.prefix, int(row.credits), row.created_at, row.revoked_at, row.pinned_version)
 
 
 def _job(row: sa.Row[Any]) -> Job:
@@ -169,6 +184,7 @@ def _insert_job(
             original_width=job.original_width,
             original_height=job.original_height,
             input_bytes=job.input_bytes,
+            model_version=job.model_version,
         )
     )
 
@@ -250,6 +266,36 @@ def _rate_hit(
         count += 1
     oldest = conn.execute(sa.select(sa.func.min(rate_hits.c.at)).where(mine)).scalar()
     return RateWindow(allowed, count, oldest)
+
+
+def _routing(conn: sa.Connection) -> Routing:
+    query = sa.select(service_state.c.name, service_state.c.value).where(
+        service_state.c.name.in_((MODEL_ROUTING, ACTIVE_MODEL_VERSION))
+    )
+    rows = {row.name: row.value for row in conn.execute(query)}
+    return Routing.from_json(rows.get(MODEL_ROUTING), rows.get(ACTIVE_MODEL_VERSION))
+
+
+def _update_routing(conn: sa.Connection, change: Callable[[Routing], Routing], postgres: bool) -> Routing:
+    """Read, change and write the routing in one transaction (admin commands may race)."""
+    if postgres:  # SQLite's BEGIN IMMEDIATE already serialises writers; the row may not exist yet
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(MODEL_ROUTING))))
+    new = change(_routing(conn))
+    stamp = now()
+    updated = conn.execute(
+        service_state.update()
+        .where(service_state.c.name == MODEL_ROUTING)
+        .values(value=new.to_json(), updated_at=stamp)
+    )
+    if updated.rowcount == 0:
+        conn.execute(service_state.insert().values(name=MODEL_ROUTING, value=new.to_json(), updated_at=stamp))
+    return new
+
+
+def _report_frontend(conn: sa.Connection, report: FrontendReport) -> None:
+    values = {"generation": report.generation, "in_flight": json.dumps(report.in_flight), "seen_at": report.seen_at}
+    if conn.execute(frontends.update().where(frontends.c.id == report.id).values(**values)).rowcount == 0:
+        conn.execute(frontends.insert().values(id=report.id, **values))
 
 
 def _rows(conn: sa.Connection, query: sa.Executable) -> list[sa.Row[Any]]:
@@ -464,3 +510,47 @@ class SqlStore:
     async def rate_hit(self, key_id: str, bucket: str, limit: int, window_s: float, at: float) -> RateWindow:
         """Sliding window shared by every frontend on this database."""
         return await self._tx(_rate_hit, key_id, bucket, limit, window_s, at, self.postgres)
+
+    # --- model lifecycle: pins, routing, frontends' reports, shadow results -----
+
+    async def pin_key(self, key_id: str, version: str | None) -> bool:
+        query = api_keys.update().where(api_keys.c.id == key_id).values(pinned_version=version)
+        return bool(await self._tx(lambda conn: conn.execute(query).rowcount == 1))
+
+    async def get_routing(self) -> Routing:
+        rows = await self._read(
+            sa.select(service_state.c.name, service_state.c.value).where(
+                service_state.c.name.in_((MODEL_ROUTING, ACTIVE_MODEL_VERSION))
+            )
+        )
+        found = {row.name: row.value for row in rows}
+        return Routing.from_json(found.get(MODEL_ROUTING), found.get(ACTIVE_MODEL_VERSION))
+
+    async def update_routing(self, change: Callable[[Routing], Routing]) -> Routing:
+        return await self._tx(_update_routing, change, self.postgres)
+
+    async def report_frontend(self, report: FrontendReport) -> None:
+        await self._tx(_report_frontend, report)
+
+    async def forget_frontend(self, frontend_id: str) -> None:
+        await self._execute(frontends.delete().where(frontends.c.id == frontend_id))
+
+    async def frontend_reports(self, seen_after: float) -> list[FrontendReport]:
+        rows = await self._read(sa.select(frontends).where(frontends.c.seen_at >= seen_after))
+        return [FrontendReport(r.id, int(r.generation), json.loads(r.in_flight), r.seen_at) for r in rows]
+
+    async def record_shadow(self, result: ShadowResult) -> None:
+        await self._execute(shadow_results.insert().values(**result.__dict__, created_at=now()))
+
+    async def shadow_results(self, since: float) -> list[ShadowResult]:
+        rows = await self._read(sa.select(shadow_results).where(shadow_results.c.created_at >= since))
+        return [ShadowResult(r.candidate, r.baseline, r.iou, r.latency_ms, r.error) for r in rows]
+
+    async def version_requests(self, since: float) -> list[tuple[str, str, float | None]]:
+        """(model version, status, processing ms) of every job that ran a model since ``since``."""
+        rows = await self._read(
+            sa.select(jobs.c.model_version, jobs.c.status, jobs.c.processing_ms).where(
+                jobs.c.created_at >= since, jobs.c.model_version.is_not(None), jobs.c.started_at.is_not(None)
+            )
+        )
+        return [(r.model_version, r.status, r.processing_ms) for r in rows]

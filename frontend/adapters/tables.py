@@ -25,6 +25,7 @@ api_keys = sa.Table(
     sa.Column("credits", Money, sa.CheckConstraint("credits >= 0", name="credits_not_negative"), nullable=False),
     sa.Column("created_at", Seconds, nullable=False),
     sa.Column("revoked_at", Seconds),
+    sa.Column("pinned_version", sa.Text),
 )
 
 ledger = sa.Table(
@@ -55,7 +56,7 @@ jobs = sa.Table(
         index=True,
     ),
     sa.Column("input_filename", sa.Text),
-    sa.Column("created_at", Seconds, nullable=False),
+    sa.Column("created_at", Seconds, nullable=False, index=True),
     sa.Column("started_at", Seconds),
     sa.Column("finished_at", Seconds),
     sa.Column("processing_ms", Seconds),
@@ -97,4 +98,25 @@ output_files = sa.Table(
     sa.Column("job_id", sa.Text, primary_key=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
     sa.Column("created_at", Seconds, nullable=False),
+)
+
+frontends = sa.Table(
+    "frontends",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+    sa.Column("in_flight", sa.Text, nullable=False),  # JSON {version: requests}
+    sa.Column("seen_at", Seconds, nullable=False),
+)
+
+shadow_results = sa.Table(
+    "shadow_results",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("candidate", sa.Text, nullable=False),
+    sa.Column("baseline", sa.Text, nullable=False),
+    sa.Column("iou", Seconds),
+    sa.Column("latency_ms", Seconds, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", Seconds, nullable=False, index=True),
 )

@@ -40,9 +40,18 @@ def result_object(request: web.Request, job: Job) -> dict[str, Any]:
     }
 
 
+def _model_headers(request: web.Request, jobs: list[Job]) -> dict[str, str]:
+    """``X-Model-Version``: the versions that served the images (absent when only uploaded masks were used)."""
+    versions = sorted({j.model_version for j in jobs if j.model_version}, key=int)
+    if not versions:
+        return {}
+    return {"X-Model-Version": ", ".join(request.app[JOBS].model_label(v) for v in versions)}
+
+
 def _single_response(request: web.Request, job: Job) -> web.Response:
     return web.json_response(
-        {"job_id": job.id, "status": job.status, "result": result_object(request, job), "error": job.error}
+        {"job_id": job.id, "status": job.status, "result": result_object(request, job), "error": job.error},
+        headers=_model_headers(request, [job]),
     )
 
 
@@ -61,7 +70,8 @@ def _batch_response(request: web.Request, outcome: BatchOutcome) -> web.Response
             "total_processing_time_ms": round(outcome.wall_ms, 1),
             "total_credits_used": sum(j.credits_used for j in outcome.jobs),
             "error": f"All {failed} images failed" if all_failed else None,
-        }
+        },
+        headers=_model_headers(request, outcome.jobs),
     )
 
 

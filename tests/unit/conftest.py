@@ -33,6 +33,8 @@ class FakeInference:
         self.down = False
         self.seen: set[str] = set()
         self.reject: str = ""
+        self.versions = {"1"}  # loaded versions; version N draws its disc a little larger than version 1
+        self.calls: list[str] = []  # the version of every segment call
 
     def _check(self) -> None:
         if self.down:
@@ -40,6 +42,9 @@ class FakeInference:
 
     async def segment(self, digest: str, image: bytes, prompt: PackedPrompt, version: str) -> Segmentation:
         self._check()
+        if version not in self.versions:
+            raise InferenceUnavailable(f"version {version} is not loaded")
+        self.calls.append(version)
         if self.reject:
             return Segmentation(rejected=self.reject)
         encoded = digest not in self.seen
@@ -49,12 +54,17 @@ class FakeInference:
         self.decodes += 1
         cx, cy = prompt.point_coords[0] / 4  # model frame (1024) -> low-res mask (256)
         yy, xx = np.mgrid[0:LOW_RES_MASK_SIZE, 0:LOW_RES_MASK_SIZE]
-        disc = np.where((xx - cx) ** 2 + (yy - cy) ** 2 < 25**2, 10.0, -10.0).astype(np.float32)
+        radius = 25 + 5 * (int(version) - 1)
+        disc = np.where((xx - cx) ** 2 + (yy - cy) ** 2 < radius**2, 10.0, -10.0).astype(np.float32)
         return Segmentation(logits=disc, score=0.9, encoded=encoded)
 
     async def latest_ready_version(self) -> str:
         self._check()
-        return "1"
+        return max(self.versions, key=int)
+
+    async def ready_versions(self) -> set[str]:
+        self._check()
+        return set(self.versions)
 
     async def model_info(self, version: str) -> list[ModelInfo]:
         self._check()

@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key")
     revoke.add_argument("key_id")
     _data_dir_argument(revoke)
+    pin = keys_sub.add_parser("pin", help="run a key's requests on one model version while it is loaded")
+    pin.add_argument("key_id")
+    pin.add_argument("version")
+    _data_dir_argument(pin)
+    unpin = keys_sub.add_parser("unpin", help="let a key's requests follow the promoted version again")
+    unpin.add_argument("key_id")
+    _data_dir_argument(unpin)
 
     from maskserve.cli.models import add_arguments as add_models_arguments
 

@@ -29,11 +29,12 @@ async def _admin(args: argparse.Namespace) -> int:
             print("The API key is shown only now; store it safely.", file=sys.stderr)
             return 0
         if args.command == "keys" and args.keys_command == "list":
-            print(f"{'id':32s}  {'name':20s}  {'prefix':18s}  {'credits':>8s}  status")
+            print(f"{'id':32s}  {'name':20s}  {'prefix':18s}  {'credits':>8s}  {'pinned':>6s}  status")
             for key in await store.list_keys():
                 revoked = time.strftime("%Y-%m-%d", time.gmtime(key.revoked_at or 0))
                 status = "active" if key.active else f"revoked {revoked}"
-                print(f"{key.id:32s}  {key.name[:20]:20s}  {key.prefix:18s}  {key.credits:8d}  {status}")
+                pinned = key.pinned_version or "-"
+                print(f"{key.id:32s}  {key.name[:20]:20s}  {key.prefix:18s}  {key.credits:8d}  {pinned:>6s}  {status}")
             return 0
         if args.command == "keys" and args.keys_command == "revoke":
             if await store.revoke_key(args.key_id):
@@ -41,6 +42,19 @@ async def _admin(args: argparse.Namespace) -> int:
                 return 0
             print(f"no active key {args.key_id}", file=sys.stderr)
             return 1
+        if args.command == "keys" and args.keys_command in ("pin", "unpin"):
+            version = getattr(args, "version", None)
+            if version is not None and not (version.isdigit() and int(version) > 0):
+                print(f"a model version is a positive integer, not {version!r}", file=sys.stderr)
+                return 2
+            if not await store.pin_key(args.key_id, version):
+                print(f"no key {args.key_id}", file=sys.stderr)
+                return 1
+            if version is None:
+                print(f"{args.key_id} unpinned: its requests follow the promoted version")
+            else:
+                print(f"{args.key_id} pinned to version {version} (its requests run on it while it is loaded)")
+            return 0
         if args.command == "credits" and args.credits_command == "add":
             try:
                 balance = await store.add_credits(args.key_id, args.amount)
