@@ -182,6 +182,7 @@ class Served:
         self.port = free_port()
         self.triton_grpc_port = free_port()
         self.triton_url = f"127.0.0.1:{self.triton_grpc_port}"
+        self.triton_metrics_port = free_port()
         self.data = tmp / "data"
         self.log_path = tmp / "serve.log"
         cli = [sys.executable, "-m", "maskserve.cli"]
@@ -215,7 +216,7 @@ class Served:
                 "--triton-http-port",
                 str(free_port()),
                 "--triton-metrics-port",
-                str(free_port()),
+                str(self.triton_metrics_port),
             ],
             env=env,
             stdout=open(self.log_path, "w"),  # noqa: SIM115 (the process keeps it)

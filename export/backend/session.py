@@ -21,6 +21,7 @@ Custom metrics on Triton's metrics port: ``maskserve_session_cache_hits``,
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -89,6 +90,10 @@ class _Metrics:
         self.encodes.increment(encodes)
         self.bytes.set(store.nbytes)
         self.entries.set(len(store))
+
+    def close(self) -> None:
+        """Drop every metric and family: Triton deletes a family when its object goes."""
+        self.__dict__.clear()
 
 
 class TritonPythonModel:
@@ -181,7 +186,12 @@ class TritonPythonModel:
         await asyncio.gather(*(self._handle(request) for request in requests))
 
     def finalize(self) -> None:
+        """Unloaded: free the version's embeddings, and delete its metric families while the stub still runs."""
         self.store.clear()
+        self._hot.clear()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.metrics.close()
+        gc.collect()
 
 
 def _as_fp32(arrays: tuple[np.ndarray, ...]) -> list[np.ndarray]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
 import shutil
 from urllib.parse import quote
 
@@ -14,6 +13,7 @@ import pytest
 import requests
 
 from benchmarks.images import photo
+from maskserve.core import model_config
 from maskserve.core import signatures as sig
 from maskserve.core.images import encoder_input
 from maskserve.core.prompts import PackedPrompt, is_multimask, pack_prompt
@@ -141,14 +141,13 @@ def test_session_store_keeps_its_bound_and_reports_on_the_metrics_port(exported_
 
     repo = tmp_path / "repo"
     shutil.copytree(exported_repo, repo)
-    config = repo / sig.SESSION_MODEL / "config.pbtxt"
-    config.write_text(
-        re.sub(
-            r'key: "cache_bytes" value: \{ string_value: "\d+" \}',
-            f'key: "cache_bytes" value: {{ string_value: "{20 * MIB}" }}',
-            config.read_text(),
-        )
-    )
+    # as an operator changes a version's setting: its own config.pbtxt, then the model-level file composed again
+    own = repo / sig.SESSION_MODEL / "1" / "config.pbtxt"
+    edited = model_config.parse(own.read_text())
+    edited.parameters["cache_bytes"].string_value = str(20 * MIB)
+    own.write_text(model_config.render(edited))
+    composed = model_config.compose(repo / sig.SESSION_MODEL, [1], 1)
+    (repo / sig.SESSION_MODEL / "config.pbtxt").write_text(model_config.render(composed))
     opts = TritonOptions(
         model_repository=repo,
         grpc_port=free_port(),

@@ -18,6 +18,7 @@ SETTING_VARS = {"MASKSERVE_" + f.name.upper() for f in fields(Settings)} | {
     "MASKSERVE_RATE_SINGLE",
     "MASKSERVE_RATE_BATCH",
     "MASKSERVE_RATE_READ",
+    "MASKSERVE_MODEL_REPOSITORY",  # `maskserve models` (cli/models.py), run in a frontend container
 }
 
 

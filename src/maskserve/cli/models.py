@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -55,13 +56,16 @@ def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None
         return value if defaults else argparse.SUPPRESS
 
     parser.add_argument(
-        "--triton-url", default=default("127.0.0.1:8001"), help="Triton gRPC address(es), HOST:PORT[,HOST:PORT...]"
+        "--triton-url",
+        default=default(os.environ.get("MASKSERVE_TRITON_URL", "127.0.0.1:8001")),
+        help="Triton gRPC address(es), HOST:PORT[,HOST:PORT...] (MASKSERVE_TRITON_URL)",
     )
     parser.add_argument(
         "--model-repository",
         type=Path,
-        default=default(Path("model_repository")),
-        help="the repository the Tritons serve (each version's own config.pbtxt is read from it)",
+        default=default(Path(os.environ.get("MASKSERVE_MODEL_REPOSITORY", "model_repository"))),
+        help="the repository the Tritons serve; each version's own config.pbtxt is read from it "
+        "(MASKSERVE_MODEL_REPOSITORY)",
     )
     parser.add_argument("--data-dir", type=Path, default=default(None), help="the directory `serve` uses")
     parser.add_argument("--database-url", default=default(None), help="postgresql://... of shared frontends")
@@ -290,12 +294,26 @@ def _describe(routing: Routing) -> str:
         c = routing.canary
         parts.append(f"canary version {c.version} at {c.percent:g} %{' (shadow)' if c.shadow else ''}")
     if routing.retiring:
-        parts.append(f"retiring {', '.join(routing.retiring)}")
+        parts.append(f"unloaded or unloading {', '.join(routing.retiring)}")
     return "; ".join(parts)
 
 
 def _loaded_again(version: str) -> Callable[[Routing], Routing]:
     return lambda r: r.changed(retiring=tuple(v for v in r.retiring if v != version))
+
+
+async def _hold_active(store: Store, replicas: Replicas) -> None:
+    """Before loading another version: with nothing promoted yet, the newest loaded one stays active.
+
+    Unpinned traffic otherwise goes to the newest version loaded, and loading
+    a candidate would switch everyone to it before any canary.
+    """
+    routing = await store.get_routing()
+    loaded = replicas.loaded()
+    if routing.active is None and loaded:
+        newest = max(loaded, key=int)
+        await store.update_routing(lambda r: r if r.active is not None else r.changed(active=newest))
+        print(f"version {newest} (the newest loaded) is now recorded as the active version", flush=True)
 
 
 # --- the commands ---------------------------------------------------------------------
@@ -364,6 +382,7 @@ async def _canary(args: argparse.Namespace, store: Store, replicas: Replicas) ->
     if args.version == routing.active:
         raise CommandError(f"version {args.version} is the active version; a canary needs another one")
     if args.version not in replicas.loaded():
+        await _hold_active(store, replicas)
         replicas.load(args.version)
     canary = Canary(args.version, float(args.percent), bool(args.shadow), now())
     routing = await store.update_routing(
@@ -452,6 +471,7 @@ async def _run(args: argparse.Namespace) -> int:
         if command == "list":
             await _list(store, replicas)
         elif command == "load":
+            await _hold_active(store, replicas)
             replicas.load(args.version)
             await store.update_routing(_loaded_again(args.version))
         elif command == "unload":
