@@ -21,7 +21,6 @@ Custom metrics on Triton's metrics port: ``maskserve_session_cache_hits``,
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -91,9 +90,9 @@ class _Metrics:
         self.bytes.set(store.nbytes)
         self.entries.set(len(store))
 
-    def close(self) -> None:
-        """Drop every metric and family: Triton deletes a family when its object goes."""
-        self.__dict__.clear()
+    def emptied(self) -> None:
+        self.bytes.set(0)
+        self.entries.set(0)
 
 
 class TritonPythonModel:
@@ -186,12 +185,15 @@ class TritonPythonModel:
         await asyncio.gather(*(self._handle(request) for request in requests))
 
     def finalize(self) -> None:
-        """Unloaded: free the version's embeddings, and delete its metric families while the stub still runs."""
+        """Unloaded: free the version's embeddings (its stub process then exits) and say so on the metrics.
+
+        The metric families stay: Triton shares a family between the versions
+        that create it, and deleting it would drop the other versions' series.
+        """
         self.store.clear()
         self._hot.clear()
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.metrics.close()
-        gc.collect()
+        self.metrics.emptied()
 
 
 def _as_fp32(arrays: tuple[np.ndarray, ...]) -> list[np.ndarray]:

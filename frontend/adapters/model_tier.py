@@ -88,17 +88,23 @@ class TritonReplica:
             yield request
 
         stream = self._client.stream_infer(one(), stream_timeout=self.timeout_s)
+        answer: Segmentation | None = None
         try:
             async with asyncio.timeout(self.timeout_s + 5):
+                # Read to the end: Triton closes the stream after the final response. Cancelling it
+                # as soon as the answer arrives left Triton holding the request, and a model version
+                # that served under concurrency could then never be unloaded.
                 async for result, error in stream:
                     if error is not None:
                         raise InferenceUnavailable(f"{self.url}: {error}")
-                    return self._answer(result)
+                    if answer is None:
+                        answer = self._answer(result)
         except (InferenceServerException, grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
-            raise InferenceUnavailable(f"{self.url}: {exc}") from exc
-        finally:
             stream.cancel()
-        raise InferenceUnavailable(f"{self.url}: the session model closed the stream without an answer")
+            raise InferenceUnavailable(f"{self.url}: {exc}") from exc
+        if answer is None:
+            raise InferenceUnavailable(f"{self.url}: the session model closed the stream without an answer")
+        return answer
 
     def _answer(self, result: Any) -> Segmentation:
         logits = result.as_numpy("low_res_logits")

@@ -163,9 +163,18 @@ def _service(summary: str, params: list, body: dict, ok: str, batch: bool) -> di
             "security": [{"bearer": []}],
             "parameters": params,
             "requestBody": body,
-            "responses": {"200": _json(ok, "processed"), **_errors(*codes)},
+            "responses": {"200": {**_json(ok, "processed"), "headers": MODEL_HEADERS}, **_errors(*codes)},
         }
     }
+
+
+MODEL_HEADERS = {
+    "X-Model-Version": {
+        "description": "variant/version of the model that served the images (e.g. `sam2.1_hiera_tiny/2`; "
+        "comma-separated when a batch spanned versions; absent when only uploaded masks were used)",
+        "schema": {"type": "string"},
+    }
+}
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:

@@ -107,6 +107,13 @@ def _session_metric(served: Served, name: str, version: str) -> float | None:
     return None if found is None else float(found.group(1))
 
 
+def _session_stubs(repo: Path, version: str) -> int:
+    """Python-backend stub processes of ``sam2_session`` ``version`` (each holds that version's embeddings)."""
+    out = subprocess.run(["pgrep", "-fa", "triton_python_backend_stub"], capture_output=True, text=True).stdout
+    path = f"{repo.resolve()}/{sig.SESSION_MODEL}/{version}/model.py"
+    return sum(path in line for line in out.splitlines())
+
+
 def _version(header: str | None) -> str | None:
     return None if header is None else header.rsplit("/", 1)[-1]
 
@@ -161,7 +168,7 @@ def test_release_runbook_under_load(exported_repo, tmp_path, report):
             time.sleep(10)
             same = json.loads(sh("maskserve models report --json", stdout_only=True)[2])
             sh("maskserve models canary --off")
-            assert _session_metric(served, "cache_limit_bytes", "3") is not None
+            assert _session_stubs(repo, "3") == 1 and _session_metric(served, "cache_bytes", "3") > 0
             unloaded = sh("maskserve models unload 3 --drain-seconds 60")[2]
             time.sleep(1)
         outcomes = load.outcomes
@@ -177,7 +184,7 @@ def test_release_runbook_under_load(exported_repo, tmp_path, report):
         assert {m["weights"] for m in ready["models"]} == {"random (seed 9191)"}, ready
         assert promoted["limits"] == {"1": float(1 << 30), "2": float(256 << 20)}, promoted["limits"]
         assert "version 1 stays loaded" in step("maskserve models promote 2")[2]
-        assert _session_metric(served, "cache_limit_bytes", "2") is None  # rolled back: version 2 unloaded
+        assert _session_stubs(repo, "2") == 0  # rolled back: version 2 unloaded, its process and store gone
         ready = requests.get(f"{served.url}/readyz", timeout=10).json()
         assert {m["version"] for m in ready["models"]} == {"1"}
 
@@ -229,7 +236,8 @@ def test_release_runbook_under_load(exported_repo, tmp_path, report):
         same_shadow = same["shadow"]["3"]
         assert same_shadow["compared"] > 0 and same_shadow["errors"] == 0, same_shadow
         assert same_shadow["iou_p5"] >= 0.999, same_shadow
-        assert "version 3 unloaded" in unloaded and _session_metric(served, "cache_limit_bytes", "3") is None
+        assert "version 3 unloaded" in unloaded and _session_stubs(repo, "3") == 0
+        assert _session_metric(served, "cache_bytes", "3") == 0
 
         report(
             f"release runbook under load: {len(outcomes)} requests, 0 failed; shadow v2 vs v1 IoU mean "

@@ -166,7 +166,7 @@ def test_migrated_schema_matches_the_table_definitions(settings):
     async def scenario(store):
         diff, version = await store._tx(compare)
         assert diff == [], diff
-        assert version == "0001"
+        assert version == "0002"
 
     run(settings, scenario)
 
@@ -184,7 +184,7 @@ def test_a_database_from_before_alembic_is_adopted(tmp_path):
         assert key is not None and key.credits == 7 and await store.ledger_sum("k1") == 7
         assert (await store.get_job("j1")).status == "completed"
         await store.put_file("0" * 32, b"x")  # the tables it lacked exist now
-        assert await store.get_state("active_model_version") == "1"
+        assert (await store.get_routing()).active == "1"  # the promoted version, now in the routing
 
     run(settings, scenario)
     with sqlite3.connect(settings.database_path) as db:
@@ -211,3 +211,43 @@ INSERT INTO jobs (id, key_id, kind, status, created_at, reserved, credits_used)
     VALUES ('j1', 'k1', 'segmentation', 'completed', 2.0, 1, 1);
 INSERT INTO service_state VALUES ('active_model_version', '1', 3.0);
 """
+
+
+def test_a_promoted_version_of_the_previous_schema_becomes_the_routing(settings):
+    """Revision 0001 kept the promoted version in its own row; 0002 moves it into the routing."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from maskserve.frontend.adapters.store import MIGRATIONS, database_url
+
+    def to_0001(conn: sa.Connection) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        conn.execute(sa.text("INSERT INTO service_state VALUES ('active_model_version', '3', 0)"))
+
+    url = database_url(settings.database_url, settings.data_dir / "maskserve.db")
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            to_0001(conn)
+        engine.dispose()
+    else:
+
+        async def migrate() -> None:
+            async_engine = create_async_engine(url)
+            async with async_engine.begin() as conn:
+                await conn.run_sync(to_0001)
+            await async_engine.dispose()
+
+        asyncio.run(migrate())
+
+    async def scenario(store):
+        routing = await store.get_routing()
+        assert routing.active == "3" and routing.generation == 1 and routing.canary is None
+        assert await store.get_state("active_model_version") is None
+
+    run(settings, scenario)

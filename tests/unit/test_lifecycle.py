@@ -16,7 +16,7 @@ from maskserve.cli.models import drain
 from maskserve.frontend.adapters.store import SqlStore
 from maskserve.frontend.app import FOLLOW_INTERVAL_S
 from maskserve.frontend.domain import Canary, FrontendReport, Route, Routing, now, traffic_bucket
-from maskserve.frontend.http.state import STORE
+from maskserve.frontend.http.state import JOBS, STORE
 from tests.helpers import image_bytes
 
 SEG = "/v1/services/image-segmentation"
@@ -46,8 +46,13 @@ def test_routing_rules():
 
 
 async def _follow(client, change) -> Routing:
+    """Change the routing in the store, and wait until the frontend follows it (within its interval)."""
     routing = await client.app[STORE].update_routing(change)
-    await asyncio.sleep(FOLLOW_INTERVAL_S * 3)
+    deadline = time.monotonic() + FOLLOW_INTERVAL_S * 4
+    while client.app[JOBS].routing.generation < routing.generation:
+        assert time.monotonic() < deadline, "the frontend did not follow the routing"
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.05)  # its report to the store follows
     return routing
 
 
@@ -65,7 +70,7 @@ async def test_a_canary_at_20_percent_gets_20_percent_of_the_images(make_client,
     _, secret = await client.app[STORE].create_key("u", 10_000)
     await _follow(client, lambda r: r.changed(active="1", canary=Canary("2", 20.0)))
     served = {}
-    for seed in range(300):
+    for seed in range(200):
         r = await _segment(client, secret, seed)
         assert r.status == 200
         served[hashlib.sha256(image_bytes(64, 48, seed=seed)).hexdigest()] = r.headers["X-Model-Version"]
