@@ -118,6 +118,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl." on every admin command
     if args.command == "export":
         from maskserve.export.command import ExportError, request_from_args, run_export
 
