@@ -104,9 +104,7 @@ class Load:
             )
             job = r.json().get("job_id") if r.headers.get("content-type", "").startswith("application/json") else None
             digest = hashlib.sha256(photo).hexdigest()
-            self.outcomes.append(
-                Outcome(sent, name, r.status_code, job, r.headers.get("X-Model-Version"), digest)
-            )
+            self.outcomes.append(Outcome(sent, name, r.status_code, job, r.headers.get("X-Model-Version"), digest))
 
     def __enter__(self) -> Load:
         for thread in self.threads:
