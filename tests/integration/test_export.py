@@ -142,7 +142,9 @@ def test_repository_layout_and_manifest(exported_repo):
     for model in sig.SIGNATURES:
         version_dir = exported_repo / model / "1"
         files = {p.name for p in version_dir.iterdir()} - {"__pycache__"}
-        assert files == {"model.onnx", "model.py", "manifest.json"}
+        assert files == {"model.onnx", "model.py", "manifest.json", "config.pbtxt"}
+        own = text_format.Parse((version_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert own.parameters["maskserve_weights"].string_value == f"random (seed {SEED})"  # this version's own
         manifest = json.loads((version_dir / "manifest.json").read_text())
         assert manifest["model"] == "sam2.1_hiera_tiny" and manifest["family"] == "sam2.1"
         assert manifest["size"] == "tiny" and manifest["weights"] == {"kind": "random", "seed": SEED}

@@ -7,7 +7,7 @@ import sys
 import time
 
 
-def _models(triton_server, tmp_path, *args: str) -> subprocess.CompletedProcess:
+def _models(triton_server, tmp_path, *args: str, repository=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [
             sys.executable,
@@ -20,7 +20,7 @@ def _models(triton_server, tmp_path, *args: str) -> subprocess.CompletedProcess:
             "--data-dir",
             str(tmp_path),
             "--model-repository",
-            str(triton_server.opts.model_repository),
+            str(repository or triton_server.opts.model_repository),
         ],
         capture_output=True,
         text=True,
@@ -52,7 +52,7 @@ def test_a_version_triton_cannot_find_fails_in_seconds_naming_the_loaded_ones(tr
             source = triton_server.opts.model_repository / model / "1" / "config.pbtxt"
             shutil.copyfile(source, elsewhere / model / version / "config.pbtxt")
     started = time.monotonic()
-    out = _models(triton_server, tmp_path, "load", "9", "--model-repository", str(elsewhere))
+    out = _models(triton_server, tmp_path, "load", "9", repository=elsewhere)
     took = time.monotonic() - started
     assert out.returncode == 1, out.stdout + out.stderr
     assert "has no version 9 in Triton's model repository" in out.stderr and "loaded versions: 1" in out.stderr
