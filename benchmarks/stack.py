@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,11 +15,7 @@ from pathlib import Path
 
 import requests
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from maskserve.tritonserver import free_port
 
 
 @dataclass(frozen=True)
@@ -58,13 +53,7 @@ def running_stack(
 
     work = Path(tempfile.mkdtemp(prefix="maskserve-bench-"))
     repo = repo or export_default(work, session_cache_bytes)
-    opts = TritonOptions(
-        model_repository=repo,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        work_dir=work / "triton",
-    )
+    opts = TritonOptions.on_free_ports(repo, work / "triton")
     data = work / "data"
     cli = [sys.executable, "-m", "maskserve.cli"]
     created = subprocess.run(

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.loadgen import percentile
-from benchmarks.stack import export_default, free_port
+from benchmarks.stack import export_default
 from maskserve.core import signatures as sig
 from maskserve.export.repository import CPU_BATCHING, CpuRuntime, ModelRuntime, render_config, repository_provenance
 
@@ -161,12 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for config in chosen:
         repo = variant_repo(source, config, work)
-        opts = TritonOptions(
-            model_repository=repo,
-            grpc_port=free_port(),
-            http_port=free_port(),
-            metrics_port=free_port(),
-            work_dir=work / "triton",
+        opts = TritonOptions.on_free_ports(
+            repo,
+            work / "triton",
             models=tuple(sig.SIGNATURES),  # the two graphs alone: this harness measures them
         )
         client_batch = min(args.client_batch, config.encoder_batch)

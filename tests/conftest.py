@@ -50,13 +50,7 @@ def exported_repo(tmp_path_factory) -> Path:
 def triton_server(exported_repo, tmp_path_factory):
     from maskserve.tritonserver import TritonOptions, TritonServer
 
-    opts = TritonOptions(
-        model_repository=exported_repo,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        work_dir=tmp_path_factory.mktemp("triton"),
-    )
+    opts = TritonOptions.on_free_ports(exported_repo, tmp_path_factory.mktemp("triton"))
     with TritonServer(opts) as server:
         yield server
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import requests
+
+from maskserve.tritonserver import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 0
@@ -77,12 +78,6 @@ def png_mask(width: int, height: int, box: tuple[int, int, int, int], soft: bool
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ApiServer:

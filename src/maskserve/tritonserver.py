@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -52,6 +53,25 @@ class TritonOptions:
     @property
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
+
+    @classmethod
+    def on_free_ports(cls, model_repository: Path, work_dir: Path, **options: object) -> TritonOptions:
+        """A loopback Triton on three free ports (tests and benchmarks run several side by side)."""
+        return cls(
+            model_repository=model_repository,
+            grpc_port=free_port(),
+            http_port=free_port(),
+            metrics_port=free_port(),
+            work_dir=work_dir,
+            **options,  # type: ignore[arg-type]
+        )
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def find_distribution() -> TritonDistribution:

@@ -20,7 +20,7 @@ from maskserve.core.prompts import PackedPrompt, is_multimask, pack_prompt
 from maskserve.frontend import imaging
 from maskserve.session.engine import SessionEngine
 from maskserve.session.store import EmbeddingStore
-from tests.helpers import free_port, start_api
+from tests.helpers import start_api
 
 SEG = "/v1/services/image-segmentation"
 POINTS = ((480, 270), (960, 540), (1500, 800))  # the benchmark's prompts on its 1920x1080 photos
@@ -148,13 +148,7 @@ def test_session_store_keeps_its_bound_and_reports_on_the_metrics_port(exported_
     own.write_text(model_config.render(edited))
     composed = model_config.compose(repo / sig.SESSION_MODEL, [1], 1)
     (repo / sig.SESSION_MODEL / "config.pbtxt").write_text(model_config.render(composed))
-    opts = TritonOptions(
-        model_repository=repo,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        work_dir=tmp_path / "triton",
-    )
+    opts = TritonOptions.on_free_ports(repo, tmp_path / "triton")
     with TritonServer(opts):
         api = start_api(tmp_path_factory, opts.grpc_url)
         try:
