@@ -27,8 +27,6 @@ MODEL_ROUTING = "model_routing"
 """Service state: which model version serves what (``Routing`` as JSON, set by ``maskserve models``)."""
 SIGNING_SECRET = "signing_secret"
 """Service state: the link-signing secret shared by every frontend of one database."""
-UPLOADED_MASK = "uploaded-mask"
-"""The pseudo model version of work that used only an uploaded mask."""
 
 
 class JobKind(StrEnum):

@@ -181,6 +181,7 @@ class ImageJobs:
                 raise InferenceUnavailable("no model version is loaded in every model")
             if self.models is None or self.models[0].version != version:
                 self.models = await self.triton.model_info(version)
+                self.variants[version] = self.models[0].variant
             for ready in self.ready - set(self.variants):
                 self.variants[ready] = (await self.triton.model_info(ready))[0].variant
         except InferenceUnavailable:
@@ -192,13 +193,17 @@ class ImageJobs:
         """``variant/version``, as ``X-Model-Version`` shows it."""
         return f"{self.variants.get(version, 'sam2')}/{version}"
 
-    async def route(self, key: ApiKey, digest: str) -> Route:
-        """The version serving this key's image (its pin, a canary, or the promoted one), and a shadow."""
+    async def _models_known(self) -> None:
+        """The versions ready are known (asked of the model tier if not yet); 503 if it cannot say."""
         if self.models is None or not self.ready:
             try:
                 await self.refresh_models()
             except InferenceUnavailable as exc:
                 raise Unavailable(Failure.UNAVAILABLE) from exc
+
+    async def route(self, key: ApiKey, digest: str) -> Route:
+        """The version serving this key's image (its pin, a canary, or the promoted one), and a shadow."""
+        await self._models_known()
         try:
             return self.routing.route(key.pinned_version, digest, self.ready)
         except LookupError as exc:
@@ -399,8 +404,8 @@ class ImageJobs:
     async def _single(
         self, key: ApiKey, kind: JobKind, item: Item, prompt: Prompt | None, opts: ExtractionOptions | None
     ) -> Job:
-        if item.mask is None and self.models is None:  # Triton away: 503 before decoding
-            await self.route(key, "0" * 12)
+        if item.mask is None:  # Triton away: 503 before decoding
+            await self._models_known()
         prep = await self._prepare(kind, item, prompt)
         prep.routed(None if item.mask is not None else await self.route(key, prep.digest))
         with self.running(_versions([prep])):
@@ -431,8 +436,8 @@ class ImageJobs:
     ) -> BatchOutcome:
         started = time.perf_counter()
         batch_id = uuid.uuid4().hex
-        if any(item.mask is None for item in items) and self.models is None:  # Triton away: 503 at once
-            await self.route(key, "0" * 12)
+        if any(item.mask is None for item in items):  # Triton away: 503 at once
+            await self._models_known()
 
         async def prepare(item: Item) -> _Prepared | ApiError:
             try:

@@ -58,10 +58,6 @@ class FakeInference:
         disc = np.where((xx - cx) ** 2 + (yy - cy) ** 2 < radius**2, 10.0, -10.0).astype(np.float32)
         return Segmentation(logits=disc, score=0.9, encoded=encoded)
 
-    async def latest_ready_version(self) -> str:
-        self._check()
-        return max(self.versions, key=int)
-
     async def ready_versions(self) -> set[str]:
         self._check()
         return set(self.versions)
