@@ -268,12 +268,19 @@ def _rate_hit(
     return RateWindow(allowed, count, oldest)
 
 
+ROUTING_ROWS = sa.select(service_state.c.name, service_state.c.value).where(
+    service_state.c.name.in_((MODEL_ROUTING, ACTIVE_MODEL_VERSION))
+)
+"""The routing's row, and the promoted-version row of databases older than it."""
+
+
+def _routing_of(rows: list[sa.Row[Any]]) -> Routing:
+    found = {row.name: row.value for row in rows}
+    return Routing.from_json(found.get(MODEL_ROUTING), found.get(ACTIVE_MODEL_VERSION))
+
+
 def _routing(conn: sa.Connection) -> Routing:
-    query = sa.select(service_state.c.name, service_state.c.value).where(
-        service_state.c.name.in_((MODEL_ROUTING, ACTIVE_MODEL_VERSION))
-    )
-    rows = {row.name: row.value for row in conn.execute(query)}
-    return Routing.from_json(rows.get(MODEL_ROUTING), rows.get(ACTIVE_MODEL_VERSION))
+    return _routing_of(_rows(conn, ROUTING_ROWS))
 
 
 def _update_routing(conn: sa.Connection, change: Callable[[Routing], Routing], postgres: bool) -> Routing:
@@ -518,13 +525,8 @@ class SqlStore:
         return bool(await self._tx(lambda conn: conn.execute(query).rowcount == 1))
 
     async def get_routing(self) -> Routing:
-        rows = await self._read(
-            sa.select(service_state.c.name, service_state.c.value).where(
-                service_state.c.name.in_((MODEL_ROUTING, ACTIVE_MODEL_VERSION))
-            )
-        )
-        found = {row.name: row.value for row in rows}
-        return Routing.from_json(found.get(MODEL_ROUTING), found.get(ACTIVE_MODEL_VERSION))
+        """Read without a transaction: every frontend asks twice a second."""
+        return _routing_of(await self._read(ROUTING_ROWS))
 
     async def update_routing(self, change: Callable[[Routing], Routing]) -> Routing:
         return await self._tx(_update_routing, change, self.postgres)
