@@ -298,8 +298,9 @@ def _describe(routing: Routing) -> str:
     return "; ".join(parts)
 
 
-def _loaded_again(version: str) -> Callable[[Routing], Routing]:
-    return lambda r: r.changed(retiring=tuple(v for v in r.retiring if v != version))
+def _loaded_again(version: str, **changes: Any) -> Callable[[Routing], Routing]:
+    """The routing once ``version`` is loaded again (no longer retired), with ``changes``."""
+    return lambda r: r.changed(retiring=tuple(v for v in r.retiring if v != version), **changes)
 
 
 async def _hold_active(store: Store, replicas: Replicas) -> None:
@@ -385,9 +386,7 @@ async def _canary(args: argparse.Namespace, store: Store, replicas: Replicas) ->
         await _hold_active(store, replicas)
         replicas.load(args.version)
     canary = Canary(args.version, float(args.percent), bool(args.shadow), now())
-    routing = await store.update_routing(
-        lambda r: r.changed(canary=canary, retiring=tuple(v for v in r.retiring if v != args.version))
-    )
+    routing = await store.update_routing(_loaded_again(args.version, canary=canary))
     print(f"routing {routing.generation}: {_describe(routing)}")
 
 
