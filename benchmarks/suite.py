@@ -98,7 +98,8 @@ async def encoder_rate(grpc_url: str, tensors: list[np.ndarray], concurrency: in
         await client.close()
 
 
-def _post(stack: Stack, data: bytes, point: tuple[int, int]) -> None:
+def _post(stack: Stack, data: bytes, point: tuple[int, int]) -> requests.Response:
+    """One segmentation through the REST API (raises on any status but 2xx)."""
     r = requests.post(
         f"{stack.url}/v1/services/image-segmentation",
         params={"points": json.dumps([list(point)])},
@@ -107,6 +108,7 @@ def _post(stack: Stack, data: bytes, point: tuple[int, int]) -> None:
         timeout=300,
     )
     r.raise_for_status()
+    return r
 
 
 def _moved(stack: Stack) -> float:
@@ -170,14 +172,7 @@ def agreement(stack: Stack, peer: TorchPeer, count: int) -> dict:
     for i in range(count):
         data = photo(5000 + i)
         for point in ((480, 270), (960, 540), (1500, 800)):
-            r = requests.post(
-                f"{stack.url}/v1/services/image-segmentation",
-                params={"points": json.dumps([list(point)])},
-                files={"file": ("p.jpg", data, "image/jpeg")},
-                headers={"Authorization": f"Bearer {stack.key}"},
-                timeout=300,
-            )
-            r.raise_for_status()
+            r = _post(stack, data, point)
             ours = (
                 np.asarray(Image.open(io.BytesIO(requests.get(r.json()["result"]["output_url"], timeout=30).content)))
                 > 127
