@@ -38,8 +38,9 @@ async def _sweep_expired(app: web.Application) -> None:
             if settings.shared:
                 await store.fail_stale_processing(Failure.INTERRUPTED, STALE_AFTER_S)
             for job in await store.expired_outputs(time.time()):
-                if job.output_path:
-                    await files.remove(job.output_path)
+                for location in [job.output_path, *job.extra_files]:
+                    if location:
+                        await files.remove(location)
                 await store.forget_output(job.id)
         except asyncio.CancelledError:
             raise

@@ -19,6 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from maskserve.core.everything import point_grid
+from maskserve.core.prompts import PackedPrompt, pack_prompt
+from maskserve.core.signatures import IMAGE_SIZE
+
 KEY_PREFIX = "sk-live-"
 VISIBLE_CHARS = 8  # characters after KEY_PREFIX kept in clear as the key's prefix
 ACTIVE_MODEL_VERSION = "active_model_version"
@@ -32,11 +36,12 @@ SIGNING_SECRET = "signing_secret"
 class JobKind(StrEnum):
     SEGMENTATION = "segmentation"
     EXTRACTION = "extraction"
+    EVERYTHING = "everything"
 
     @property
     def cost(self) -> int:
-        """Credits per image (API.md: segmentation 1, extraction 2)."""
-        return {JobKind.SEGMENTATION: 1, JobKind.EXTRACTION: 2}[self]
+        """Credits per image (API.md: segmentation 1 whatever the objects, extraction 2, segment everything 4)."""
+        return {JobKind.SEGMENTATION: 1, JobKind.EXTRACTION: 2, JobKind.EVERYTHING: 4}[self]
 
 
 class JobStatus(StrEnum):
@@ -113,6 +118,18 @@ class Job:
     content_type: str | None = None
     expires_at: float | None = None
     model_version: str | None = None
+    details: dict[str, Any] | None = None  # {"result": public extras, "files": {...}}, see services.outputs
+    input_digest: str | None = None
+
+    @property
+    def extra_files(self) -> list[str]:
+        return detail_files(self.details)
+
+
+def detail_files(details: dict[str, Any] | None) -> list[str]:
+    """Locations of a job's files besides its output (objects' masks, refinement logits)."""
+    files = (details or {}).get("files", {})
+    return [*files.get("objects", []), *([files["logits"]] if files.get("logits") else [])]
 
 
 @dataclass(frozen=True)
@@ -124,6 +141,7 @@ class NewJob:
     original_width: int | None = None
     original_height: int | None = None
     model_version: str | None = None  # recorded at reservation: what ``models report`` and the drain count
+    input_digest: str | None = None
 
     @property
     def cost(self) -> int:
@@ -140,6 +158,7 @@ class Completion:
     processing_ms: float
     expires_at: float
     model_version: str | None
+    details: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -168,13 +187,52 @@ class RateDecision:
 
 @dataclass
 class Segmentation:
-    """The model tier's answer to one prompt."""
+    """The model tier's answer to one request: each prompt object's mask, or segment-everything's masks."""
 
     needs_image: bool = False  # the replica does not hold the image's embeddings
     rejected: str = ""  # why the model tier could not read the image ("" when it could)
-    logits: np.ndarray | None = None  # [256, 256] float32 logits of the chosen mask
-    score: float = 0.0  # its predicted IoU
+    logits: np.ndarray | None = None  # [P, 256, 256] float32 logits of each object's chosen mask
+    scores: list[float] = field(default_factory=list)  # their predicted IoU
     encoded: bool = False  # the image's bytes were sent, and the encoder ran
+    masks: list[dict[str, Any]] | None = None  # segment-everything: the model tier's masks (RLE, box, scores)
+
+
+@dataclass(frozen=True)
+class EverythingOptions:
+    """``POST …/image-segmentation/everything``'s parameters (API.md, v1.1)."""
+
+    points_per_side: int = 16
+    pred_iou_thresh: float = 0.8
+    stability_score_thresh: float = 0.92
+    min_mask_region_area: int = 0
+    max_masks: int = 100
+    mask_format: str = "rle"
+
+
+@dataclass(frozen=True)
+class EverythingJob:
+    """Segment-everything on one image: SAM's point grid over its pixels, and the filters."""
+
+    options: EverythingOptions
+    width: int
+    height: int
+
+    def grid(self) -> np.ndarray:
+        """[P, 2] pixel coordinates of the grid points (what each mask reports as its ``point``)."""
+        return point_grid(self.options.points_per_side) * np.array([self.width, self.height], np.float64)
+
+    def prompts(self) -> list[PackedPrompt]:
+        frame = self.grid() / np.array([self.width, self.height], np.float64) * IMAGE_SIZE
+        prompts = []
+        for point in frame.astype(np.float32):
+            coords, labels = pack_prompt(point.reshape(1, 2), np.ones(1, np.int32), None)
+            prompts.append(PackedPrompt(coords, labels, None, multimask=True))
+        return prompts
+
+    def params(self) -> list[float]:
+        """The session model's ``everything`` input."""
+        opts = self.options
+        return [opts.pred_iou_thresh, opts.stability_score_thresh, float(self.height), float(self.width)]
 
 
 @dataclass(frozen=True)

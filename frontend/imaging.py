@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from maskserve.core.images import ImageRejected, has_alpha, open_oriented, probe
+from maskserve.core.masks import upsample_logits
 from maskserve.core.signatures import IMAGE_SIZE
 
 OUTPUT_TYPES = {"png": "image/png", "webp": "image/webp"}
@@ -55,33 +55,6 @@ def to_model_frame(coords: np.ndarray, width: int, height: int) -> np.ndarray:
     """Pixel (x, y) in the oriented image → the 1024×1024 model frame."""
     scale = np.array([IMAGE_SIZE / width, IMAGE_SIZE / height], np.float32)
     return np.asarray(coords, np.float32).reshape(-1, 2) * scale
-
-
-@lru_cache(maxsize=32)
-def _interp_matrix(out_size: int, in_size: int) -> np.ndarray:
-    """Rows of bilinear weights, half-pixel centres, no antialiasing (PyTorch's)."""
-    src = np.clip((np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5, 0.0, None)
-    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    hi = np.minimum(lo + 1, in_size - 1)
-    frac = (src - lo).astype(np.float32)
-    matrix = np.zeros((out_size, in_size), np.float32)
-    np.add.at(matrix, (np.arange(out_size), lo), 1.0 - frac)
-    np.add.at(matrix, (np.arange(out_size), hi), frac)
-    return matrix
-
-
-def upsample_logits(logits: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Low-res logits → original size, as the predictor's ``F.interpolate(bilinear)``.
-
-    Enlarging (the usual case) uses Pillow's bilinear filter on a float image:
-    the same half-pixel interpolation, about twice as fast as matrices. Pillow
-    widens its kernel when reducing and PyTorch does not, so images smaller
-    than the logits on either side use explicit interpolation matrices.
-    """
-    logits = np.ascontiguousarray(logits, dtype=np.float32)
-    if height >= logits.shape[0] and width >= logits.shape[1]:
-        return np.asarray(Image.fromarray(logits, "F").resize((width, height), Image.Resampling.BILINEAR))
-    return _interp_matrix(height, logits.shape[0]) @ logits @ _interp_matrix(width, logits.shape[1]).T
 
 
 def mask_from_logits(logits: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -17,6 +17,7 @@ from maskserve.core.prompts import PackedPrompt
 from maskserve.frontend.domain import (
     ApiKey,
     Completion,
+    EverythingJob,
     FrontendReport,
     Job,
     ModelInfo,
@@ -116,8 +117,12 @@ class InferenceClient(Protocol):
     Every failure to reach it is ``InferenceUnavailable``.
     """
 
-    async def segment(self, digest: str, image: bytes, prompt: PackedPrompt, version: str) -> Segmentation:
-        """One prompt's mask; ``image`` travels only when the replica does not hold the embeddings."""
+    async def segment(self, digest: str, image: bytes, prompts: list[PackedPrompt], version: str) -> Segmentation:
+        """Each prompt object's mask; ``image`` travels only when the replica does not hold the embeddings."""
+        ...
+
+    async def everything(self, digest: str, image: bytes, job: EverythingJob, version: str) -> Segmentation:
+        """Segment-everything's masks (RLE), filtered and suppressed by the model tier."""
         ...
 
     async def ready_versions(self) -> set[str]:

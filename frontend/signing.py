@@ -21,11 +21,17 @@ from maskserve.frontend.domain import SIGNING_SECRET
 from maskserve.frontend.errors import Forbidden
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_FILE_ID = re.compile(r"^[0-9a-f]{32}(_(?:[0-9]{1,2}|logits))?$")
 
 
 def valid_job_id(job_id: str) -> bool:
     """Job ids are UUIDs we generated; anything else is never looked up or used in a path."""
     return bool(_JOB_ID.match(job_id))
+
+
+def valid_file_id(file_id: str) -> bool:
+    """A job id, or a job's further file: ``<job id>_<object index>`` or ``<job id>_logits``."""
+    return bool(_FILE_ID.match(file_id))
 
 
 class StateStore(Protocol):

@@ -3,17 +3,22 @@
 Copied into every version directory of the ``sam2_session`` model. It is
 decoupled with an ``async`` execute, so one instance serves many requests at
 once: a prompt on a cached image is decoded while another request waits for
-its image to be encoded. For each request it takes an image digest and one
-packed prompt (plus, only when asked for, the image's bytes), finds the
+its image to be encoded. For each request it takes an image digest and its
+packed prompts (plus, only when asked for, the image's bytes), finds the
 embeddings in its store or has the encoder model compute them (once per image,
 however many requests for it arrive together), calls the decoder model, picks
-the mask as SAM 2's predictor does, and answers with that mask's 256² logits
-and score. The encoder and decoder stay separate Triton models with their own
+each mask as SAM 2's predictor does, and answers with their 256² logits and
+scores. The encoder and decoder stay separate Triton models with their own
 dynamic batching; this model reaches them through BLS at its own version, so
 each version keeps its own embeddings and unloading a version frees them.
 
 Parameters (``config.pbtxt``): ``cache_bytes`` (the store's bound),
-``storage`` (``fp16`` default, or ``fp32``), ``preprocess_threads``.
+``storage`` (``fp16`` default, or ``fp32``), ``preprocess_threads``,
+``decoder_batch`` (prompts per decoder call: the decoder's max batch size).
+
+A request carries 1-16 prompt objects (decoded in one batched call) and gets
+each one's chosen mask; or, with the ``everything`` input, a grid of points
+for segment-everything, answered with the filtered masks as COCO RLE.
 Custom metrics on Triton's metrics port: ``maskserve_session_cache_hits``,
 ``…_misses``, ``…_evictions``, ``…_encodes``, ``…_bytes`` and ``…_entries``.
 """
@@ -32,12 +37,13 @@ import triton_python_backend_utils as pb_utils
 from maskserve.core import signatures as sig
 from maskserve.core.images import encoder_input
 from maskserve.core.prompts import PackedPrompt
-from maskserve.session.engine import Outcome, SessionEngine
+from maskserve.session.engine import EverythingRequest, Outcome, SessionEngine
 from maskserve.session.store import EmbeddingStore, Entry
 
 EMBEDDINGS = tuple(spec.name for spec in sig.ENCODER_OUTPUTS)
 HOT_IMAGES = 2  # images whose fp32 copies stay ready for the decoder
 DECODER_OUTPUTS = tuple(spec.name for spec in sig.DECODER_OUTPUTS)
+MAX_PROMPTS = 64 * 64  # segment-everything's largest grid
 
 
 def _param(config: dict[str, Any], key: str, default: str, version: str) -> str:
@@ -103,9 +109,12 @@ class TritonPythonModel:
         storage = _param(config, "storage", "fp16", version)
         self.store = EmbeddingStore(int(_param(config, "cache_bytes", str(1 << 30), version)), storage)
         threads = int(_param(config, "preprocess_threads", "2", version))
+        self.decoder_batch = int(_param(config, "decoder_batch", "16", version))
         self.pool = ThreadPoolExecutor(threads, "session")
         self._hot: OrderedDict[int, tuple[Entry, list[np.ndarray]]] = OrderedDict()
-        self.engine = SessionEngine(self.store, encoder_input, self._encode, self._decode, self.pool)
+        self.engine = SessionEngine(
+            self.store, encoder_input, self._encode, self._decode, self.pool, points_per_batch=self.decoder_batch
+        )
         self.metrics = _Metrics(config["name"], args["model_version"])
         self.metrics.limit.set(self.store.max_bytes)
         pb_utils.Logger.log_info(
@@ -146,30 +155,59 @@ class TritonPythonModel:
             self._hot.popitem(last=False)
         return arrays
 
-    async def _decode(self, entry: Entry, prompt: PackedPrompt) -> tuple[np.ndarray, np.ndarray]:
-        mask = prompt.mask_input if prompt.mask_input is not None else np.zeros((1, 256, 256), np.float32)
+    async def _decode(self, entry: Entry, prompts: list[PackedPrompt]) -> tuple[np.ndarray, np.ndarray]:
+        """The prompts in decoder calls of at most ``decoder_batch`` items (one call for up to 16 objects)."""
         arrays = await self._widened(entry)
-        inputs = [pb_utils.Tensor(name, array) for name, array in zip(EMBEDDINGS, arrays, strict=True)]
-        inputs += [
-            pb_utils.Tensor("point_coords", prompt.point_coords[None].astype(np.float32)),
-            pb_utils.Tensor("point_labels", prompt.point_labels[None].astype(np.int32)),
-            pb_utils.Tensor("mask_input", mask.reshape(1, 1, 256, 256).astype(np.float32)),
-            pb_utils.Tensor("has_mask_input", np.array([[1.0 if prompt.mask_input is not None else 0.0]], np.float32)),
+        parts = [prompts[i : i + self.decoder_batch] for i in range(0, len(prompts), self.decoder_batch)]
+        answers = await asyncio.gather(*(self._decode_batch(arrays, part) for part in parts))
+        return np.concatenate([a[0] for a in answers]), np.concatenate([a[1] for a in answers])
+
+    async def _decode_batch(self, arrays: list[np.ndarray], prompts: list[PackedPrompt]) -> list[np.ndarray]:
+        count = len(prompts)
+        masks = np.zeros((count, 1, 256, 256), np.float32)
+        has_mask = np.zeros((count, 1), np.float32)
+        for i, prompt in enumerate(prompts):
+            if prompt.mask_input is not None:
+                masks[i] = prompt.mask_input.reshape(1, 256, 256)
+                has_mask[i] = 1.0
+        # one image's embeddings, once per item (the decoder's batch dimension runs over all its inputs)
+        inputs = [
+            pb_utils.Tensor(name, np.ascontiguousarray(np.broadcast_to(array, (count, *array.shape[1:]))))
+            for name, array in zip(EMBEDDINGS, arrays, strict=True)
         ]
-        masks, iou = await self._call(sig.DECODER_MODEL, inputs, DECODER_OUTPUTS)
-        return masks[0], iou[0]
+        inputs += [
+            pb_utils.Tensor("point_coords", np.stack([p.point_coords for p in prompts]).astype(np.float32)),
+            pb_utils.Tensor("point_labels", np.stack([p.point_labels for p in prompts]).astype(np.int32)),
+            pb_utils.Tensor("mask_input", masks),
+            pb_utils.Tensor("has_mask_input", has_mask),
+        ]
+        return await self._call(sig.DECODER_MODEL, inputs, DECODER_OUTPUTS)
 
     async def _answer(self, request: Any) -> Any:
         digest = bytes(_input(request, "digest").reshape(-1)[0]).decode()
-        image = _optional(request, "image")
+        upload = _optional(request, "image")
+        image = None if upload is None else bytes(upload.reshape(-1)[0])
+        coords = _input(request, "point_coords").reshape(-1, sig.DECODER_POINTS, 2)
+        labels = _input(request, "point_labels").reshape(-1, sig.DECODER_POINTS)
+        multimask = _input(request, "multimask").reshape(-1)
         mask_input = _optional(request, "mask_input")
-        prompt = PackedPrompt(
-            point_coords=_input(request, "point_coords").reshape(sig.DECODER_POINTS, 2),
-            point_labels=_input(request, "point_labels").reshape(sig.DECODER_POINTS),
-            mask_input=None if mask_input is None else mask_input.reshape(1, 256, 256),
-            multimask=bool(_input(request, "multimask").reshape(-1)[0]),
-        )
-        outcome = await self.engine.segment(digest, None if image is None else bytes(image.reshape(-1)[0]), prompt)
+        masks = None if mask_input is None else mask_input.reshape(-1, 1, 256, 256)
+        if not 1 <= len(coords) <= MAX_PROMPTS or len(labels) != len(coords) or len(multimask) != len(coords):
+            raise ValueError(f"1 to {MAX_PROMPTS} prompts, with as many labels and multimask flags")
+        params = _optional(request, "everything")
+        if params is not None:
+            iou_thresh, stability_thresh, height, width = (float(v) for v in params.reshape(-1)[:4])
+            grid = coords[:, 0, :].astype(np.float32)
+            job = EverythingRequest(grid, iou_thresh, stability_thresh, int(height), int(width))
+            outcome = await self.engine.everything(digest, image, job)
+        else:
+            if masks is not None and len(masks) != len(coords):
+                raise ValueError("one mask_input per prompt")
+            prompts = [
+                PackedPrompt(coords[i], labels[i], None if masks is None else masks[i], bool(multimask[i]))
+                for i in range(len(coords))
+            ]
+            outcome = await self.engine.segment(digest, image, prompts)
         self.metrics.update(self.store, int(outcome.encoded))
         return pb_utils.InferenceResponse(output_tensors=_outputs(outcome))
 
@@ -201,10 +239,13 @@ def _as_fp32(arrays: tuple[np.ndarray, ...]) -> list[np.ndarray]:
 
 
 def _outputs(outcome: Outcome) -> list[Any]:
-    logits = outcome.logits if outcome.logits is not None else np.zeros((256, 256), np.float32)
+    logits = outcome.logits if outcome.logits is not None else np.zeros((0, 256, 256), np.float32)
+    scores = outcome.scores if outcome.scores is not None else np.zeros((0,), np.float32)
+    masks = "" if outcome.masks is None else json.dumps([m.to_json() for m in outcome.masks], separators=(",", ":"))
     return [
         pb_utils.Tensor("needs_image", np.array([outcome.needs_image], np.bool_)),
         pb_utils.Tensor("rejected", np.array([outcome.rejected.encode()], np.object_)),
         pb_utils.Tensor("low_res_logits", logits),
-        pb_utils.Tensor("score", np.array([outcome.score], np.float32)),
+        pb_utils.Tensor("score", scores),
+        pb_utils.Tensor("masks", np.array([masks.encode()], np.object_)),
     ]

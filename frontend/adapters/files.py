@@ -1,7 +1,9 @@
 """Output files: a local directory (the embedded default) or rows of the shared database.
 
-File names are the job id (a UUID we generated), never anything a client sent,
-so a path cannot leave the files directory.
+File names are the job id (a UUID we generated) or a file id derived from it
+(``<job id>_<n>`` for an object's mask, ``<job id>_logits`` for the logits a
+refinement reuses), never anything a client sent, so a path cannot leave the
+files directory.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import os
 from pathlib import Path
 
 from maskserve.frontend.ports import FileRows
-from maskserve.frontend.signing import valid_job_id
+from maskserve.frontend.signing import valid_file_id
 
-EXTENSIONS = ("png", "webp")
+EXTENSIONS = ("png", "webp", "jpeg", "f32")  # images, and refinement logits (raw float32)
 
 
 class LocalFiles:
@@ -45,7 +47,7 @@ class LocalFiles:
             await asyncio.to_thread(path.unlink, missing_ok=True)
 
     def _write(self, job_id: str, extension: str, data: bytes) -> Path:
-        if not valid_job_id(job_id) or extension not in EXTENSIONS:
+        if not valid_file_id(job_id) or extension not in EXTENSIONS:
             raise ValueError("bad output file name")
         target = self.root / f"{job_id}.{extension}"
         tmp = target.with_suffix(target.suffix + ".tmp")
@@ -69,7 +71,7 @@ class DatabaseFiles:
         self._rows = rows
 
     async def put(self, job_id: str, extension: str, data: bytes) -> str:
-        if not valid_job_id(job_id):
+        if not valid_file_id(job_id):
             raise ValueError("bad output file name")
         await self._rows.put_file(job_id, data)
         return self.PREFIX + job_id

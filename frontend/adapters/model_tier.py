@@ -1,7 +1,8 @@
 """The model tier over gRPC: the ``sam2_session`` model on one or several Triton replicas.
 
 Only image digests, prompts, an image's bytes (once, when the replica asks for
-them) and one mask's 256² logits cross the wire; the embeddings stay in the
+them), each prompt object's 256² logits and segment-everything's RLE masks
+cross the wire; the embeddings stay in the
 replica that computed them. ``sam2_session`` is a decoupled model (so one
 instance serves many requests at once), which Triton serves over gRPC
 streaming only: each call opens a short stream of one request and reads its
@@ -15,8 +16,10 @@ the call has been tried on the image's other replicas in rendezvous order.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -27,13 +30,21 @@ from tritonclient.utils import InferenceServerException
 from maskserve.core import signatures as sig
 from maskserve.core.prompts import PackedPrompt
 from maskserve.frontend.adapters.routing import ReplicaSet
-from maskserve.frontend.domain import ModelInfo, Segmentation
+from maskserve.frontend.domain import EverythingJob, ModelInfo, Segmentation
 from maskserve.frontend.errors import InferenceUnavailable
 from maskserve.frontend.metrics import Metrics
 
 MAX_MESSAGE = 64 * 1024 * 1024  # an upload is at most 25 MB
 OUTPUTS = tuple(spec.name for spec in sig.SESSION_OUTPUTS)
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SessionCall:
+    """What one request to ``sam2_session`` carries: prompt objects, or a grid with segment-everything's filters."""
+
+    prompts: list[PackedPrompt]
+    everything: list[float] | None = None
 
 
 def _tensor(name: str, array: np.ndarray, dtype: str) -> grpcaio.InferInput:
@@ -61,25 +72,33 @@ class TritonReplica:
     async def close(self) -> None:
         await self._client.close()
 
-    def _inputs(self, digest: str, image: bytes | None, prompt: PackedPrompt) -> list[grpcaio.InferInput]:
+    def _inputs(self, digest: str, image: bytes | None, call: SessionCall) -> list[grpcaio.InferInput]:
+        prompts = call.prompts
         inputs = [
             _tensor("digest", np.array([digest.encode()], np.object_), "BYTES"),
-            _tensor("point_coords", np.ascontiguousarray(prompt.point_coords, np.float32), "FP32"),
-            _tensor("point_labels", np.ascontiguousarray(prompt.point_labels, np.int32), "INT32"),
-            _tensor("multimask", np.array([prompt.multimask], np.bool_), "BOOL"),
+            _tensor("point_coords", np.stack([p.point_coords for p in prompts]).astype(np.float32), "FP32"),
+            _tensor("point_labels", np.stack([p.point_labels for p in prompts]).astype(np.int32), "INT32"),
+            _tensor("multimask", np.array([p.multimask for p in prompts], np.bool_), "BOOL"),
         ]
         if image is not None:
             inputs.append(_tensor("image", np.array([image], np.object_), "BYTES"))
-        if prompt.mask_input is not None:
-            inputs.append(_tensor("mask_input", np.ascontiguousarray(prompt.mask_input, np.float32), "FP32"))
-        self._sent.inc(len(digest) + (len(image) if image is not None else 0) + prompt.nbytes)
+        if any(p.mask_input is not None for p in prompts):
+            masks = np.zeros((len(prompts), 1, sig.LOW_RES_MASK_SIZE, sig.LOW_RES_MASK_SIZE), np.float32)
+            for i, p in enumerate(prompts):
+                if p.mask_input is not None:
+                    masks[i] = p.mask_input.reshape(masks.shape[1:])
+            inputs.append(_tensor("mask_input", masks, "FP32"))
+        if call.everything is not None:
+            inputs.append(_tensor("everything", np.asarray(call.everything, np.float32), "FP32"))
+        size = sum(p.nbytes for p in prompts)
+        self._sent.inc(len(digest) + (len(image) if image is not None else 0) + size)
         return inputs
 
-    async def _ask(self, digest: str, image: bytes | None, prompt: PackedPrompt, version: str) -> Segmentation:
+    async def _ask(self, digest: str, image: bytes | None, call: SessionCall, version: str) -> Segmentation:
         request = {
             "model_name": sig.SESSION_MODEL,
             "model_version": version,
-            "inputs": self._inputs(digest, image, prompt),
+            "inputs": self._inputs(digest, image, call),
             "outputs": [grpcaio.InferRequestedOutput(name) for name in OUTPUTS],
             "request_id": uuid.uuid4().hex,
         }
@@ -108,20 +127,22 @@ class TritonReplica:
 
     def _answer(self, result: Any) -> Segmentation:
         logits = result.as_numpy("low_res_logits")
-        self._received.inc(int(logits.nbytes) + 16)
+        masks = result.as_numpy("masks").reshape(-1)[0]
+        self._received.inc(int(logits.nbytes) + len(masks) + 16)
         rejected = result.as_numpy("rejected").reshape(-1)[0]
         return Segmentation(
             needs_image=bool(result.as_numpy("needs_image").reshape(-1)[0]),
             rejected=rejected.decode() if isinstance(rejected, bytes) else str(rejected),
-            logits=logits.reshape(sig.LOW_RES_MASK_SIZE, sig.LOW_RES_MASK_SIZE),
-            score=float(result.as_numpy("score").reshape(-1)[0]),
+            logits=logits.reshape(-1, sig.LOW_RES_MASK_SIZE, sig.LOW_RES_MASK_SIZE),
+            scores=[float(v) for v in result.as_numpy("score").reshape(-1)],
+            masks=json.loads(masks) if masks else None,
         )
 
-    async def segment(self, digest: str, image: bytes, prompt: PackedPrompt, version: str) -> Segmentation:
-        """The prompt's mask; the image's bytes travel only when this replica does not hold its embeddings."""
-        answer = await self._ask(digest, None, prompt, version)
+    async def run(self, digest: str, image: bytes, call: SessionCall, version: str) -> Segmentation:
+        """The call's answer; the image's bytes travel only when this replica does not hold its embeddings."""
+        answer = await self._ask(digest, None, call, version)
         if answer.needs_image:
-            answer = await self._ask(digest, image, prompt, version)
+            answer = await self._ask(digest, image, call, version)
             answer.encoded = True
         if answer.needs_image:
             raise InferenceUnavailable(f"{self.url}: the session model asked for the image it was given")
@@ -187,8 +208,13 @@ class ModelTier:
             return result
         raise last or InferenceUnavailable("no Triton replica is configured")
 
-    async def segment(self, digest: str, image: bytes, prompt: PackedPrompt, version: str) -> Segmentation:
-        return await self._on_replicas(digest, lambda client: client.segment(digest, image, prompt, version))
+    async def segment(self, digest: str, image: bytes, prompts: list[PackedPrompt], version: str) -> Segmentation:
+        call = SessionCall(prompts)
+        return await self._on_replicas(digest, lambda client: client.run(digest, image, call, version))
+
+    async def everything(self, digest: str, image: bytes, job: EverythingJob, version: str) -> Segmentation:
+        call = SessionCall(job.prompts(), job.params())
+        return await self._on_replicas(digest, lambda client: client.run(digest, image, call, version))
 
     async def ready_versions(self) -> set[str]:
         """Asked of the first replica (in a fixed order) that answers."""

@@ -123,6 +123,7 @@ def _job(row: sa.Row[Any]) -> Job:
         if values[name] is not None:
             values[name] = int(values[name])
     values["kind"], values["status"] = JobKind(values["kind"]), JobStatus(values["status"])
+    values["details"] = json.loads(values["details"]) if values["details"] else None
     return Job(**values)
 
 
@@ -185,6 +186,7 @@ def _insert_job(
             original_height=job.original_height,
             input_bytes=job.input_bytes,
             model_version=job.model_version,
+            input_digest=job.input_digest,
         )
     )
 
@@ -225,6 +227,7 @@ def _complete(conn: sa.Connection, job_id: str, done: Completion) -> bool:
             output_bytes=done.output_bytes,
             expires_at=done.expires_at,
             model_version=done.model_version,
+            details=None if done.details is None else json.dumps(done.details, separators=(",", ":")),
         )
     )
     return result.rowcount == 1

@@ -73,6 +73,8 @@ jobs = sa.Table(
     sa.Column("content_type", sa.Text),
     sa.Column("expires_at", Seconds, index=True),
     sa.Column("model_version", sa.Text),
+    sa.Column("details", sa.Text),  # JSON: a completed job's result extras and its further files
+    sa.Column("input_digest", sa.Text),  # SHA-256 of the upload (refinement checks the image is the same)
 )
 
 rate_hits = sa.Table(

@@ -12,7 +12,9 @@ from maskserve.frontend.http import parsing
 from maskserve.frontend.http.openapi import openapi_document
 from maskserve.frontend.http.state import FILES, JOBS, METRICS, SETTINGS, SIGNER, STORE, api_key
 from maskserve.frontend.services import BatchOutcome, Item, Upload
-from maskserve.frontend.signing import valid_job_id
+from maskserve.frontend.signing import valid_file_id, valid_job_id
+
+EXTRACTION_QUERY = {"points", "labels", "box", "objects", "feather", "output_format"}
 
 
 def _base_url(request: web.Request) -> str:
@@ -20,11 +22,28 @@ def _base_url(request: web.Request) -> str:
     return configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"
 
 
+def _file_url(request: web.Request, file_id: str, expires_at: float) -> str:
+    return f"{_base_url(request)}/v1/files/{file_id}?{request.app[SIGNER].query(file_id, int(expires_at))}"
+
+
+def _extras(request: web.Request, job: Job) -> dict[str, Any]:
+    """A completed job's stored extras; each object's mask gets its own signed link."""
+    extras = dict((job.details or {}).get("result", {}))
+    if "objects" in extras and job.expires_at is not None:
+        expires = job.expires_at
+        extras["objects"] = [
+            {"index": o["index"], "output_url": _file_url(request, f"{job.id}_{o['index']}", expires)}
+            | {k: v for k, v in o.items() if k != "index"}
+            for o in extras["objects"]
+        ]
+    return extras
+
+
 def result_object(request: web.Request, job: Job) -> dict[str, Any]:
     url = None
-    if job.status is JobStatus.COMPLETED and job.expires_at is not None:
-        query = request.app[SIGNER].query(job.id, int(job.expires_at))
-        url = f"{_base_url(request)}/v1/files/{job.id}?{query}"
+    completed = job.status is JobStatus.COMPLETED and job.expires_at is not None
+    if completed and job.expires_at is not None:
+        url = _file_url(request, job.id, job.expires_at)
     return {
         "job_id": job.id,
         "status": job.status,
@@ -37,6 +56,7 @@ def result_object(request: web.Request, job: Job) -> dict[str, Any]:
         "output_width": job.output_width,
         "output_height": job.output_height,
         "credits_used": job.credits_used,
+        **(_extras(request, job) if completed else {}),
     }
 
 
@@ -98,29 +118,39 @@ def _required(uploads: dict[str, list[Upload]], name: str) -> Upload:
 
 
 async def segment(request: web.Request) -> web.Response:
-    parsing.check_query(request.query, {"points", "labels", "box"})
-    prompt = parsing.parse_prompt(request.query)
+    parsing.check_query(request.query, {*parsing.PROMPT_QUERY, "previous_job_id"})
+    prompts = parsing.parse_prompts(request.query, refine=True)
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, 1, settings.max_upload_bytes)
     uploads = await _uploads(request, {"file"})
     upload = _required(uploads, "file")
-    if not prompt.given:
-        raise BadRequest("Segmentation needs 'points' or 'box'")
-    job = await request.app[JOBS].single(api_key(request), JobKind.SEGMENTATION, Item(upload), prompt)
+    if not prompts.given:
+        raise BadRequest("Segmentation needs 'points' or 'box' (or 'objects')")
+    job = await request.app[JOBS].single(api_key(request), JobKind.SEGMENTATION, Item(upload), prompts)
+    return _single_response(request, job)
+
+
+async def segment_everything(request: web.Request) -> web.Response:
+    parsing.check_query(request.query, parsing.EVERYTHING_QUERY)
+    options = parsing.parse_everything(request.query)
+    parsing.check_content_length(request, 1, request.app[SETTINGS].max_upload_bytes)
+    upload = _required(await _uploads(request, {"file"}), "file")
+    job = await request.app[JOBS].single(api_key(request), JobKind.EVERYTHING, Item(upload), None, options)
     return _single_response(request, job)
 
 
 async def extract(request: web.Request) -> web.Response:
-    prompt = parsing.parse_prompt(request.query)
+    parsing.check_query(request.query, EXTRACTION_QUERY)
+    prompts = parsing.parse_prompts(request.query)
     opts = parsing.parse_extraction_options(request.query)
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, 2, settings.max_upload_bytes)
     uploads = await _uploads(request, {"image", "mask"})
     image = _required(uploads, "image")
     mask = _optional(uploads, "mask")
-    _check_mask_source(mask is not None, prompt.given)
+    _check_mask_source(mask is not None, prompts.given)
     item = Item(image, mask)
-    job = await request.app[JOBS].single(api_key(request), JobKind.EXTRACTION, item, None if mask else prompt, opts)
+    job = await request.app[JOBS].single(api_key(request), JobKind.EXTRACTION, item, None if mask else prompts, opts)
     return _single_response(request, job)
 
 
@@ -139,21 +169,22 @@ def _check_count(files: list[Upload], name: str, max_batch: int) -> None:
 
 
 async def segment_batch(request: web.Request) -> web.Response:
-    parsing.check_query(request.query, {"points", "labels", "box"})
-    prompt = parsing.parse_prompt(request.query)
+    parsing.check_query(request.query, parsing.PROMPT_QUERY)
+    prompts = parsing.parse_prompts(request.query)
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, settings.max_batch, settings.max_upload_bytes)
     uploads = await _uploads(request, {"files"})
     _check_count(uploads["files"], "files", settings.max_batch)
-    if not prompt.given:
-        raise BadRequest("Segmentation needs 'points' or 'box'")
+    if not prompts.given:
+        raise BadRequest("Segmentation needs 'points' or 'box' (or 'objects')")
     items = [Item(u) for u in uploads["files"]]
-    outcome = await request.app[JOBS].batch(api_key(request), JobKind.SEGMENTATION, items, prompt)
+    outcome = await request.app[JOBS].batch(api_key(request), JobKind.SEGMENTATION, items, prompts)
     return _batch_response(request, outcome)
 
 
 async def extract_batch(request: web.Request) -> web.Response:
-    prompt = parsing.parse_prompt(request.query)
+    parsing.check_query(request.query, EXTRACTION_QUERY)
+    prompts = parsing.parse_prompts(request.query)
     opts = parsing.parse_extraction_options(request.query)
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, 2 * settings.max_batch, settings.max_upload_bytes)
@@ -162,10 +193,10 @@ async def extract_batch(request: web.Request) -> web.Response:
     _check_count(images, "images", settings.max_batch)
     if masks and len(masks) != len(images):
         raise BadRequest(f"Got {len(images)} images but {len(masks)} masks; send one mask per image or none")
-    _check_mask_source(bool(masks), prompt.given)
+    _check_mask_source(bool(masks), prompts.given)
     items = [Item(image, masks[i] if masks else None) for i, image in enumerate(images)]
     outcome = await request.app[JOBS].batch(
-        api_key(request), JobKind.EXTRACTION, items, None if masks else prompt, opts
+        api_key(request), JobKind.EXTRACTION, items, None if masks else prompts, opts
     )
     return _batch_response(request, outcome)
 
@@ -185,15 +216,25 @@ async def get_account(request: web.Request) -> web.Response:
     return web.json_response({"name": key.name, "key_prefix": key.prefix, "credits": key.credits})
 
 
+def _object_location(job: Job, suffix: str) -> str | None:
+    """Where an object's mask lives (``<job id>_<index>``); the logits are never served."""
+    objects = (job.details or {}).get("files", {}).get("objects", [])
+    return objects[int(suffix)] if suffix.isdigit() and int(suffix) < len(objects) else None
+
+
 async def get_file(request: web.Request) -> web.StreamResponse:
-    job_id = request.match_info["job_id"]
-    request.app[SIGNER].verify(job_id, request.query.get("expires"), request.query.get("sig"))
-    job = await request.app[STORE].get_job(job_id) if valid_job_id(job_id) else None
-    found = await request.app[FILES].get(job.output_path) if job and job.output_path else None
+    file_id = request.match_info["job_id"]
+    request.app[SIGNER].verify(file_id, request.query.get("expires"), request.query.get("sig"))
+    job_id, _, suffix = file_id.partition("_")
+    job = await request.app[STORE].get_job(job_id) if valid_file_id(file_id) else None
+    location = None
+    if job is not None:
+        location = _object_location(job, suffix) if suffix else job.output_path
+    found = await request.app[FILES].get(location) if location else None
     if job is None or found is None:
         raise NotFound("File not found")
     headers = {
-        "Content-Type": job.content_type or "application/octet-stream",
+        "Content-Type": (job.content_type if not suffix else "image/png") or "application/octet-stream",
         "Cache-Control": "private, max-age=300",
         "X-Content-Type-Options": "nosniff",
     }
@@ -244,6 +285,7 @@ def add_routes(app: web.Application) -> None:
     """Every route has a name: the auth middleware lets only names in ``PUBLIC_ROUTES`` through without a key."""
     app.router.add_post("/v1/services/image-segmentation", segment, name="segment")
     app.router.add_post("/v1/services/image-segmentation/batch", segment_batch, name="segment_batch")
+    app.router.add_post("/v1/services/image-segmentation/everything", segment_everything, name="segment_everything")
     app.router.add_post("/v1/services/object-extraction", extract, name="extract")
     app.router.add_post("/v1/services/object-extraction/batch", extract_batch, name="extract_batch")
     app.router.add_get("/v1/jobs/{job_id}", get_job, name="job")

@@ -29,6 +29,7 @@ PUBLIC_ROUTES = frozenset({"healthz", "readyz", "openapi", "metrics", "file"})
 RATE_BUCKETS: dict[str, RateBucket] = {
     "segment": RateBucket.SINGLE,
     "extract": RateBucket.SINGLE,
+    "segment_everything": RateBucket.SINGLE,
     "segment_batch": RateBucket.BATCH,
     "extract_batch": RateBucket.BATCH,
     "job": RateBucket.READ,

@@ -13,9 +13,11 @@ from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiMapping
 
-from maskserve.core.signatures import MAX_PROMPT_POINTS
+from maskserve.core.encodings import MASK_FORMATS
+from maskserve.core.signatures import MAX_OBJECTS, MAX_PROMPT_POINTS
+from maskserve.frontend.domain import EverythingOptions
 from maskserve.frontend.errors import BadRequest, FieldError, PayloadTooLarge, ValidationFailed
-from maskserve.frontend.services import ExtractionOptions, Prompt, Upload
+from maskserve.frontend.services import ExtractionOptions, Prompt, Prompts, Upload
 
 Query = MultiMapping[str]
 
@@ -23,7 +25,17 @@ MAX_FEATHER = 50
 OUTPUT_FORMATS = ("webp", "png")
 MAX_PARTS = 2 * 50 + 16
 MAX_FIELD_NAME = 64
-KNOWN_QUERY = {"points", "labels", "box", "feather", "output_format"}
+MAX_REGION_AREA = 40_000_000  # the pixel limit: a larger area removes nothing more
+PROMPT_QUERY = {"points", "labels", "box", "objects", "mask_format"}
+EVERYTHING_QUERY = {
+    "points_per_side",
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "min_mask_region_area",
+    "max_masks",
+    "mask_format",
+}
+KNOWN_QUERY = {*PROMPT_QUERY, *EVERYTHING_QUERY, "previous_job_id", "feather", "output_format"}
 
 
 def _unique(query: Query, name: str) -> str | None:
@@ -56,47 +68,134 @@ def _number(x: object) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def parse_prompt(query: Query) -> Prompt:
-    """``points``, ``labels`` and ``box`` from the query string; 422 on anything malformed."""
+def _prompt(raw_points: Any, raw_labels: Any, raw_box: Any, name: str | None = None) -> Prompt:
+    """One object's prompt from its JSON values; errors name ``name`` (``objects``) or each parameter."""
     errors: list[FieldError] = []
     points = labels = box = None
-    raw_points = _json_array(query, "points")
-    raw_labels = _json_array(query, "labels")
-    raw_box = _json_array(query, "box")
+
+    def error(param: str, msg: str) -> None:
+        errors.append(FieldError("query", name or param, msg if name is None else f"{param}: {msg}"))
+
     if raw_points is not None:
-        if not raw_points:
-            errors.append(FieldError("query", "points", "must contain at least one [x, y] pair"))
+        if not isinstance(raw_points, list) or not raw_points:
+            error("points", "must contain at least one [x, y] pair")
         elif not all(
             isinstance(p, list) and len(p) == 2 and all(_number(c) is not None for c in p) for p in raw_points
         ):
-            errors.append(FieldError("query", "points", "must be an array of [x, y] pairs of finite numbers"))
+            error("points", "must be an array of [x, y] pairs of finite numbers")
         else:
             points = np.array(raw_points, dtype=np.float64).reshape(-1, 2).astype(np.float32)
     if raw_labels is not None:
         if raw_points is None:
-            errors.append(FieldError("query", "labels", "labels need points"))
-        elif not all(isinstance(v, int) and not isinstance(v, bool) and v in (0, 1) for v in raw_labels):
-            errors.append(FieldError("query", "labels", "labels must be 0 or 1"))
+            error("labels", "labels need points")
+        elif not isinstance(raw_labels, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v in (0, 1) for v in raw_labels
+        ):
+            error("labels", "labels must be 0 or 1")
         elif points is not None and len(raw_labels) != len(points):
-            errors.append(FieldError("query", "labels", "labels must have the same length as points"))
+            error("labels", "labels must have the same length as points")
         else:
             labels = np.array(raw_labels, np.int32)
     if raw_box is not None:
-        values = [_number(v) for v in raw_box]
-        if len(raw_box) != 4 or any(v is None for v in values):
-            errors.append(FieldError("query", "box", "must be [x1, y1, x2, y2] of finite numbers"))
+        values = [_number(v) for v in raw_box] if isinstance(raw_box, list) else []
+        if len(values) != 4 or any(v is None for v in values):
+            error("box", "must be [x1, y1, x2, y2] of finite numbers")
         elif not (values[0] < values[2] and values[1] < values[3]):  # type: ignore[operator]  # all numbers here
-            errors.append(FieldError("query", "box", "must satisfy x1 < x2 and y1 < y2"))
+            error("box", "must satisfy x1 < x2 and y1 < y2")
         else:
             box = np.array(values, np.float32)
-    if points is not None and labels is None and not any(e.name == "labels" for e in errors):
+    if points is not None and labels is None and not any("labels" in e.msg or e.name == "labels" for e in errors):
         labels = np.ones(len(points), np.int32)
     used = (0 if points is None else len(points)) + (0 if box is None else 2)
     if used > MAX_PROMPT_POINTS:
-        errors.append(FieldError("query", "points", f"at most {MAX_PROMPT_POINTS} points (a box counts as 2)"))
+        error("points", f"at most {MAX_PROMPT_POINTS} points (a box counts as 2)")
     if errors:
         raise ValidationFailed(*errors)
     return Prompt(points=points, labels=labels, box=box)
+
+
+def parse_prompt(query: Query) -> Prompt:
+    """``points``, ``labels`` and ``box`` from the query string; 422 on anything malformed."""
+    return _prompt(_json_array(query, "points"), _json_array(query, "labels"), _json_array(query, "box"))
+
+
+def parse_objects(query: Query) -> tuple[Prompt, ...] | None:
+    """``objects``: a JSON array of 1-16 ``{"points", "labels", "box"}`` objects, each checked like one prompt."""
+    raw = _json_array(query, "objects")
+    if raw is None:
+        return None
+    if not 1 <= len(raw) <= MAX_OBJECTS:
+        raise ValidationFailed.one("query", "objects", f"must hold 1 to {MAX_OBJECTS} prompt objects, got {len(raw)}")
+    found = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not item or set(item) - {"points", "labels", "box"}:
+            raise ValidationFailed.one(
+                "query", "objects", f"object {i}: must be an object with 'points' (and 'labels') and/or 'box'"
+            )
+        if item.get("points") is None and item.get("box") is None:
+            raise ValidationFailed.one("query", "objects", f"object {i}: needs 'points' or 'box'")
+        try:
+            found.append(_prompt(item.get("points"), item.get("labels"), item.get("box"), "objects"))
+        except ValidationFailed as exc:
+            raise ValidationFailed(
+                *(FieldError("query", "objects", f"object {i}: {e.msg}") for e in exc.errors)
+            ) from None
+    return tuple(found)
+
+
+def parse_mask_format(query: Query, choices: tuple[str, ...] = MASK_FORMATS, default: str = "png") -> str:
+    raw = _unique(query, "mask_format")
+    value = default if raw is None else raw.lower()
+    if value not in choices:
+        raise ValidationFailed.one("query", "mask_format", f"must be one of {', '.join(choices)}")
+    return value
+
+
+def parse_prompts(query: Query, refine: bool = False) -> Prompts:
+    """One object (``points``/``labels``/``box``) or several (``objects``), ``mask_format``, ``previous_job_id``."""
+    objects = parse_objects(query)
+    single = parse_prompt(query)
+    if objects is not None and single.given:
+        raise ValidationFailed.one("query", "objects", "send either 'objects' or 'points'/'labels'/'box', not both")
+    previous = _unique(query, "previous_job_id") if refine else None
+    if previous is not None:
+        if not previous or len(previous) > 64 or not previous.isascii() or not previous.isprintable():
+            raise ValidationFailed.one("query", "previous_job_id", "must be a job id")
+        if objects is not None:
+            raise ValidationFailed.one("query", "previous_job_id", "refines one mask: not combinable with 'objects'")
+    mask_format = parse_mask_format(query)
+    if objects is not None:
+        return Prompts(objects, several=True, mask_format=mask_format)
+    return Prompts((single,) if single.given else (), mask_format=mask_format, previous_job_id=previous)
+
+
+def _bounded(query: Query, name: str, kind: type, low: float, high: float | None, default: Any) -> Any:
+    raw = _unique(query, name)
+    if raw is None:
+        return default
+    try:
+        value = kind(raw)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError
+    except (ValueError, OverflowError):
+        raise ValidationFailed.one("query", name, f"must be {'an integer' if kind is int else 'a number'}") from None
+    if value < low or (high is not None and value > high):
+        raise ValidationFailed.one(
+            "query", name, f"must be from {low} to {high}" if high is not None else f"must be at least {low}"
+        )
+    return value
+
+
+def parse_everything(query: Query) -> EverythingOptions:
+    """Segment-everything's parameters, each in its range (API.md, v1.1)."""
+    return EverythingOptions(
+        points_per_side=_bounded(query, "points_per_side", int, 4, 64, 16),
+        pred_iou_thresh=_bounded(query, "pred_iou_thresh", float, 0.0, 1.0, 0.8),
+        stability_score_thresh=_bounded(query, "stability_score_thresh", float, 0.0, 1.0, 0.92),
+        min_mask_region_area=_bounded(query, "min_mask_region_area", int, 0, MAX_REGION_AREA, 0),
+        max_masks=_bounded(query, "max_masks", int, 1, 255, 100),
+        mask_format=parse_mask_format(query, ("rle", "polygons"), "rle"),
+    )
 
 
 def parse_extraction_options(query: Query) -> ExtractionOptions:

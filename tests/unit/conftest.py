@@ -11,11 +11,13 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from maskserve.core import encodings
+from maskserve.core.everything import Candidate
 from maskserve.core.prompts import PackedPrompt
 from maskserve.core.signatures import LOW_RES_MASK_SIZE
 from maskserve.frontend.app import create_app
 from maskserve.frontend.config import Settings
-from maskserve.frontend.domain import ModelInfo, Segmentation
+from maskserve.frontend.domain import EverythingJob, ModelInfo, Segmentation
 from maskserve.frontend.errors import InferenceUnavailable
 from maskserve.frontend.http.state import STORE
 
@@ -35,12 +37,13 @@ class FakeInference:
         self.reject: str = ""
         self.versions = {"1"}  # loaded versions; version N draws its disc a little larger than version 1
         self.calls: list[str] = []  # the version of every segment call
+        self.prompts: list[list[PackedPrompt]] = []  # the prompt objects of every segment call
 
     def _check(self) -> None:
         if self.down:
             raise InferenceUnavailable("fake Triton is down")
 
-    async def segment(self, digest: str, image: bytes, prompt: PackedPrompt, version: str) -> Segmentation:
+    async def segment(self, digest: str, image: bytes, prompts: list[PackedPrompt], version: str) -> Segmentation:
         self._check()
         if version not in self.versions:
             raise InferenceUnavailable(f"version {version} is not loaded")
@@ -52,11 +55,29 @@ class FakeInference:
             self.encodes += 1
             self.seen.add(digest)
         self.decodes += 1
-        cx, cy = prompt.point_coords[0] / 4  # model frame (1024) -> low-res mask (256)
+        self.prompts.append(prompts)
         yy, xx = np.mgrid[0:LOW_RES_MASK_SIZE, 0:LOW_RES_MASK_SIZE]
         radius = 25 + 5 * (int(version) - 1)
-        disc = np.where((xx - cx) ** 2 + (yy - cy) ** 2 < radius**2, 10.0, -10.0).astype(np.float32)
-        return Segmentation(logits=disc, score=0.9, encoded=encoded)
+        discs = []
+        for prompt in prompts:
+            cx, cy = prompt.point_coords[0] / 4  # model frame (1024) -> low-res mask (256)
+            disc = np.where((xx - cx) ** 2 + (yy - cy) ** 2 < radius**2, 10.0, -10.0).astype(np.float32)
+            if prompt.mask_input is not None:  # a refinement: the earlier mask grows by the new disc
+                disc = np.maximum(disc, prompt.mask_input.reshape(disc.shape))
+            discs.append(disc)
+        return Segmentation(logits=np.stack(discs), scores=[0.9] * len(discs), encoded=encoded)
+
+    async def everything(self, digest: str, image: bytes, job: EverythingJob, version: str) -> Segmentation:
+        """Two nested squares and one apart, as the model tier would send them (RLE, boxes, scores)."""
+        self._check()
+        self.calls.append(version)
+        masks = []
+        for i, (x0, y0, size) in enumerate([(0, 0, 40), (5, 5, 10), (50, 50, 8)]):
+            mask = np.zeros((job.height, job.width), bool)
+            mask[y0 : y0 + size, x0 : x0 + size] = True
+            box = [x0, y0, min(x0 + size, job.width) - 1, min(y0 + size, job.height) - 1]
+            masks.append(Candidate(encodings.rle_encode(mask), box, 0.9 - i / 10, 0.95, i).to_json())
+        return Segmentation(masks=masks, encoded=digest not in self.seen)
 
     async def ready_versions(self) -> set[str]:
         self._check()

@@ -7,9 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 
+from maskserve.core import everything
 from maskserve.core.images import ImageRejected, encoder_input
 from maskserve.core.prompts import PackedPrompt, pack_prompt
-from maskserve.session.engine import SessionEngine
+from maskserve.session.engine import EverythingRequest, SessionEngine
 from maskserve.session.store import EmbeddingStore, Entry
 from tests.helpers import image_bytes
 
@@ -40,6 +41,7 @@ class Fakes:
     def __init__(self) -> None:
         self.encodes = 0
         self.decodes = 0
+        self.batches: list[int] = []  # prompts per decoder call
         self.fail = False
 
     def preprocess(self, data: bytes) -> np.ndarray:
@@ -52,19 +54,26 @@ class Fakes:
             raise RuntimeError("encoder failed")
         return fp32_outputs()
 
-    async def decode(self, entry: Entry, prompt: PackedPrompt) -> tuple[np.ndarray, np.ndarray]:
+    async def decode(self, entry: Entry, prompts: list[PackedPrompt]) -> tuple[np.ndarray, np.ndarray]:
+        """Four stable masks per prompt; for a grid point, squares of three sizes around it."""
         self.decodes += 1
-        masks = np.stack([np.full((256, 256), 10.0 + i, np.float32) for i in range(4)])  # all stable
-        return masks, np.array([0.5, 0.1, 0.9, 0.2], np.float32)
+        self.batches.append(len(prompts))
+        masks = np.stack([np.full((4, 256, 256), -10.0, np.float32) for _ in prompts])
+        for i, p in enumerate(prompts):
+            x, y = (p.point_coords[0] / 4).astype(int)
+            for token, half in enumerate((0, 2, 10, 11)):
+                masks[i, token, max(y - half, 0) : y + half + 1, max(x - half, 0) : x + half + 1] = 10.0 + token
+        iou = np.tile(np.array([0.5, 0.1, 0.9, 0.85], np.float32), (len(prompts), 1))
+        return masks, iou
 
 
 def engine(fakes: Fakes, max_bytes: int = 10**9) -> SessionEngine:
     return SessionEngine(EmbeddingStore(max_bytes), fakes.preprocess, fakes.encode, fakes.decode)
 
 
-def prompt(multimask: bool = True) -> PackedPrompt:
-    coords, labels = pack_prompt(np.array([[100.0, 100.0]]), np.array([1]), None)
-    return PackedPrompt(coords, labels, None, multimask)
+def prompt(multimask: bool = True, x: float = 100.0) -> list[PackedPrompt]:
+    coords, labels = pack_prompt(np.array([[x, 100.0]]), np.array([1]), None)
+    return [PackedPrompt(coords, labels, None, multimask)]
 
 
 async def test_unknown_image_without_bytes_asks_for_them_then_encodes_once():
@@ -75,8 +84,8 @@ async def test_unknown_image_without_bytes_asks_for_them_then_encodes_once():
     image = image_bytes(64, 48)
     outcomes = await asyncio.gather(*(session.segment("d1", image, prompt()) for _ in range(4)))
     assert fakes.encodes == 1 and sum(o.encoded for o in outcomes) == 1
-    assert all(o.logits is not None and o.score == pytest.approx(0.9) for o in outcomes)  # best multimask token
-    assert (await session.segment("d1", None, prompt(multimask=False))).score == pytest.approx(0.5)
+    assert all(o.scores is not None and o.scores[0] == pytest.approx(0.9) for o in outcomes)  # best multimask token
+    assert (await session.segment("d1", None, prompt(multimask=False))).scores[0] == pytest.approx(0.5)
 
 
 async def test_requests_without_bytes_join_an_encode_in_flight():
@@ -110,3 +119,26 @@ def test_encoder_input_reads_images_like_the_frontend():
     assert tensor.shape == (1, 3, 1024, 1024) and tensor.dtype == np.float32
     with pytest.raises(ImageRejected):
         encoder_input(image_bytes(640, 480), max_pixels=1000)
+
+
+async def test_several_objects_go_through_one_decoder_call():
+    fakes = Fakes()
+    session = engine(fakes)
+    await session.segment("d5", image_bytes(64, 48), prompt())
+    objects = [p for x in (100.0, 300.0, 500.0) for p in prompt(x=x)]
+    outcome = await session.segment("d5", None, objects)
+    assert fakes.batches[-1] == 3 and outcome.logits is not None and outcome.logits.shape == (3, 256, 256)
+    assert outcome.logits.max() <= 32.0  # clamped as the predictor returns them for refinement
+
+
+async def test_everything_filters_and_suppresses_next_to_the_embeddings():
+    fakes = Fakes()
+    session = SessionEngine(EmbeddingStore(10**9), fakes.preprocess, fakes.encode, fakes.decode, points_per_batch=4)
+    grid = (everything.point_grid(4) * 1024).astype(np.float32)
+    request = EverythingRequest(grid, pred_iou_thresh=0.8, stability_thresh=0.9, height=512, width=512)
+    outcome = await session.everything("d6", image_bytes(64, 48), request)
+    assert fakes.batches == [4, 4, 4, 4] and outcome.encoded and outcome.masks is not None
+    # per point: tokens 2 (0.9) and 3 (0.85) pass the IoU filter; their boxes overlap (IoU 0.83), NMS keeps 0.9
+    assert len(outcome.masks) == len(grid)
+    assert sorted(m.prompt for m in outcome.masks) == list(range(len(grid)))
+    assert all(m.score == pytest.approx(0.9) for m in outcome.masks)

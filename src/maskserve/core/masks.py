@@ -9,7 +9,10 @@ with the image predictor's settings).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
+from PIL import Image
 
 STABILITY_DELTA = 0.05
 STABILITY_THRESH = 0.98
@@ -29,3 +32,63 @@ def select_mask(low_res_masks: np.ndarray, iou: np.ndarray, multimask: bool) -> 
     if stability_score(low_res_masks[0]) >= STABILITY_THRESH:
         return low_res_masks[0], float(iou[0])
     return low_res_masks[best], float(iou[best])
+
+
+@lru_cache(maxsize=32)
+def _interp_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """Rows of bilinear weights, half-pixel centres, no antialiasing (PyTorch's)."""
+    src = np.clip((np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5, 0.0, None)
+    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    frac = (src - lo).astype(np.float32)
+    matrix = np.zeros((out_size, in_size), np.float32)
+    np.add.at(matrix, (np.arange(out_size), lo), 1.0 - frac)
+    np.add.at(matrix, (np.arange(out_size), hi), frac)
+    return matrix
+
+
+def upsample_logits(logits: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Low-res logits → original size, as the predictor's ``F.interpolate(bilinear)``.
+
+    Enlarging (the usual case) uses Pillow's bilinear filter on a float image:
+    the same half-pixel interpolation, about twice as fast as matrices. Pillow
+    widens its kernel when reducing and PyTorch does not, so images smaller
+    than the logits on either side use explicit interpolation matrices.
+    """
+    logits = np.ascontiguousarray(logits, dtype=np.float32)
+    if height >= logits.shape[0] and width >= logits.shape[1]:
+        return np.asarray(Image.fromarray(logits, "F").resize((width, height), Image.Resampling.BILINEAR))
+    return _interp_matrix(height, logits.shape[0]) @ logits @ _interp_matrix(width, logits.shape[1]).T
+
+
+def upsample_region(logits: np.ndarray, height: int, width: int, above: float) -> tuple[np.ndarray, int, int]:
+    """The upsampled logits over the smallest window holding every value above ``above``; and its top-left.
+
+    Bilinear interpolation never exceeds its four neighbours, so outside the
+    rows and columns next to a low-res value above ``above`` the full-size
+    logits stay at or below it. Segment-everything thresholds hundreds of
+    candidate masks at full size; most are small, and this computes only
+    their window, with the same values as ``upsample_logits`` there.
+    """
+    logits = np.ascontiguousarray(logits, dtype=np.float32)
+    size_y, size_x = logits.shape
+    active = logits > above
+    rows, cols = np.flatnonzero(active.any(axis=1)), np.flatnonzero(active.any(axis=0))
+    if not len(rows):
+        return np.zeros((0, 0), np.float32), 0, 0
+    r0, r1 = _window(rows[0], rows[-1], size_y, height)
+    c0, c1 = _window(cols[0], cols[-1], size_x, width)
+    if height >= size_y and width >= size_x:
+        box = (c0 * size_x / width, r0 * size_y / height, c1 * size_x / width, r1 * size_y / height)
+        image = Image.fromarray(logits, "F").resize((c1 - c0, r1 - r0), Image.Resampling.BILINEAR, box=box)
+        return np.asarray(image), r0, c0
+    window = _interp_matrix(height, size_y)[r0:r1] @ logits @ _interp_matrix(width, size_x)[c0:c1].T
+    return window, r0, c0
+
+
+def _window(first: int, last: int, size: int, out: int) -> tuple[int, int]:
+    """Output indices [start, stop) whose bilinear sources (half-pixel centres) touch low-res ``first..last``."""
+    scale = size / out
+    start = int(np.floor((first - 1 + 0.5) / scale - 0.5)) - 1
+    stop = int(np.ceil((last + 1 + 0.5) / scale - 0.5)) + 2
+    return max(start, 0), min(stop, out)

@@ -31,6 +31,10 @@ DECODER_POINTS = MAX_PROMPT_POINTS + 1
 """Fixed N of ``point_coords``: room for ``MAX_PROMPT_POINTS`` plus the one
 padding point SAM 2's image predictor always appends."""
 
+MAX_OBJECTS = 16
+"""Prompt objects per request (``objects``)."""
+EVERYTHING_PARAMS = 4
+
 PAD_LABEL = -1
 BOX_TOP_LEFT_LABEL = 2
 BOX_BOTTOM_RIGHT_LABEL = 3
@@ -80,16 +84,20 @@ SIGNATURES: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
 SESSION_INPUTS = (
     TensorSpec("digest", "bytes", (1,)),  # SHA-256 (hex) of the image as uploaded
     TensorSpec("image", "bytes", (1,), optional=True),  # the upload itself, only when the model asks for it
-    TensorSpec("point_coords", "float32", (DECODER_POINTS, 2)),
-    TensorSpec("point_labels", "int32", (DECODER_POINTS,)),
-    TensorSpec("mask_input", "float32", (1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE), optional=True),
-    TensorSpec("multimask", "bool", (1,)),
+    # P prompt objects on the image (1-16), decoded together; or segment-everything's P grid points
+    TensorSpec("point_coords", "float32", (-1, DECODER_POINTS, 2)),
+    TensorSpec("point_labels", "int32", (-1, DECODER_POINTS)),
+    TensorSpec("mask_input", "float32", (-1, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE), optional=True),
+    TensorSpec("multimask", "bool", (-1,)),
+    # present: segment-everything over the points (pred_iou_thresh, stability_score_thresh, height, width)
+    TensorSpec("everything", "float32", (EVERYTHING_PARAMS,), optional=True),
 )
 SESSION_OUTPUTS = (
     TensorSpec("needs_image", "bool", (1,)),  # the embeddings are unknown here: send the image
     TensorSpec("rejected", "bytes", (1,)),  # why the image could not be read ("" when it could)
-    TensorSpec("low_res_logits", "float32", (LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)),  # the chosen mask
-    TensorSpec("score", "float32", (1,)),  # its predicted IoU
+    TensorSpec("low_res_logits", "float32", (-1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)),  # each object's mask
+    TensorSpec("score", "float32", (-1,)),  # their predicted IoU
+    TensorSpec("masks", "bytes", (1,)),  # segment-everything: JSON list of RLE masks ("" otherwise)
 )
 
 LIFECYCLE_MODELS = (ENCODER_MODEL, DECODER_MODEL, SESSION_MODEL)

@@ -1,8 +1,9 @@
-"""One prompt on one image: embeddings from the store (or the encoder, once per image), then the decoder.
+"""Prompts on one image: embeddings from the store (or the encoder, once per image), then the decoder.
 
 The engine is plain asyncio over three callables (preprocess, encode,
 decode), so the Triton model wraps it with BLS calls and the tests drive it
-with fakes or with the real graphs.
+with fakes or with the real graphs. A request carries one or several prompt
+objects (decoded together), or a grid of points for segment-everything.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
+from maskserve.core import everything
 from maskserve.core.images import ImageRejected
 from maskserve.core.masks import select_mask
-from maskserve.core.prompts import PackedPrompt
+from maskserve.core.prompts import PackedPrompt, pack_prompt
 from maskserve.session.store import EmbeddingStore, Entry
 
 
@@ -26,16 +29,29 @@ class Outcome:
 
     needs_image: bool = False
     rejected: str = ""
-    logits: np.ndarray | None = None  # [256, 256] float32, the chosen mask
-    score: float = 0.0
+    logits: np.ndarray | None = None  # [P, 256, 256] float32, the chosen mask of each prompt object
+    scores: np.ndarray | None = None  # [P] their predicted IoU
     encoded: bool = False  # this call ran the encoder
+    masks: list[everything.Candidate] | None = None  # segment-everything's masks
 
 
 NEEDS_IMAGE = Outcome(needs_image=True)
 
 Preprocess = Callable[[bytes], np.ndarray]
 Encode = Callable[[np.ndarray], Awaitable[list[np.ndarray]]]
-Decode = Callable[[Entry, PackedPrompt], Awaitable[tuple[np.ndarray, np.ndarray]]]
+Decode = Callable[[Entry, list[PackedPrompt]], Awaitable[tuple[np.ndarray, np.ndarray]]]
+"""Prompts on one image's embeddings → [P, 4, 256, 256] logits and [P, 4] predicted IoU."""
+
+
+@dataclass(frozen=True)
+class EverythingRequest:
+    """Segment-everything's grid (model frame) and filters, and the image's size for the stability score."""
+
+    points: np.ndarray  # [P, 2] float32, 1024 frame
+    pred_iou_thresh: float
+    stability_thresh: float
+    height: int
+    width: int
 
 
 class SessionEngine:
@@ -46,12 +62,14 @@ class SessionEngine:
         encode: Encode,
         decode: Decode,
         executor: Executor | None = None,
+        points_per_batch: int = 16,
     ) -> None:
         self.store = store
         self._preprocess = preprocess
         self._encode = encode
         self._decode = decode
         self._executor = executor
+        self.points_per_batch = points_per_batch
         self._inflight: dict[str, asyncio.Future[Entry]] = {}
 
     async def _embed(self, digest: str, image: bytes) -> Entry:
@@ -85,13 +103,66 @@ class SessionEngine:
         future.set_result(entry)
         return entry, True
 
-    async def segment(self, digest: str, image: bytes | None, prompt: PackedPrompt) -> Outcome:
+    async def _entry(self, digest: str, image: bytes | None) -> tuple[Entry | None, bool, str]:
         try:
             entry, encoded = await self.embeddings(digest, image)
         except ImageRejected as exc:
-            return Outcome(rejected=exc.message)
+            return None, False, exc.message
+        return entry, encoded, ""
+
+    async def segment(self, digest: str, image: bytes | None, prompts: list[PackedPrompt]) -> Outcome:
+        """Each prompt object's chosen mask, from one batched decoder call."""
+        entry, encoded, rejected = await self._entry(digest, image)
+        if rejected:
+            return Outcome(rejected=rejected)
         if entry is None:
             return NEEDS_IMAGE
-        masks, iou = await self._decode(entry, prompt)
-        logits, score = select_mask(masks, iou, prompt.multimask)
-        return Outcome(logits=np.ascontiguousarray(logits, np.float32), score=score, encoded=encoded)
+        masks, iou = await self._decode(entry, prompts)
+        chosen = [select_mask(m, s, p.multimask) for m, s, p in zip(masks, iou, prompts, strict=True)]
+        logits = np.stack([np.clip(c[0], -32.0, 32.0) for c in chosen]).astype(np.float32)
+        scores = np.array([c[1] for c in chosen], np.float32)
+        return Outcome(logits=logits, scores=scores, encoded=encoded)
+
+    async def everything(self, digest: str, image: bytes | None, request: EverythingRequest) -> Outcome:
+        """SAM's automatic mask generation up to its box NMS, next to the embeddings.
+
+        The grid goes to the decoder ``points_per_batch`` points at a time, two
+        batches in flight, so the decoder's queue never runs dry while the
+        candidates of the last batch are filtered at the image's size.
+        """
+        entry, encoded, rejected = await self._entry(digest, image)
+        if rejected:
+            return Outcome(rejected=rejected)
+        if entry is None:
+            return NEEDS_IMAGE
+        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(2)
+
+        async def batch(start: int) -> list[everything.Candidate]:
+            points = request.points[start : start + self.points_per_batch]
+            prompts = [_grid_prompt(p) for p in points]
+            async with slots:
+                masks, iou = await self._decode(entry, prompts)
+            return await loop.run_in_executor(
+                self._executor,
+                partial(
+                    everything.candidates,
+                    masks[:, 1:],
+                    iou[:, 1:],
+                    start,
+                    request.height,
+                    request.width,
+                    request.pred_iou_thresh,
+                    request.stability_thresh,
+                ),
+            )
+
+        starts = range(0, len(request.points), self.points_per_batch)
+        found = [c for part in await asyncio.gather(*(batch(s) for s in starts)) for c in part]
+        kept = await loop.run_in_executor(self._executor, everything.suppress, found)
+        return Outcome(masks=kept, encoded=encoded)
+
+
+def _grid_prompt(point: np.ndarray) -> PackedPrompt:
+    coords, labels = pack_prompt(np.asarray(point, np.float32).reshape(1, 2), np.ones(1, np.int32), None)
+    return PackedPrompt(coords, labels, None, multimask=True)

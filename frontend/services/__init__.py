@@ -26,11 +26,14 @@ import numpy as np
 
 from maskserve.core.images import ImageRejected
 from maskserve.core.prompts import PackedPrompt, is_multimask, pack_prompt
+from maskserve.core.signatures import LOW_RES_MASK_SIZE
 from maskserve.frontend import imaging
 from maskserve.frontend.config import Settings
 from maskserve.frontend.domain import (
     ApiKey,
     Completion,
+    EverythingJob,
+    EverythingOptions,
     Failure,
     Job,
     JobKind,
@@ -39,20 +42,24 @@ from maskserve.frontend.domain import (
     NewJob,
     Route,
     Routing,
+    Segmentation,
     ShadowResult,
+    detail_files,
 )
 from maskserve.frontend.errors import (
     ApiError,
     FieldError,
     InferenceUnavailable,
     InsufficientCredits,
+    NotFound,
     Unavailable,
     ValidationFailed,
     rejection,
 )
 from maskserve.frontend.metrics import Metrics
 from maskserve.frontend.ports import InferenceClient, OutputFiles, Store
-from maskserve.frontend.signing import UrlSigner
+from maskserve.frontend.services import outputs
+from maskserve.frontend.signing import UrlSigner, valid_job_id
 
 log = logging.getLogger("maskserve.frontend")
 T = TypeVar("T")
@@ -69,6 +76,20 @@ class Prompt:
     @property
     def given(self) -> bool:
         return self.points is not None or self.box is not None
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """What a request segments: one object (``points``/``labels``/``box``) or several (``objects``)."""
+
+    objects: tuple[Prompt, ...] = ()
+    several: bool = False  # given as ``objects``: the result lists each one
+    mask_format: str = "png"
+    previous_job_id: str | None = None  # refine that job's mask
+
+    @property
+    def given(self) -> bool:
+        return bool(self.objects) and all(o.given for o in self.objects)
 
 
 @dataclass(frozen=True)
@@ -102,6 +123,7 @@ class _Prepared:
     digest: str
     mask: np.ndarray | None
     route: Route | None = None  # the version it runs on (None: only an uploaded mask is used)
+    mask_input: np.ndarray | None = None  # an earlier job's logits, fed back (``previous_job_id``)
 
     def routed(self, route: Route | None) -> None:
         self.route = route
@@ -228,7 +250,7 @@ class ImageJobs:
 
     # --- preparation: everything that can be refused before credits move --
 
-    def _decode(self, kind: JobKind, item: Item, prompt: Prompt | None) -> _Prepared:
+    def _decode(self, kind: JobKind, item: Item, prompts: Prompts | None) -> _Prepared:
         """Check the upload; decode its pixels only when this frontend needs them (a cut-out).
 
         For segmentation the header is enough here (format, size, orientation,
@@ -238,12 +260,14 @@ class ImageJobs:
         limit = self.settings.max_pixels
         digest = hashlib.sha256(item.image.data).hexdigest()
         decoded = None
-        if kind is JobKind.SEGMENTATION:
+        if kind is not JobKind.EXTRACTION:
             width, height = imaging.probe_image(item.image.data, limit, what=item.image.field)
         else:
             decoded = imaging.decode_image(item.image.data, limit, what=item.image.field)
             width, height = decoded.width, decoded.height
-        _check_prompt_bounds(prompt, width, height)
+        if prompts is not None:
+            for prompt in prompts.objects:
+                _check_prompt_bounds(prompt, width, height, "objects" if prompts.several else None)
         mask = None
         if item.mask is not None:
             mask = imaging.decode_mask(item.mask.data, width, height, limit)
@@ -254,39 +278,68 @@ class ImageJobs:
             input_bytes=len(item.image.data),
             original_width=width,
             original_height=height,
+            input_digest=digest,
         )
         return _Prepared(job, item, decoded, width, height, digest, mask)
 
-    async def _prepare(self, kind: JobKind, item: Item, prompt: Prompt | None) -> _Prepared:
+    async def _prepare(self, kind: JobKind, item: Item, prompts: Prompts | None) -> _Prepared:
         try:
-            return await self._cpu(self._decode, kind, item, prompt)
+            return await self._cpu(self._decode, kind, item, prompts)
         except ImageRejected as exc:
             raise rejection(exc) from None
+
+    async def _previous_logits(self, key: ApiKey, job_id: str, digest: str) -> np.ndarray:
+        """The logits of ``job_id``'s mask, if that job is this key's, refinable and on the same image."""
+        job = await self.store.get_job(job_id) if valid_job_id(job_id) else None
+        if job is None or job.key_id != key.id:
+            raise NotFound("Job not found")
+        files = (job.details or {}).get("files", {})
+        if job.status is not JobStatus.COMPLETED or not files.get("logits"):
+            raise ValidationFailed.one("query", "previous_job_id", "that job has no single mask to refine")
+        if job.expires_at is None or job.expires_at < time.time():
+            raise NotFound("That job's results have expired")
+        if job.input_digest != digest:
+            raise ValidationFailed.one("query", "previous_job_id", "that job segmented a different image")
+        found = await self.files.get(files["logits"])
+        if found is None:
+            raise NotFound("That job's results have expired")
+        raw = found if isinstance(found, bytes) else await asyncio.to_thread(found.read_bytes)
+        return np.frombuffer(raw, np.float32).reshape(1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE).copy()
 
     # --- running one reserved image ---------------------------------------
 
     @staticmethod
-    def _pack(prep: _Prepared, prompt: Prompt | None) -> PackedPrompt:
-        if prompt is None:
+    def _pack(prep: _Prepared, prompts: Prompts | None) -> list[PackedPrompt]:
+        if prompts is None or not prompts.objects:
             raise ValueError("segmenting needs a prompt")
         width, height = prep.width, prep.height
-        points = None if prompt.points is None else imaging.to_model_frame(prompt.points, width, height)
-        box = None if prompt.box is None else imaging.to_model_frame(prompt.box, width, height).reshape(4)
-        coords, labels = pack_prompt(points, prompt.labels, box)
-        return PackedPrompt(coords, labels, None, is_multimask(prompt.points, prompt.box))
+        packed = []
+        for prompt in prompts.objects:
+            points = None if prompt.points is None else imaging.to_model_frame(prompt.points, width, height)
+            box = None if prompt.box is None else imaging.to_model_frame(prompt.box, width, height).reshape(4)
+            coords, labels = pack_prompt(points, prompt.labels, box)
+            packed.append(PackedPrompt(coords, labels, prep.mask_input, is_multimask(prompt.points, prompt.box)))
+        return packed
 
-    async def _segment(self, prep: _Prepared, packed: PackedPrompt, version: str) -> np.ndarray:
-        """The chosen mask's 256x256 logits for this prompt, from the model tier."""
+    async def _ask(
+        self, prep: _Prepared, version: str, packed: list[PackedPrompt], job: EverythingJob | None
+    ) -> Segmentation:
+        """The model tier's answer: each object's mask, or segment-everything's masks."""
         with self.metrics.triton.labels("session").time():
-            answer = await self.triton.segment(prep.digest, prep.item.image.data, packed, version)
+            if job is None:
+                answer = await self.triton.segment(prep.digest, prep.item.image.data, packed, version)
+            else:
+                answer = await self.triton.everything(prep.digest, prep.item.image.data, job, version)
         self.metrics.encodes.labels("yes" if answer.encoded else "no").inc()
         if answer.rejected:
             raise ImageRejected(prep.item.image.field, answer.rejected)
-        if answer.logits is None:
-            raise InferenceUnavailable("the model tier answered without a mask")
-        return answer.logits
+        if job is None and (answer.logits is None or len(answer.logits) != len(packed)):
+            raise InferenceUnavailable("the model tier answered without a mask per prompt object")
+        if job is not None and answer.masks is None:
+            raise InferenceUnavailable("the model tier answered without segment-everything's masks")
+        return answer
 
-    def _shadow(self, prep: _Prepared, packed: PackedPrompt, served: np.ndarray, route: Route) -> None:
+    def _shadow(self, prep: _Prepared, packed: list[PackedPrompt], served: np.ndarray, route: Route) -> None:
         """Send a copy of the prompt to the candidate in the background; never delays or changes the answer."""
         candidate = route.shadow
         assert candidate is not None
@@ -298,16 +351,16 @@ class ImageJobs:
         task.add_done_callback(self._shadows.discard)
 
     async def _compare(
-        self, prep: _Prepared, packed: PackedPrompt, served: np.ndarray, baseline: str, candidate: str
+        self, prep: _Prepared, packed: list[PackedPrompt], served: np.ndarray, baseline: str, candidate: str
     ) -> None:
         started = time.perf_counter()
         iou, error = None, None
         with self.running([candidate]):
             try:
                 answer = await self.triton.segment(prep.digest, prep.item.image.data, packed, candidate)
-                if answer.rejected or answer.logits is None:
+                if answer.rejected or answer.logits is None or not len(answer.logits):
                     raise InferenceUnavailable(answer.rejected or "the model tier answered without a mask")
-                iou = await self._cpu(imaging.mask_iou, served, answer.logits, prep.height, prep.width)
+                iou = await self._cpu(imaging.mask_iou, served, answer.logits[0], prep.height, prep.width)
             except InferenceUnavailable as exc:
                 error = str(exc)
             except Exception as exc:
@@ -323,22 +376,50 @@ class ImageJobs:
             log.warning("could not record a shadow comparison: %s", exc)
 
     def _render(
-        self, kind: JobKind, prep: _Prepared, logits: np.ndarray | None, opts: ExtractionOptions | None
-    ) -> tuple[bytes, str]:
-        """Mask (from the logits, or the uploaded one) → the encoded output image."""
-        if logits is not None:
-            alpha = imaging.mask_from_logits(logits, prep.height, prep.width)
+        self,
+        kind: JobKind,
+        prep: _Prepared,
+        answer: Segmentation | None,
+        prompts: Prompts | None,
+        opts: ExtractionOptions | EverythingOptions | None,
+    ) -> outputs.Rendered:
+        """The model tier's answer (or the uploaded mask) → the output image and the result's extras."""
+        if kind is JobKind.EVERYTHING:
+            assert answer is not None and answer.masks is not None and isinstance(opts, EverythingOptions)
+            return outputs.render_everything(answer.masks, EverythingJob(opts, prep.width, prep.height))
+        if kind is JobKind.SEGMENTATION:
+            assert answer is not None and answer.logits is not None and prompts is not None
+            return outputs.render_segmentation(
+                answer.logits, answer.scores, prep.height, prep.width, prompts.several, prompts.mask_format
+            )
+        assert isinstance(opts, ExtractionOptions) and prep.decoded is not None
+        if answer is not None and answer.logits is not None:
+            alpha = outputs.union(outputs.object_masks(answer.logits, prep.height, prep.width))
         else:
             assert prep.mask is not None
             alpha = prep.mask
-        if kind is JobKind.SEGMENTATION:
-            return imaging.encode_mask_png(alpha), "png"
-        assert opts is not None and prep.decoded is not None
         soft = imaging.feather(alpha, opts.feather)
-        return imaging.encode_cutout(imaging.cutout(prep.decoded, soft), opts.output_format), opts.output_format
+        data = imaging.encode_cutout(imaging.cutout(prep.decoded, soft), opts.output_format)
+        return outputs.Rendered(data, opts.output_format)
+
+    async def _store(self, job_id: str, rendered: outputs.Rendered) -> tuple[str, dict[str, Any]]:
+        """Write the output and the job's further files; → the output's location and the job's details."""
+        location = await self.files.put(job_id, rendered.extension, rendered.data)
+        files: dict[str, Any] = {}
+        if rendered.objects:
+            files["objects"] = [
+                await self.files.put(f"{job_id}_{i}", "png", data) for i, data in enumerate(rendered.objects)
+            ]
+        if rendered.logits is not None:
+            files["logits"] = await self.files.put(f"{job_id}_logits", "f32", rendered.logits)
+        return location, {"result": rendered.result, "files": files}
 
     async def _run(
-        self, kind: JobKind, prep: _Prepared, prompt: Prompt | None, opts: ExtractionOptions | None
+        self,
+        kind: JobKind,
+        prep: _Prepared,
+        prompts: Prompts | None,
+        opts: ExtractionOptions | EverythingOptions | None,
     ) -> tuple[Job, Failure | ImageRejected | None]:
         """Run one reserved image to its end: completed and charged, or failed and refunded (and why)."""
         started = time.perf_counter()
@@ -348,26 +429,31 @@ class ImageJobs:
         failure: Failure | ImageRejected | None = None
         try:
             async with self._slots:
-                logits = None
+                answer = None
                 if route is not None:
-                    packed = self._pack(prep, prompt)
-                    logits = await self._segment(prep, packed, route.version)
-                    if route.shadow is not None:
-                        self._shadow(prep, packed, logits, route)
-                data, extension = await self._cpu(self._render, kind, prep, logits, opts)
-            location = await self.files.put(job_id, extension, data)
+                    everything = None
+                    if isinstance(opts, EverythingOptions):
+                        everything = EverythingJob(opts, prep.width, prep.height)
+                    packed = [] if everything is not None else self._pack(prep, prompts)
+                    answer = await self._ask(prep, route.version, packed, everything)
+                    if route.shadow is not None and len(packed) == 1 and answer.logits is not None:
+                        self._shadow(prep, packed, answer.logits[0], route)
+                rendered = await self._cpu(self._render, kind, prep, answer, prompts, opts)
+            location, details = await self._store(job_id, rendered)
             done = Completion(
                 output_path=location,
-                content_type=imaging.OUTPUT_TYPES[extension],
+                content_type=imaging.OUTPUT_TYPES[rendered.extension],
                 output_width=prep.width,
                 output_height=prep.height,
-                output_bytes=len(data),
+                output_bytes=len(rendered.data),
                 processing_ms=(time.perf_counter() - started) * 1000,
                 expires_at=float(self.signer.expiry()),
                 model_version=version,
+                details=details,
             )
             if not await self.store.complete_job(job_id, done):
-                await self.files.remove(location)  # never a stored result without its charge
+                for stored in [location, *detail_files(details)]:
+                    await self.files.remove(stored)  # never a stored result without its charge
                 raise RuntimeError(f"job {job_id} was no longer processing")
         except InferenceUnavailable as exc:
             log.warning("job %s: %s", job_id, exc)
@@ -396,22 +482,34 @@ class ImageJobs:
     # --- public operations -------------------------------------------------
 
     async def single(
-        self, key: ApiKey, kind: JobKind, item: Item, prompt: Prompt | None, opts: ExtractionOptions | None = None
+        self,
+        key: ApiKey,
+        kind: JobKind,
+        item: Item,
+        prompts: Prompts | None,
+        opts: ExtractionOptions | EverythingOptions | None = None,
     ) -> Job:
         with self.admission.admit(1):
-            return await self._single(key, kind, item, prompt, opts)
+            return await self._single(key, kind, item, prompts, opts)
 
     async def _single(
-        self, key: ApiKey, kind: JobKind, item: Item, prompt: Prompt | None, opts: ExtractionOptions | None
+        self,
+        key: ApiKey,
+        kind: JobKind,
+        item: Item,
+        prompts: Prompts | None,
+        opts: ExtractionOptions | EverythingOptions | None,
     ) -> Job:
         if item.mask is None:  # Triton away: 503 before decoding
             await self._models_known()
-        prep = await self._prepare(kind, item, prompt)
+        prep = await self._prepare(kind, item, prompts)
+        if prompts is not None and prompts.previous_job_id is not None:
+            prep.mask_input = await self._previous_logits(key, prompts.previous_job_id, prep.digest)
         prep.routed(None if item.mask is not None else await self.route(key, prep.digest))
         with self.running(_versions([prep])):
             if not (await self.store.reserve_jobs(key.id, None, [prep.job]))[0]:
                 raise InsufficientCredits()
-            job, failure = await self._run(kind, prep, prompt, opts)
+            job, failure = await self._run(kind, prep, prompts, opts)
         if failure is Failure.UNAVAILABLE:
             raise Unavailable(failure)
         if isinstance(failure, ImageRejected):
@@ -425,14 +523,14 @@ class ImageJobs:
         key: ApiKey,
         kind: JobKind,
         items: list[Item],
-        prompt: Prompt | None,
+        prompts: Prompts | None,
         opts: ExtractionOptions | None = None,
     ) -> BatchOutcome:
         with self.admission.admit(len(items)):
-            return await self._batch(key, kind, items, prompt, opts)
+            return await self._batch(key, kind, items, prompts, opts)
 
     async def _batch(
-        self, key: ApiKey, kind: JobKind, items: list[Item], prompt: Prompt | None, opts: ExtractionOptions | None
+        self, key: ApiKey, kind: JobKind, items: list[Item], prompts: Prompts | None, opts: ExtractionOptions | None
     ) -> BatchOutcome:
         started = time.perf_counter()
         batch_id = uuid.uuid4().hex
@@ -441,7 +539,7 @@ class ImageJobs:
 
         async def prepare(item: Item) -> _Prepared | ApiError:
             try:
-                return await self._prepare(kind, item, prompt)
+                return await self._prepare(kind, item, prompts)
             except ApiError as exc:
                 return exc
 
@@ -450,14 +548,14 @@ class ImageJobs:
         for prep in ready:
             prep.routed(None if prep.mask is not None else await self.route(key, prep.digest))
         with self.running(_versions(ready)):
-            return await self._run_batch(key, kind, items, prompt, opts, batch_id, prepared, started)
+            return await self._run_batch(key, kind, items, prompts, opts, batch_id, prepared, started)
 
     async def _run_batch(
         self,
         key: ApiKey,
         kind: JobKind,
         items: list[Item],
-        prompt: Prompt | None,
+        prompts: Prompts | None,
         opts: ExtractionOptions | None,
         batch_id: str,
         prepared: list[_Prepared | ApiError],
@@ -474,7 +572,7 @@ class ImageJobs:
                 await self.store.record_failed(key.id, batch_id, failed, _item_error(prep))
 
         async def run(prep: _Prepared) -> Job:
-            job, _ = await self._run(kind, prep, prompt, opts)
+            job, _ = await self._run(kind, prep, prompts, opts)
             return job
 
         runs = {p.job.id: asyncio.ensure_future(run(p)) for p in ready if p.job.id in paid}
@@ -502,17 +600,17 @@ def _item_error(error: ApiError) -> str:
     return error.detail
 
 
-def _check_prompt_bounds(prompt: Prompt | None, width: int, height: int) -> None:
-    if prompt is None:
-        return
+def _check_prompt_bounds(prompt: Prompt, width: int, height: int, name: str | None = None) -> None:
+    """Points and box inside the image; ``name``: the parameter that carried them (``objects``), if not their own."""
     errors = []
     if prompt.points is not None:
         pts = prompt.points
         if np.any(pts[:, 0] < 0) or np.any(pts[:, 0] > width) or np.any(pts[:, 1] < 0) or np.any(pts[:, 1] > height):
-            errors.append(FieldError("query", "points", f"coordinates must lie inside the {width}x{height} image"))
+            msg = f"coordinates must lie inside the {width}x{height} image"
+            errors.append(FieldError("query", name or "points", msg))
     if prompt.box is not None:
         x1, y1, x2, y2 = prompt.box
         if min(x1, x2) < 0 or max(x1, x2) > width or min(y1, y2) < 0 or max(y1, y2) > height:
-            errors.append(FieldError("query", "box", f"box must lie inside the {width}x{height} image"))
+            errors.append(FieldError("query", name or "box", f"box must lie inside the {width}x{height} image"))
     if errors:
         raise ValidationFailed(*errors)
