@@ -23,6 +23,7 @@ from maskserve.core.images import encoder_input
 from maskserve.export import reference
 from tests.helpers import image_bytes
 from tests.integration.test_api import EXT, SEG, fetch, post, schema
+from tests import torchvision_standin
 from tests.torchvision_standin import meta_mask_generator
 
 EVERYTHING = f"{SEG}/everything"
@@ -163,7 +164,9 @@ def test_everything_agrees_with_meta_mask_generator(api, key, sam2_model, report
     labels = png_of(result["output_url"])
     ours = [coco_mask.decode({**m["mask"], "counts": m["mask"]["counts"].encode()}) > 0 for m in result["masks"]]
     areas = [m["area"] for m in result["masks"]]
-    assert areas == sorted(areas, reverse=True) and all(a == np.count_nonzero(o) for a, o in zip(areas, ours))
+    assert areas == sorted(areas, reverse=True) and all(
+        a == np.count_nonzero(o) for a, o in zip(areas, ours, strict=True)
+    )
     painted = np.zeros_like(labels)
     for i, mask in enumerate(ours):
         painted[mask] = i + 1
@@ -176,7 +179,8 @@ def test_everything_agrees_with_meta_mask_generator(api, key, sam2_model, report
     ]
     matched = sum(1 for t in theirs if any(iou(t, o) >= 0.9 for o in ours))
     report(
-        f"segment-everything parity: {matched}/{len(theirs)} of the generator's masks matched at IoU >= 0.9 ({len(ours)} ours)"
+        f"segment-everything parity: {matched}/{len(theirs)} of the generator's masks "
+        f"matched at IoU >= 0.9 ({len(ours)} ours)"
     )
     assert theirs and matched >= 0.95 * len(theirs)
     assert abs(len(ours) - len(theirs)) <= max(1, len(theirs) // 20)
@@ -233,3 +237,51 @@ def test_hostile_objects_get_422(api, key, objects):
         timeout=30,
     )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "objects"], r.text
+
+
+def test_everything_steps_match_meta_generator_on_the_same_logits(sam2_model):
+    """The filters, full-size stability, boxes, RLE and NMS against Meta's own functions, mask for mask.
+
+    Random weights give logits within about ±0.4, so no mask has pixels above
+    the stability thresholds (±1) and the end-to-end comparison above runs
+    with the stability filter off and keeps one large mask. Here the same
+    decoder logits, scaled so that the stability scores spread over (0, 1),
+    go through our steps and through the generator's (``_process_batch``'s
+    filters, ``calculate_stability_score``, ``batched_mask_to_box``,
+    ``mask_to_rle_pytorch`` and ``batched_nms`` with the stand-in): the
+    candidate sets must be the same.
+    """
+    from maskserve.core import everything
+
+    with torchvision_standin.installed():
+        from sam2.utils import amg
+
+    rgb = np.asarray(Image.open(io.BytesIO(image_bytes(300, 200, fmt="PNG", seed=4))).convert("RGB"))
+    generator = meta_mask_generator(sam2_model, points_per_side=8)
+    generator.predictor.set_image(rgb)
+    grid = everything.point_grid(8) * np.array([300, 200])
+    coords = generator.predictor._transforms.transform_coords(
+        torch.as_tensor(grid, dtype=torch.float32), True, (200, 300)
+    )
+    _, iou_preds, low_res = generator.predictor._predict(
+        coords[:, None, :], torch.ones(len(grid), 1, dtype=torch.int), multimask_output=True, return_logits=True
+    )
+    low_res = low_res * 40.0  # stability scores spread over (0, 1)
+    ours = everything.candidates(low_res.numpy(), iou_preds.numpy(), 0, 200, 300, 0.5, 0.6)
+    masks = generator.predictor._transforms.postprocess_masks(low_res, (200, 300)).flatten(0, 1)
+    flat_iou = iou_preds.flatten()
+    keep = flat_iou > 0.5
+    stability = amg.calculate_stability_score(masks[keep], 0.0, 1.0)
+    theirs_masks = masks[keep][stability >= 0.6] > 0
+    theirs_boxes = amg.batched_mask_to_box(theirs_masks)
+    theirs_rles = amg.mask_to_rle_pytorch(theirs_masks)
+    assert 10 <= len(ours) == len(theirs_rles) < len(flat_iou)
+    for candidate, rle, box in zip(ours, theirs_rles, theirs_boxes, strict=True):
+        assert candidate.box == box.tolist()
+        mine = coco_mask.decode({**candidate.rle, "counts": candidate.rle["counts"].encode()}) > 0
+        assert iou(mine, amg.rle_to_mask(rle)) >= 0.999
+    scores = flat_iou[keep][stability >= 0.6]
+    theirs_kept = torchvision_standin.batched_nms(
+        theirs_boxes.float(), scores, torch.zeros(len(scores)), iou_threshold=0.7
+    ).tolist()
+    assert [c.prompt * 3 for c in everything.suppress(ours)] == [[c.prompt * 3 for c in ours][i] for i in theirs_kept]
