@@ -46,6 +46,11 @@ class SessionCall:
     prompts: list[PackedPrompt]
     everything: list[float] | None = None
 
+    @property
+    def deadline_scale(self) -> float:
+        """Segment-everything's grid takes one decoder pass per point: its deadline grows past 256 points."""
+        return 1.0 if self.everything is None else max(1.0, len(self.prompts) / 256)
+
 
 def _tensor(name: str, array: np.ndarray, dtype: str) -> grpcaio.InferInput:
     tensor = grpcaio.InferInput(name, list(array.shape), dtype)
@@ -106,10 +111,11 @@ class TritonReplica:
         async def one() -> AsyncIterator[dict[str, Any]]:
             yield request
 
-        stream = self._client.stream_infer(one(), stream_timeout=self.timeout_s)
+        deadline = self.timeout_s * call.deadline_scale
+        stream = self._client.stream_infer(one(), stream_timeout=deadline)
         answer: Segmentation | None = None
         try:
-            async with asyncio.timeout(self.timeout_s + 5):
+            async with asyncio.timeout(deadline + 5):
                 # Read to the end: Triton closes the stream after the final response. Cancelling it
                 # as soon as the answer arrives left Triton holding the request, and a model version
                 # that served under concurrency could then never be unloaded.

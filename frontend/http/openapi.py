@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from maskserve import __version__
-from maskserve.core.signatures import MAX_PROMPT_POINTS
+from maskserve.core.signatures import MAX_OBJECTS, MAX_PROMPT_POINTS
 from maskserve.frontend.config import Settings
 from maskserve.frontend.domain import JobStatus
-from maskserve.frontend.http.parsing import MAX_FEATHER
+from maskserve.frontend.http.parsing import MAX_FEATHER, MAX_REGION_AREA
 
 _ERROR = {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}
 _VALIDATION = {
@@ -56,6 +56,62 @@ _RESULT = {
         "output_width": {"type": ["integer", "null"]},
         "output_height": {"type": ["integer", "null"]},
         "credits_used": {"type": "integer"},
+        "score": {"type": "number", "description": "predicted IoU of the mask (with objects: their mean)"},
+        "bbox": {"$ref": "#/components/schemas/Box"},
+        "area": {"type": "integer", "description": "white pixels"},
+        "mask": {"$ref": "#/components/schemas/InlineMask"},
+        "objects": {"type": "array", "items": {"$ref": "#/components/schemas/ObjectResult"}},
+        "masks": {"type": "array", "items": {"$ref": "#/components/schemas/EverythingMask"}},
+    },
+}
+_BOX = {
+    "type": ["array", "null"],
+    "items": {"type": "integer"},
+    "minItems": 4,
+    "maxItems": 4,
+    "description": "[x, y, w, h] of the white region in pixels of the oriented input; null when empty",
+}
+_RINGS = {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}
+_INLINE_MASK = {
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["format", "size", "counts"],
+            "properties": {
+                "format": {"const": "rle"},
+                "size": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
+                "counts": {"type": "string", "description": "COCO compressed RLE (pycocotools)"},
+            },
+        },
+        {
+            "type": "object",
+            "required": ["format", "polygons", "holes"],
+            "properties": {"format": {"const": "polygons"}, "polygons": _RINGS, "holes": _RINGS},
+        },
+    ]
+}
+_OBJECT_RESULT = {
+    "type": "object",
+    "required": ["index", "output_url", "score", "bbox", "area"],
+    "properties": {
+        "index": {"type": "integer"},
+        "output_url": {"type": "string"},
+        "score": {"type": "number"},
+        "bbox": {"$ref": "#/components/schemas/Box"},
+        "area": {"type": "integer"},
+        "mask": {"$ref": "#/components/schemas/InlineMask"},
+    },
+}
+_EVERYTHING_MASK = {
+    "type": "object",
+    "required": ["mask", "bbox", "area", "score", "stability_score", "point"],
+    "properties": {
+        "mask": {"$ref": "#/components/schemas/InlineMask"},
+        "bbox": {"$ref": "#/components/schemas/Box"},
+        "area": {"type": "integer"},
+        "score": {"type": "number"},
+        "stability_score": {"type": "number"},
+        "point": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
     },
 }
 _SINGLE = {
@@ -117,6 +173,39 @@ _PROMPTS = [
     _query("labels", "JSON array of 0/1, same length as points (default all 1)"),
     _query("box", "JSON array [x1, y1, x2, y2] with x1 < x2 and y1 < y2"),
 ]
+_OBJECTS = _query(
+    "objects",
+    f"JSON array of 1-{MAX_OBJECTS} prompt objects, each "
+    '{"points": [[x, y], …], "labels": [..], "box": [x1, y1, x2, y2]}; one mask each (not with points/labels/box)',
+)
+_MASK_FORMAT = _query(
+    "mask_format",
+    "png: nothing inline; rle: COCO compressed RLE in result.mask; polygons: outer rings and holes",
+    {"type": "string", "enum": ["png", "rle", "polygons"], "default": "png"},
+)
+_REFINE = _query("previous_job_id", "refine the mask of this earlier segmentation (same key, same image)")
+_EVERYTHING = [
+    _query(
+        "points_per_side", "grid of points per side", {"type": "integer", "minimum": 4, "maximum": 64, "default": 16}
+    ),
+    _query(
+        "pred_iou_thresh",
+        "keep masks above this predicted IoU",
+        {"type": "number", "minimum": 0, "maximum": 1, "default": 0.8},
+    ),
+    _query(
+        "stability_score_thresh",
+        "keep masks at or above this stability",
+        {"type": "number", "minimum": 0, "maximum": 1, "default": 0.92},
+    ),
+    _query(
+        "min_mask_region_area",
+        "remove holes and islands smaller than this (pixels)",
+        {"type": "integer", "minimum": 0, "maximum": MAX_REGION_AREA, "default": 0},
+    ),
+    _query("max_masks", "at most this many masks", {"type": "integer", "minimum": 1, "maximum": 255, "default": 100}),
+    _query("mask_format", "inline mask encoding", {"type": "string", "enum": ["rle", "polygons"], "default": "rle"}),
+]
 _EXTRACTION = [
     _query(
         "feather",
@@ -155,8 +244,10 @@ def _upload_body(fields: dict[str, bool], repeated: bool) -> dict:
     }
 
 
-def _service(summary: str, params: list, body: dict, ok: str, batch: bool) -> dict:
+def _service(summary: str, params: list, body: dict, ok: str, batch: bool, refine: bool = False) -> dict:
     codes = (400, 401, 413, 422, 429, 503) if batch else (400, 401, 402, 413, 422, 429, 503)
+    if refine:
+        codes = (*codes, 404)
     return {
         "post": {
             "summary": summary,
@@ -194,6 +285,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "Result": _RESULT,
                 "Single": _SINGLE,
                 "Batch": _BATCH,
+                "Box": _BOX,
+                "InlineMask": _INLINE_MASK,
+                "ObjectResult": _OBJECT_RESULT,
+                "EverythingMask": _EVERYTHING_MASK,
                 "Account": {
                     "type": "object",
                     "required": ["name", "key_prefix", "credits"],
@@ -207,25 +302,37 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         },
         "paths": {
             "/v1/services/image-segmentation": _service(
-                "Segment one object (1 credit)", _PROMPTS, _upload_body({"file": True}, False), "Single", False
+                "Segment one object, or several with objects; refine an earlier mask (1 credit)",
+                [*_PROMPTS, _OBJECTS, _MASK_FORMAT, _REFINE],
+                _upload_body({"file": True}, False),
+                "Single",
+                False,
+                refine=True,
+            ),
+            "/v1/services/image-segmentation/everything": _service(
+                "Segment everything: SAM's automatic mask generation; a label-map PNG and the masks (4 credits)",
+                _EVERYTHING,
+                _upload_body({"file": True}, False),
+                "Single",
+                False,
             ),
             "/v1/services/image-segmentation/batch": _service(
                 f"Segment 1-{settings.max_batch} images with the same prompt (1 credit each)",
-                _PROMPTS,
+                [*_PROMPTS, _OBJECTS, _MASK_FORMAT],
                 _upload_body({"files": True}, True),
                 "Batch",
                 True,
             ),
             "/v1/services/object-extraction": _service(
-                "Cut out one object on a transparent background (2 credits)",
-                _PROMPTS + _EXTRACTION,
+                "Cut out one object (or the union of objects) on a transparent background (2 credits)",
+                [*_PROMPTS, _OBJECTS, *_EXTRACTION],
                 _upload_body({"image": True, "mask": False}, False),
                 "Single",
                 False,
             ),
             "/v1/services/object-extraction/batch": _service(
                 f"Cut out objects from 1-{settings.max_batch} images (2 credits each)",
-                _PROMPTS + _EXTRACTION,
+                [*_PROMPTS, _OBJECTS, *_EXTRACTION],
                 _upload_body({"images": True, "masks": False}, True),
                 "Batch",
                 True,

@@ -21,9 +21,9 @@ from pycocotools import mask as coco_mask
 
 from maskserve.core.images import encoder_input
 from maskserve.export import reference
+from tests import torchvision_standin
 from tests.helpers import image_bytes
 from tests.integration.test_api import EXT, SEG, fetch, post, schema
-from tests import torchvision_standin
 from tests.torchvision_standin import meta_mask_generator
 
 EVERYTHING = f"{SEG}/everything"
