@@ -66,7 +66,7 @@ async def test_refinement_sends_the_earlier_logits_back(client, new_key, fake):
     assert r.status == 200, await r.text()
     sent = fake.prompts[-1][0].mask_input
     assert sent is not None and sent.shape == (1, 256, 256) and sent.max() == 10.0
-    other_id, other = await new_key(10)
+    _, other = await new_key(10)
     r = await client.post(
         f"{SEG}?points={q([[1, 1]])}&previous_job_id={first['job_id']}", data=form("file", photo), headers=auth(other)
     )
