@@ -56,7 +56,7 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
 
 class ToTensor:
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
 
 
 class Resize(nn.Module):

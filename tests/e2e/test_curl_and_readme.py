@@ -101,3 +101,32 @@ def test_readme_quick_start_works_as_written(api, tmp_path):
     )
     body = json.loads(out.stdout)
     assert body["status"] == "completed" and fetch(body["result"]["output_url"]).status_code == 200
+
+
+def _doc_curls(section: str) -> list[str]:
+    """The ``curl`` commands of one section of docs/API.md, joined across their line continuations."""
+    text = (ROOT / "docs" / "API.md").read_text()
+    part = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", part, re.S)
+    return [b.replace("\\\n", " ").strip() for b in blocks]
+
+
+def test_v11_examples_in_the_docs_run_as_written(api, key, tmp_path):
+    """Each curl of docs/API.md's v1.1 section, with the shell variables the text names, against this server."""
+    (tmp_path / "photo.jpg").write_bytes(image_bytes(1024, 768, seed=8))
+    env = {**os.environ, "KEY": key}
+    bodies = []
+    for command in _doc_curls("Beyond one mask (v1.1)"):
+        command = command.replace("http://127.0.0.1:8080", api.url)
+        out = subprocess.run(
+            ["bash", "-c", command], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+        )
+        body = json.loads(out.stdout)
+        assert body["status"] == "completed", body
+        bodies.append(body["result"])
+        env["JOB"] = body["job_id"]  # the refinement example refines the previous example's job
+    objects, rle, refined, everything = bodies
+    assert len(objects["objects"]) == 2 and objects["credits_used"] == 1
+    assert rle["mask"]["format"] == "rle" and rle["mask"]["size"] == [768, 1024]
+    assert refined["credits_used"] == 1
+    assert everything["credits_used"] == 4 and everything["masks"]
