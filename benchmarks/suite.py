@@ -1,7 +1,7 @@
 """The benchmark suite: every performance target of the CPU serving path, measured
 side by side with the PyTorch reference peer in one run.
 
-    python -m benchmarks.suite                 # full run, ~6 minutes on 2 cores
+    python -m benchmarks.suite                 # full run, ~12 minutes on 2 cores
     python -m benchmarks.suite --smoke         # seconds-scale version (run in CI)
 
 Writes benchmarks/results/suite.json and prints a table: for each target our
@@ -25,6 +25,7 @@ import numpy as np
 import requests
 from PIL import Image
 
+from benchmarks import everything
 from benchmarks.images import photo, photos
 from benchmarks.loadgen import run_load
 from benchmarks.reference import TorchPeer
@@ -43,6 +44,7 @@ class Sizes:
     memory_requests: int
     reference_images: int
     agreement_images: int
+    everything_per_side: tuple[int, ...]
 
 
 FULL = Sizes(
@@ -53,6 +55,7 @@ FULL = Sizes(
     memory_requests=1000,
     reference_images=4,
     agreement_images=3,
+    everything_per_side=(16, 32),
 )
 SMOKE = Sizes(
     model_images=1,
@@ -62,6 +65,7 @@ SMOKE = Sizes(
     memory_requests=20,
     reference_images=1,
     agreement_images=1,
+    everything_per_side=(4,),
 )
 CACHE_BYTES = 64 * MIB  # the session store: eight fp16 images; the memory run cycles more images than fit
 
@@ -310,6 +314,9 @@ def run(sizes: Sizes) -> dict:
             "images_per_gib": (2**30) / (cache_bytes / entries) if entries else 0.0,
             "errors": mem["errors_by_status"],
         }
+
+        # T6: segment-everything per image (encoder included) vs Meta's SAM2AutomaticMaskGenerator
+        results["everything"] = everything.measure(stack.url, stack.key, peer.model, sizes.everything_per_side, 1)
     results["targets"] = targets(results)
     return results
 
@@ -398,6 +405,14 @@ def targets(r: dict) -> list[dict]:
             f"({r['memory']['images_per_gib']:.0f} images per GiB)",
         ),
     ]
+    for per_side, e in r["everything"].items():
+        rows.append(
+            (
+                f"segment-everything, {per_side} points per side: faster than Meta's generator (PyTorch)",
+                e["ratio"] >= 1.0,
+                f"{e['ours_s']:.2f} vs {e['reference_s']:.2f} s per {e['image']} image = {e['ratio']:.2f}x",
+            )
+        )
     return [{"target": t, "met": bool(ok), "measured": m} for t, ok, m in rows]
 
 

@@ -42,12 +42,6 @@ def rle_decode(rle: dict[str, Any]) -> np.ndarray:
     return coco_mask.decode(raw).astype(bool)
 
 
-def rle_area(rle: dict[str, Any]) -> int:
-    counts = rle["counts"]
-    raw = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return int(coco_mask.area(raw))
-
-
 def polygons(mask: np.ndarray) -> dict[str, Any]:
     """Outer contours and holes as flat ``[x1, y1, x2, y2, …]`` rings in image pixels.
 
