@@ -46,12 +46,12 @@ async def tier_ms(grpc_url: str, data: bytes, count: int) -> tuple[list[float], 
     try:
         for _ in range(count):
             started = time.perf_counter()
-            answer = await tier.segment(digest, data, prompt, version)
+            answer = await tier.segment(digest, data, [prompt], version)
             times.append((time.perf_counter() - started) * 1000)
     finally:
         await tier.close()
     assert answer.logits is not None
-    return times, answer.logits
+    return times, answer.logits[0]
 
 
 def main() -> None:

@@ -147,7 +147,7 @@ async def session_prompts(grpc_url: str, data: bytes, concurrency: int, count: i
         return PackedPrompt(coords, labels, None, True)
 
     try:
-        await tier.segment(digest, data, prompt(0), version)  # warm: the image is held from here on
+        await tier.segment(digest, data, [prompt(0)], version)  # warm: the image is held from here on
         queue = list(range(count))
         latencies: list[float] = []
 
@@ -155,7 +155,7 @@ async def session_prompts(grpc_url: str, data: bytes, concurrency: int, count: i
             while queue:
                 i = queue.pop()
                 started = time.perf_counter()
-                await tier.segment(digest, data, prompt(i), version)
+                await tier.segment(digest, data, [prompt(i)], version)
                 latencies.append((time.perf_counter() - started) * 1000)
 
         started = time.perf_counter()

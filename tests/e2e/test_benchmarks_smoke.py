@@ -18,7 +18,7 @@ def test_suite_smoke(tmp_path):
     proc = _run("benchmarks.suite", "--smoke", "--json", str(out))
     results = json.loads(out.read_text())
     assert results["smoke"] is True
-    assert len(results["targets"]) == 14 and all({"target", "met", "measured"} <= set(t) for t in results["targets"])
+    assert len(results["targets"]) == 15 and all({"target", "met", "measured"} <= set(t) for t in results["targets"])
     assert results["concurrent_c8"]["errors"] == {} and results["cached_c1"]["errors"] == {}
     assert results["batch"]["completed"] == results["batch"]["images"]
     assert 0 < results["wire"]["cached_prompt_bytes"] < results["wire"]["new_image_bytes"]

@@ -45,16 +45,15 @@ def test_fp16_storage_agrees_with_fp32(exported_repo, report):
     async def encode(image):
         return encoder.run(names, {"image": image})
 
-    async def decode(entry, prompt):
+    async def decode(entry, prompts):
         feeds = {name: np.asarray(a, np.float32) for name, a in zip(names, entry.arrays, strict=True)}
         feeds.update(
-            point_coords=prompt.point_coords[None],
-            point_labels=prompt.point_labels[None],
-            mask_input=np.zeros((1, 1, 256, 256), np.float32),
-            has_mask_input=np.zeros((1,), np.float32),
+            point_coords=np.stack([p.point_coords for p in prompts]),
+            point_labels=np.stack([p.point_labels for p in prompts]),
+            mask_input=np.zeros((len(prompts), 1, 256, 256), np.float32),
+            has_mask_input=np.zeros((len(prompts),), np.float32),
         )
-        masks, iou = decoder.run(["low_res_masks", "iou_predictions"], feeds)
-        return masks[0], iou[0]
+        return decoder.run(["low_res_masks", "iou_predictions"], feeds)
 
     async def masks(storage: str, images: list[bytes]) -> list[np.ndarray]:
         engine = SessionEngine(EmbeddingStore(1 << 30, storage), encoder_input, encode, decode)
@@ -65,9 +64,9 @@ def test_fp16_storage_agrees_with_fp32(exported_repo, report):
                 points = imaging.to_model_frame(np.array([[x, y]], np.float32), 1920, 1080)
                 coords, labels = pack_prompt(points, np.array([1]), None)
                 outcome = await engine.segment(
-                    digest, data, PackedPrompt(coords, labels, None, is_multimask(points, None))
+                    digest, data, [PackedPrompt(coords, labels, None, is_multimask(points, None))]
                 )
-                out.append(imaging.mask_from_logits(outcome.logits, 1080, 1920) > 0)
+                out.append(imaging.mask_from_logits(outcome.logits[0], 1080, 1920) > 0)
         return out
 
     images = [photo(5000 + i) for i in range(2)]
