@@ -36,7 +36,7 @@ import triton_python_backend_utils as pb_utils
 
 from maskserve.core import signatures as sig
 from maskserve.core.images import encoder_input
-from maskserve.core.prompts import PackedPrompt
+from maskserve.core.prompts import PackedPrompt, stack_prompts
 from maskserve.session.engine import EverythingRequest, Outcome, SessionEngine
 from maskserve.session.store import EmbeddingStore, Entry
 
@@ -164,21 +164,17 @@ class TritonPythonModel:
 
     async def _decode_batch(self, arrays: list[np.ndarray], prompts: list[PackedPrompt]) -> list[np.ndarray]:
         count = len(prompts)
-        masks = np.zeros((count, 1, 256, 256), np.float32)
-        has_mask = np.zeros((count, 1), np.float32)
-        for i, prompt in enumerate(prompts):
-            if prompt.mask_input is not None:
-                masks[i] = prompt.mask_input.reshape(1, 256, 256)
-                has_mask[i] = 1.0
+        coords, labels, masks = stack_prompts(prompts)
+        has_mask = np.array([[float(p.mask_input is not None)] for p in prompts], np.float32)
         # one image's embeddings, once per item (the decoder's batch dimension runs over all its inputs)
         inputs = [
             pb_utils.Tensor(name, np.ascontiguousarray(np.broadcast_to(array, (count, *array.shape[1:]))))
             for name, array in zip(EMBEDDINGS, arrays, strict=True)
         ]
         inputs += [
-            pb_utils.Tensor("point_coords", np.stack([p.point_coords for p in prompts]).astype(np.float32)),
-            pb_utils.Tensor("point_labels", np.stack([p.point_labels for p in prompts]).astype(np.int32)),
-            pb_utils.Tensor("mask_input", masks),
+            pb_utils.Tensor("point_coords", coords),
+            pb_utils.Tensor("point_labels", labels),
+            pb_utils.Tensor("mask_input", masks if masks is not None else np.zeros((count, 1, 256, 256), np.float32)),
             pb_utils.Tensor("has_mask_input", has_mask),
         ]
         return await self._call(sig.DECODER_MODEL, inputs, DECODER_OUTPUTS)
@@ -194,19 +190,18 @@ class TritonPythonModel:
         masks = None if mask_input is None else mask_input.reshape(-1, 1, 256, 256)
         if not 1 <= len(coords) <= MAX_PROMPTS or len(labels) != len(coords) or len(multimask) != len(coords):
             raise ValueError(f"1 to {MAX_PROMPTS} prompts, with as many labels and multimask flags")
+        if masks is not None and len(masks) != len(coords):
+            raise ValueError("one mask_input per prompt")
+        prompts = [
+            PackedPrompt(coords[i], labels[i], None if masks is None else masks[i], bool(multimask[i]))
+            for i in range(len(coords))
+        ]
         params = _optional(request, "everything")
         if params is not None:
             iou_thresh, stability_thresh, height, width = (float(v) for v in params.reshape(-1)[:4])
-            grid = coords[:, 0, :].astype(np.float32)
-            job = EverythingRequest(grid, iou_thresh, stability_thresh, int(height), int(width))
+            job = EverythingRequest(prompts, iou_thresh, stability_thresh, int(height), int(width))
             outcome = await self.engine.everything(digest, image, job)
         else:
-            if masks is not None and len(masks) != len(coords):
-                raise ValueError("one mask_input per prompt")
-            prompts = [
-                PackedPrompt(coords[i], labels[i], None if masks is None else masks[i], bool(multimask[i]))
-                for i in range(len(coords))
-            ]
             outcome = await self.engine.segment(digest, image, prompts)
         self.metrics.update(self.store, int(outcome.encoded))
         return pb_utils.InferenceResponse(output_tensors=_outputs(outcome))

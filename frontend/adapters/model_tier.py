@@ -28,7 +28,7 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from maskserve.core import signatures as sig
-from maskserve.core.prompts import PackedPrompt
+from maskserve.core.prompts import PackedPrompt, stack_prompts
 from maskserve.frontend.adapters.routing import ReplicaSet
 from maskserve.frontend.domain import EverythingJob, ModelInfo, Segmentation
 from maskserve.frontend.errors import InferenceUnavailable
@@ -79,19 +79,16 @@ class TritonReplica:
 
     def _inputs(self, digest: str, image: bytes | None, call: SessionCall) -> list[grpcaio.InferInput]:
         prompts = call.prompts
+        coords, labels, masks = stack_prompts(prompts)
         inputs = [
             _tensor("digest", np.array([digest.encode()], np.object_), "BYTES"),
-            _tensor("point_coords", np.stack([p.point_coords for p in prompts]).astype(np.float32), "FP32"),
-            _tensor("point_labels", np.stack([p.point_labels for p in prompts]).astype(np.int32), "INT32"),
+            _tensor("point_coords", coords, "FP32"),
+            _tensor("point_labels", labels, "INT32"),
             _tensor("multimask", np.array([p.multimask for p in prompts], np.bool_), "BOOL"),
         ]
         if image is not None:
             inputs.append(_tensor("image", np.array([image], np.object_), "BYTES"))
-        if any(p.mask_input is not None for p in prompts):
-            masks = np.zeros((len(prompts), 1, sig.LOW_RES_MASK_SIZE, sig.LOW_RES_MASK_SIZE), np.float32)
-            for i, p in enumerate(prompts):
-                if p.mask_input is not None:
-                    masks[i] = p.mask_input.reshape(masks.shape[1:])
+        if masks is not None:
             inputs.append(_tensor("mask_input", masks, "FP32"))
         if call.everything is not None:
             inputs.append(_tensor("everything", np.asarray(call.everything, np.float32), "FP32"))

@@ -104,7 +104,7 @@ def _prompt(raw_points: Any, raw_labels: Any, raw_box: Any, name: str | None = N
             error("box", "must satisfy x1 < x2 and y1 < y2")
         else:
             box = np.array(values, np.float32)
-    if points is not None and labels is None and not any("labels" in e.msg or e.name == "labels" for e in errors):
+    if points is not None and labels is None:  # default all foreground (a labels error raises below)
         labels = np.ones(len(points), np.int32)
     used = (0 if points is None else len(points)) + (0 if box is None else 2)
     if used > MAX_PROMPT_POINTS:

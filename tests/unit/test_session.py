@@ -135,7 +135,8 @@ async def test_everything_filters_and_suppresses_next_to_the_embeddings():
     fakes = Fakes()
     session = SessionEngine(EmbeddingStore(10**9), fakes.preprocess, fakes.encode, fakes.decode, points_per_batch=4)
     grid = (everything.point_grid(4) * 1024).astype(np.float32)
-    request = EverythingRequest(grid, pred_iou_thresh=0.8, stability_thresh=0.9, height=512, width=512)
+    prompts = [PackedPrompt(*pack_prompt(p[None], np.ones(1, np.int32), None), None, True) for p in grid]
+    request = EverythingRequest(prompts, pred_iou_thresh=0.8, stability_thresh=0.9, height=512, width=512)
     outcome = await session.everything("d6", image_bytes(64, 48), request)
     assert fakes.batches == [4, 4, 4, 4] and outcome.encoded and outcome.masks is not None
     # per point: tokens 2 (0.9) and 3 (0.85) pass the IoU filter; their boxes overlap (IoU 0.83), NMS keeps 0.9

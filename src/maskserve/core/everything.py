@@ -12,7 +12,7 @@ cleanup, the ordering and the limits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import cv2
@@ -73,13 +73,7 @@ class Candidate:
     prompt: int  # index of the grid point that produced it
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "rle": self.rle,
-            "box": self.box,
-            "score": self.score,
-            "stability": self.stability,
-            "prompt": self.prompt,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Candidate:
@@ -115,12 +109,18 @@ def candidates(
             continue
         mask = np.zeros((height, width), np.uint8)
         mask[top : top + window.shape[0], left : left + window.shape[1]] = window > MASK_THRESHOLD
-        box = encodings.bbox(mask)
-        xyxy = [0, 0, 0, 0] if box is None else [box[0], box[1], box[0] + box[2] - 1, box[1] + box[3] - 1]
         found.append(
-            Candidate(encodings.rle_encode(mask), xyxy, float(iou[point, token]), stability, first_prompt + point)
+            Candidate(
+                encodings.rle_encode(mask), _xyxy(mask), float(iou[point, token]), stability, first_prompt + point
+            )
         )
     return found
+
+
+def _xyxy(mask: np.ndarray) -> list[int]:
+    """The mask's box as ``x1, y1, x2, y2`` with inclusive corners; zeros when empty (``batched_mask_to_box``)."""
+    box = encodings.bbox(mask)
+    return [0, 0, 0, 0] if box is None else [box[0], box[1], box[0] + box[2] - 1, box[1] + box[3] - 1]
 
 
 def suppress(found: list[Candidate], iou_thresh: float = BOX_NMS_THRESH) -> list[Candidate]:
@@ -172,8 +172,7 @@ def clean_up(found: list[Candidate], min_area: int, iou_thresh: float = BOX_NMS_
         mask, islands = remove_small_regions(mask, min_area, "islands")
         cleaned.append(mask)
         scores.append(0.0 if holes or islands else 1.0)
-        box = encodings.bbox(mask)
-        boxes.append([0, 0, 0, 0] if box is None else [box[0], box[1], box[0] + box[2] - 1, box[1] + box[3] - 1])
+        boxes.append(_xyxy(mask))
     keep = box_nms(np.array(boxes, np.float64), np.array(scores), iou_thresh)
     out = []
     for i in keep:

@@ -16,6 +16,7 @@ from maskserve.core.signatures import (
     BOX_BOTTOM_RIGHT_LABEL,
     BOX_TOP_LEFT_LABEL,
     DECODER_POINTS,
+    LOW_RES_MASK_SIZE,
     MAX_PROMPT_POINTS,
     PAD_LABEL,
 )
@@ -61,6 +62,23 @@ def pack_prompt(
         point_coords[:used] = np.concatenate(coords)
         point_labels[:used] = np.concatenate(labs)
     return point_coords, point_labels
+
+
+def stack_prompts(prompts: list[PackedPrompt]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """P prompts → ``point_coords`` [P, N, 2], ``point_labels`` [P, N] and ``mask_input`` [P, 1, 256, 256].
+
+    ``mask_input`` holds zeros for a prompt without an earlier mask, and is
+    None when no prompt has one.
+    """
+    coords = np.stack([p.point_coords for p in prompts]).astype(np.float32)
+    labels = np.stack([p.point_labels for p in prompts]).astype(np.int32)
+    if all(p.mask_input is None for p in prompts):
+        return coords, labels, None
+    masks = np.zeros((len(prompts), 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE), np.float32)
+    for i, prompt in enumerate(prompts):
+        if prompt.mask_input is not None:
+            masks[i] = prompt.mask_input.reshape(masks.shape[1:])
+    return coords, labels, masks
 
 
 def is_multimask(points: np.ndarray | None, box: np.ndarray | None) -> bool:

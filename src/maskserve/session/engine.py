@@ -19,7 +19,7 @@ import numpy as np
 from maskserve.core import everything
 from maskserve.core.images import ImageRejected
 from maskserve.core.masks import select_mask
-from maskserve.core.prompts import PackedPrompt, pack_prompt
+from maskserve.core.prompts import PackedPrompt
 from maskserve.session.store import EmbeddingStore, Entry
 
 
@@ -45,9 +45,9 @@ Decode = Callable[[Entry, list[PackedPrompt]], Awaitable[tuple[np.ndarray, np.nd
 
 @dataclass(frozen=True)
 class EverythingRequest:
-    """Segment-everything's grid (model frame) and filters, and the image's size for the stability score."""
+    """Segment-everything's grid (one single-point prompt per point) and filters, and the image's size."""
 
-    points: np.ndarray  # [P, 2] float32, 1024 frame
+    prompts: list[PackedPrompt]
     pred_iou_thresh: float
     stability_thresh: float
     height: int
@@ -139,10 +139,8 @@ class SessionEngine:
         slots = asyncio.Semaphore(2)
 
         async def batch(start: int) -> list[everything.Candidate]:
-            points = request.points[start : start + self.points_per_batch]
-            prompts = [_grid_prompt(p) for p in points]
             async with slots:
-                masks, iou = await self._decode(entry, prompts)
+                masks, iou = await self._decode(entry, request.prompts[start : start + self.points_per_batch])
             return await loop.run_in_executor(
                 self._executor,
                 partial(
@@ -157,12 +155,7 @@ class SessionEngine:
                 ),
             )
 
-        starts = range(0, len(request.points), self.points_per_batch)
+        starts = range(0, len(request.prompts), self.points_per_batch)
         found = [c for part in await asyncio.gather(*(batch(s) for s in starts)) for c in part]
         kept = await loop.run_in_executor(self._executor, everything.suppress, found)
         return Outcome(masks=kept, encoded=encoded)
-
-
-def _grid_prompt(point: np.ndarray) -> PackedPrompt:
-    coords, labels = pack_prompt(np.asarray(point, np.float32).reshape(1, 2), np.ones(1, np.int32), None)
-    return PackedPrompt(coords, labels, None, multimask=True)
