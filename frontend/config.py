@@ -65,6 +65,12 @@ class Settings:
     url_ttl_s: int = setting(3600, "lifetime of output links, seconds", min=1)
     sweep_interval_s: float = setting(60.0, "how often expired files are deleted, seconds", min=0.01)
     triton_timeout_s: float = setting(60.0, "deadline of one Triton call, seconds", min=0.1)
+    everything_budget_s: float = setting(
+        60.0,
+        "longest a segment-everything request may run, seconds: a grid the model tier projects to take "
+        "longer is stopped after its first decoder batches and refused with 422",
+        min=1.0,
+    )
     rate_single_per_min: int = setting(
         60, "single-image requests per key and minute", env="MASKSERVE_RATE_SINGLE", min=1
     )

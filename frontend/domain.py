@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import time
 from collections.abc import Iterable
@@ -29,6 +30,8 @@ ACTIVE_MODEL_VERSION = "active_model_version"
 """Service state of older releases: the promoted version (now part of ``MODEL_ROUTING``)."""
 MODEL_ROUTING = "model_routing"
 """Service state: which model version serves what (``Routing`` as JSON, set by ``maskserve models``)."""
+MIN_POINTS_PER_SIDE, MAX_POINTS_PER_SIDE = 4, 64
+"""Segment-everything's grid sizes (API.md, v1.1)."""
 SIGNING_SECRET = "signing_secret"
 """Service state: the link-signing secret shared by every frontend of one database."""
 
@@ -195,6 +198,7 @@ class Segmentation:
     scores: list[float] = field(default_factory=list)  # their predicted IoU
     encoded: bool = False  # the image's bytes were sent, and the encoder ran
     masks: list[dict[str, Any]] | None = None  # segment-everything: the model tier's masks (RLE, box, scores)
+    overrun: tuple[float, float] | None = None  # segment-everything stopped: (s before the grid, s per point)
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,7 @@ class EverythingJob:
     options: EverythingOptions
     width: int
     height: int
+    budget_s: float = 60.0  # the longest the model tier may take (Settings.everything_budget_s)
 
     def grid(self) -> np.ndarray:
         """[P, 2] pixel coordinates of the grid points (what each mask reports as its ``point``)."""
@@ -232,7 +237,23 @@ class EverythingJob:
     def params(self) -> list[float]:
         """The session model's ``everything`` input."""
         opts = self.options
-        return [opts.pred_iou_thresh, opts.stability_score_thresh, float(self.height), float(self.width)]
+        return [opts.pred_iou_thresh, opts.stability_score_thresh, float(self.height), float(self.width), self.budget_s]
+
+    def overrun_message(self, before_s: float, per_point_s: float) -> str:
+        """Why a grid the model tier stopped is refused, and the largest grid that fits the budget."""
+        side = self.options.points_per_side
+        points = side * side
+        projected = before_s + per_point_s * points
+        fits = min(side - 1, math.isqrt(max(0, int((self.budget_s - before_s) / max(per_point_s, 1e-9)))))
+        advice = (
+            f"points_per_side={fits} or fewer fits"
+            if fits >= MIN_POINTS_PER_SIDE
+            else "no grid fits at the speed measured now; retry later"
+        )
+        return (
+            f"points_per_side={side} ({points} points) would take about {projected:.0f} s on this deployment, "
+            f"over its {self.budget_s:.0f} s limit for one request; {advice}"
+        )
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,9 @@ Parameters (``config.pbtxt``): ``cache_bytes`` (the store's bound),
 
 A request carries 1-16 prompt objects (decoded in one batched call) and gets
 each one's chosen mask; or, with the ``everything`` input, a grid of points
-for segment-everything, answered with the filtered masks as COCO RLE.
+for segment-everything, answered with the filtered masks as COCO RLE, or,
+when the grid would take longer than the request's budget, stopped after its
+first batches with the measured speed (``overrun``).
 Custom metrics on Triton's metrics port: ``maskserve_session_cache_hits``,
 ``…_misses``, ``…_evictions``, ``…_encodes``, ``…_bytes`` and ``…_entries``.
 """
@@ -198,8 +200,11 @@ class TritonPythonModel:
         ]
         params = _optional(request, "everything")
         if params is not None:
-            iou_thresh, stability_thresh, height, width = (float(v) for v in params.reshape(-1)[:4])
-            job = EverythingRequest(prompts, iou_thresh, stability_thresh, int(height), int(width))
+            values = [float(v) for v in params.reshape(-1)]
+            if len(values) != sig.EVERYTHING_PARAMS or not values[4] > 0:
+                raise ValueError(f"everything takes {sig.EVERYTHING_PARAMS} values, the last a positive budget")
+            iou_thresh, stability_thresh, height, width, budget_s = values
+            job = EverythingRequest(prompts, iou_thresh, stability_thresh, int(height), int(width), budget_s)
             outcome = await self.engine.everything(digest, image, job)
         else:
             outcome = await self.engine.segment(digest, image, prompts)
@@ -237,10 +242,12 @@ def _outputs(outcome: Outcome) -> list[Any]:
     logits = outcome.logits if outcome.logits is not None else np.zeros((0, 256, 256), np.float32)
     scores = outcome.scores if outcome.scores is not None else np.zeros((0,), np.float32)
     masks = "" if outcome.masks is None else json.dumps([m.to_json() for m in outcome.masks], separators=(",", ":"))
+    overrun = outcome.overrun if outcome.overrun is not None else (0.0, 0.0)
     return [
         pb_utils.Tensor("needs_image", np.array([outcome.needs_image], np.bool_)),
         pb_utils.Tensor("rejected", np.array([outcome.rejected.encode()], np.object_)),
         pb_utils.Tensor("low_res_logits", logits),
         pb_utils.Tensor("score", scores),
         pb_utils.Tensor("masks", np.array([masks.encode()], np.object_)),
+        pb_utils.Tensor("overrun", np.array(overrun, np.float32)),
     ]

@@ -36,6 +36,7 @@ from maskserve.frontend.metrics import Metrics
 
 MAX_MESSAGE = 64 * 1024 * 1024  # an upload is at most 25 MB
 OUTPUTS = tuple(spec.name for spec in sig.SESSION_OUTPUTS)
+EVERYTHING_MARGIN_S = 15.0
 T = TypeVar("T")
 
 
@@ -45,11 +46,11 @@ class SessionCall:
 
     prompts: list[PackedPrompt]
     everything: list[float] | None = None
+    budget_s: float = 0.0  # segment-everything: how long the model tier may take (it stops a grid that would not fit)
 
-    @property
-    def deadline_scale(self) -> float:
-        """Segment-everything's grid takes one decoder pass per point: its deadline grows past 256 points."""
-        return 1.0 if self.everything is None else max(1.0, len(self.prompts) / 256)
+    def deadline(self, timeout_s: float) -> float:
+        """A grid stops itself within its budget; the deadline leaves room for its suppression and encoding."""
+        return timeout_s if self.everything is None else max(timeout_s, self.budget_s + EVERYTHING_MARGIN_S)
 
 
 def _tensor(name: str, array: np.ndarray, dtype: str) -> grpcaio.InferInput:
@@ -108,7 +109,7 @@ class TritonReplica:
         async def one() -> AsyncIterator[dict[str, Any]]:
             yield request
 
-        deadline = self.timeout_s * call.deadline_scale
+        deadline = call.deadline(self.timeout_s)
         stream = self._client.stream_infer(one(), stream_timeout=deadline)
         answer: Segmentation | None = None
         try:
@@ -133,12 +134,14 @@ class TritonReplica:
         masks = result.as_numpy("masks").reshape(-1)[0]
         self._received.inc(int(logits.nbytes) + len(masks) + 16)
         rejected = result.as_numpy("rejected").reshape(-1)[0]
+        before_s, per_point_s = (float(v) for v in result.as_numpy("overrun").reshape(-1)[:2])
         return Segmentation(
             needs_image=bool(result.as_numpy("needs_image").reshape(-1)[0]),
             rejected=rejected.decode() if isinstance(rejected, bytes) else str(rejected),
             logits=logits.reshape(-1, sig.LOW_RES_MASK_SIZE, sig.LOW_RES_MASK_SIZE),
             scores=[float(v) for v in result.as_numpy("score").reshape(-1)],
             masks=json.loads(masks) if masks else None,
+            overrun=(before_s, per_point_s) if per_point_s > 0 else None,
         )
 
     async def run(self, digest: str, image: bytes, call: SessionCall, version: str) -> Segmentation:
@@ -216,7 +219,7 @@ class ModelTier:
         return await self._on_replicas(digest, lambda client: client.run(digest, image, call, version))
 
     async def everything(self, digest: str, image: bytes, job: EverythingJob, version: str) -> Segmentation:
-        call = SessionCall(job.prompts(), job.params())
+        call = SessionCall(job.prompts(), job.params(), job.budget_s)
         return await self._on_replicas(digest, lambda client: client.run(digest, image, call, version))
 
     async def ready_versions(self) -> set[str]:

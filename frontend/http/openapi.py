@@ -186,7 +186,10 @@ _MASK_FORMAT = _query(
 _REFINE = _query("previous_job_id", "refine the mask of this earlier segmentation (same key, same image)")
 _EVERYTHING = [
     _query(
-        "points_per_side", "grid of points per side", {"type": "integer", "minimum": 4, "maximum": 64, "default": 16}
+        "points_per_side",
+        "grid of points per side; a grid that this deployment would not finish within its time limit for one "
+        "request (the model tier measures its speed on the first decoder batches) is refused with 422",
+        {"type": "integer", "minimum": 4, "maximum": 64, "default": 16},
     ),
     _query(
         "pred_iou_thresh",

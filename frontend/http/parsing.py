@@ -15,7 +15,7 @@ from multidict import MultiMapping
 
 from maskserve.core.encodings import MASK_FORMATS
 from maskserve.core.signatures import MAX_OBJECTS, MAX_PROMPT_POINTS
-from maskserve.frontend.domain import EverythingOptions
+from maskserve.frontend.domain import MAX_POINTS_PER_SIDE, MIN_POINTS_PER_SIDE, EverythingOptions
 from maskserve.frontend.errors import BadRequest, FieldError, PayloadTooLarge, ValidationFailed
 from maskserve.frontend.services import ExtractionOptions, Prompt, Prompts, Upload
 
@@ -189,7 +189,7 @@ def _bounded(query: Query, name: str, kind: type, low: float, high: float | None
 def parse_everything(query: Query) -> EverythingOptions:
     """Segment-everything's parameters, each in its range (API.md, v1.1)."""
     return EverythingOptions(
-        points_per_side=_bounded(query, "points_per_side", int, 4, 64, 16),
+        points_per_side=_bounded(query, "points_per_side", int, MIN_POINTS_PER_SIDE, MAX_POINTS_PER_SIDE, 16),
         pred_iou_thresh=_bounded(query, "pred_iou_thresh", float, 0.0, 1.0, 0.8),
         stability_score_thresh=_bounded(query, "stability_score_thresh", float, 0.0, 1.0, 0.92),
         min_mask_region_area=_bounded(query, "min_mask_region_area", int, 0, MAX_REGION_AREA, 0),

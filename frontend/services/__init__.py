@@ -335,6 +335,8 @@ class ImageJobs:
             raise ImageRejected(prep.item.image.field, answer.rejected)
         if job is None and (answer.logits is None or len(answer.logits) != len(packed)):
             raise InferenceUnavailable("the model tier answered without a mask per prompt object")
+        if job is not None and answer.overrun is not None:
+            raise ValidationFailed.one("query", "points_per_side", job.overrun_message(*answer.overrun))
         if job is not None and answer.masks is None:
             raise InferenceUnavailable("the model tier answered without segment-everything's masks")
         return answer
@@ -420,20 +422,20 @@ class ImageJobs:
         prep: _Prepared,
         prompts: Prompts | None,
         opts: ExtractionOptions | EverythingOptions | None,
-    ) -> tuple[Job, Failure | ImageRejected | None]:
+    ) -> tuple[Job, Failure | ImageRejected | ValidationFailed | None]:
         """Run one reserved image to its end: completed and charged, or failed and refunded (and why)."""
         started = time.perf_counter()
         job_id = prep.job.id
         route = prep.route
         version = None if route is None else route.version
-        failure: Failure | ImageRejected | None = None
+        failure: Failure | ImageRejected | ValidationFailed | None = None
         try:
             async with self._slots:
                 answer = None
                 if route is not None:
                     everything = None
                     if isinstance(opts, EverythingOptions):
-                        everything = EverythingJob(opts, prep.width, prep.height)
+                        everything = EverythingJob(opts, prep.width, prep.height, self.settings.everything_budget_s)
                     packed = [] if everything is not None else self._pack(prep, prompts)
                     answer = await self._ask(prep, route.version, packed, everything)
                     if route.shadow is not None and len(packed) == 1 and answer.logits is not None:
@@ -462,6 +464,9 @@ class ImageJobs:
         except ImageRejected as exc:  # the model tier could not read the pixels the header promised
             failure = exc
             await self.store.fail_job(job_id, exc.message)
+        except ValidationFailed as exc:  # the model tier measured that this request cannot fit its budget
+            failure = exc
+            await self.store.fail_job(job_id, str(exc))
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
                 log.exception("job %s failed", job_id)
@@ -514,6 +519,8 @@ class ImageJobs:
             raise Unavailable(failure)
         if isinstance(failure, ImageRejected):
             raise rejection(failure)
+        if isinstance(failure, ValidationFailed):
+            raise failure
         if job.status is not JobStatus.COMPLETED:
             raise ApiError()
         return job

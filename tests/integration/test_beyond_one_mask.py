@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import cv2
 import jsonschema
@@ -22,7 +23,7 @@ from pycocotools import mask as coco_mask
 from maskserve.core.images import encoder_input
 from maskserve.export import reference
 from tests import torchvision_standin
-from tests.helpers import image_bytes
+from tests.helpers import image_bytes, ledger_state, start_api
 from tests.integration.test_api import EXT, SEG, fetch, post, schema
 from tests.torchvision_standin import meta_mask_generator
 
@@ -209,6 +210,30 @@ def test_everything_refuses_out_of_range_parameters(api, key, params, name):
         timeout=30,
     )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", name], r.text
+
+
+def test_a_grid_over_the_budget_stops_early_with_422_and_no_charge(triton_server, tmp_path_factory, report):
+    """The session measures its decoder's speed on the first batches and stops a grid that cannot fit."""
+    api = start_api(tmp_path_factory, triton_server.opts.grpc_url, everything_budget_s=1.0)
+    try:
+        key_id, secret = api.create_key(10)
+        started = time.monotonic()
+        r = requests.post(
+            f"{api.url}{EVERYTHING}",
+            params={"points_per_side": "64"},
+            files={"file": ("p.png", image_bytes(64, 48, fmt="PNG"), "image/png")},
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=120,
+        )
+        took = time.monotonic() - started
+        assert r.status_code == 422, r.text
+        (error,) = r.json()["detail"]
+        assert error["loc"] == ["query", "points_per_side"] and "over its 1 s limit" in error["msg"], error
+        state = ledger_state(api.settings.database_path, key_id)
+        assert state["balance"] == 10 and state["charged"] == 0 and state["processing"] == 0
+        report(f"segment-everything over its budget: 64×64 grid refused after {took:.1f} s ({error['msg']})")
+    finally:
+        api.stop()
 
 
 @pytest.mark.parametrize(

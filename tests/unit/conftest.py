@@ -38,6 +38,7 @@ class FakeInference:
         self.versions = {"1"}  # loaded versions; version N draws its disc a little larger than version 1
         self.calls: list[str] = []  # the version of every segment call
         self.prompts: list[list[PackedPrompt]] = []  # the prompt objects of every segment call
+        self.per_point_s = 0.0  # segment-everything's speed: a grid that would pass its budget is stopped
 
     def _check(self) -> None:
         if self.down:
@@ -71,6 +72,9 @@ class FakeInference:
         """Two nested squares and one apart, as the model tier would send them (RLE, boxes, scores)."""
         self._check()
         self.calls.append(version)
+        points = job.options.points_per_side**2
+        if self.per_point_s and 0.5 + self.per_point_s * points > job.budget_s:
+            return Segmentation(overrun=(0.5, self.per_point_s), encoded=digest not in self.seen)
         masks = []
         for i, (x0, y0, size) in enumerate([(0, 0, 40), (5, 5, 10), (50, 50, 8)]):
             mask = np.zeros((job.height, job.width), bool)

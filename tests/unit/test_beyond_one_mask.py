@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from maskserve.core import encodings, everything
+from maskserve.frontend.http.state import STORE
 from tests.helpers import image_bytes
 from tests.unit.test_http import SEG, auth, form
 
@@ -98,6 +99,25 @@ async def test_everything_orders_by_area_and_paints_smaller_masks_on_top(client,
     assert [m["area"] for m in (await limited.json())["result"]["masks"]] == [1600]  # the best score kept
 
 
+async def test_a_grid_too_large_for_the_budget_is_refused_uncharged_with_the_grid_that_fits(make_client, fake):
+    client = await make_client(everything_budget_s=30.0)
+    _, secret = await client.app[STORE].create_key("unit", 10)
+    fake.per_point_s = 0.025  # 2 CPU cores: 40 points per second
+    r = await client.post(f"{EVERYTHING}?points_per_side=63", data=form(), headers=auth(secret))
+    assert r.status == 422, await r.text()
+    (error,) = (await r.json())["detail"]
+    assert error["loc"] == ["query", "points_per_side"]
+    assert "about 100 s" in error["msg"] and "30 s limit" in error["msg"]
+    assert "points_per_side=34 or fewer fits" in error["msg"]  # (30 - 0.5) / 0.025 = 1180 points
+    assert await balance(client, secret) == 10
+    ok = await client.post(f"{EVERYTHING}?points_per_side=34", data=form(), headers=auth(secret))
+    assert ok.status == 200 and await balance(client, secret) == 6
+    fake.per_point_s = 2.0  # not even the smallest grid (16 points) fits at this speed
+    r = await client.post(f"{EVERYTHING}?points_per_side=4", data=form(), headers=auth(secret))
+    assert r.status == 422 and "no grid fits" in (await r.json())["detail"][0]["msg"]
+    assert await balance(client, secret) == 6
+
+
 async def test_credits_stay_exact_under_concurrent_new_requests(client, new_key):
     key_id, secret = await new_key(23)
     objects = q([{"points": [[10, 10]]}, {"points": [[50, 50]]}])
@@ -110,8 +130,6 @@ async def test_credits_stay_exact_under_concurrent_new_requests(client, new_key)
     spent = sum({0: 1, 1: 4, 2: 1}[i % 3] for i, s in enumerate(statuses) if s == 200)
     assert set(statuses) <= {200, 402} and 402 in statuses
     assert await balance(client, secret) == 23 - spent
-    from maskserve.frontend.http.state import STORE
-
     assert await client.app[STORE].ledger_sum(key_id) == 23 - spent
 
 

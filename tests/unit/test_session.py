@@ -43,6 +43,7 @@ class Fakes:
         self.decodes = 0
         self.batches: list[int] = []  # prompts per decoder call
         self.fail = False
+        self.decode_s = 0.0  # how long one decoder call takes
 
     def preprocess(self, data: bytes) -> np.ndarray:
         return encoder_input(data)
@@ -58,6 +59,7 @@ class Fakes:
         """Four stable masks per prompt; for a grid point, squares of three sizes around it."""
         self.decodes += 1
         self.batches.append(len(prompts))
+        await asyncio.sleep(self.decode_s)
         masks = np.stack([np.full((4, 256, 256), -10.0, np.float32) for _ in prompts])
         for i, p in enumerate(prompts):
             x, y = (p.point_coords[0] / 4).astype(int)
@@ -143,3 +145,21 @@ async def test_everything_filters_and_suppresses_next_to_the_embeddings():
     assert len(outcome.masks) == len(grid)
     assert sorted(m.prompt for m in outcome.masks) == list(range(len(grid)))
     assert all(m.score == pytest.approx(0.9) for m in outcome.masks)
+
+
+async def test_a_grid_that_would_pass_its_budget_stops_after_its_first_batches():
+    fakes = Fakes()
+    fakes.decode_s = 0.05  # 4 points per 50 ms: the 16×16 grid's 64 batches take ~3 s
+    session = SessionEngine(EmbeddingStore(10**9), fakes.preprocess, fakes.encode, fakes.decode, points_per_batch=4)
+    grid = (everything.point_grid(16) * 1024).astype(np.float32)
+    prompts = [PackedPrompt(*pack_prompt(p[None], np.ones(1, np.int32), None), None, True) for p in grid]
+    request = EverythingRequest(prompts, 0.8, 0.9, height=512, width=512, budget_s=1.0)
+    outcome = await session.everything("d7", image_bytes(64, 48), request)
+    assert outcome.masks is None and outcome.overrun is not None and outcome.encoded
+    before_s, per_point_s = outcome.overrun
+    assert before_s >= 0.05 and per_point_s == pytest.approx(0.05 / 4, rel=0.5)
+    await asyncio.sleep(0.2)  # the batches not yet started were cancelled, not run
+    assert len(fakes.batches) <= 4
+    generous = EverythingRequest(prompts[:16], 0.8, 0.9, height=512, width=512, budget_s=10.0)
+    done = await session.everything("d7", None, generous)
+    assert done.overrun is None and done.masks is not None and len(done.masks) == 16

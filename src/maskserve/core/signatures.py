@@ -33,7 +33,8 @@ padding point SAM 2's image predictor always appends."""
 
 MAX_OBJECTS = 16
 """Prompt objects per request (``objects``)."""
-EVERYTHING_PARAMS = 4
+EVERYTHING_PARAMS = 5
+"""Segment-everything's ``everything`` input: pred_iou_thresh, stability_score_thresh, height, width, budget_s."""
 
 PAD_LABEL = -1
 BOX_TOP_LEFT_LABEL = 2
@@ -89,7 +90,8 @@ SESSION_INPUTS = (
     TensorSpec("point_labels", "int32", (-1, DECODER_POINTS)),
     TensorSpec("mask_input", "float32", (-1, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE), optional=True),
     TensorSpec("multimask", "bool", (-1,)),
-    # present: segment-everything over the points (pred_iou_thresh, stability_score_thresh, height, width)
+    # present: segment-everything over the points (pred_iou_thresh, stability_score_thresh, height, width,
+    # budget_s: the seconds the call may take; a grid projected to take longer is stopped early)
     TensorSpec("everything", "float32", (EVERYTHING_PARAMS,), optional=True),
 )
 SESSION_OUTPUTS = (
@@ -98,6 +100,9 @@ SESSION_OUTPUTS = (
     TensorSpec("low_res_logits", "float32", (-1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)),  # each object's mask
     TensorSpec("score", "float32", (-1,)),  # their predicted IoU
     TensorSpec("masks", "bytes", (1,)),  # segment-everything: JSON list of RLE masks ("" otherwise)
+    # segment-everything stopped because its grid would overrun budget_s: [seconds spent before the
+    # grid, measured seconds per grid point]; zeros when it ran to the end
+    TensorSpec("overrun", "float32", (2,)),
 )
 
 LIFECYCLE_MODELS = (ENCODER_MODEL, DECODER_MODEL, SESSION_MODEL)

@@ -9,6 +9,7 @@ objects (decoded together), or a grid of points for segment-everything.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class Outcome:
     scores: np.ndarray | None = None  # [P] their predicted IoU
     encoded: bool = False  # this call ran the encoder
     masks: list[everything.Candidate] | None = None  # segment-everything's masks
+    overrun: tuple[float, float] | None = None  # stopped for its budget: (seconds before the grid, seconds/point)
 
 
 NEEDS_IMAGE = Outcome(needs_image=True)
@@ -52,6 +54,11 @@ class EverythingRequest:
     stability_thresh: float
     height: int
     width: int
+    budget_s: float = float("inf")  # the call's time budget: a grid projected to take longer is stopped
+
+
+JUDGE_AFTER = 2
+"""Decoder batches measured before a grid's duration is projected (the first can carry warm-up)."""
 
 
 class SessionEngine:
@@ -128,8 +135,12 @@ class SessionEngine:
 
         The grid goes to the decoder ``points_per_batch`` points at a time, two
         batches in flight, so the decoder's queue never runs dry while the
-        candidates of the last batch are filtered at the image's size.
+        candidates of the last batch are filtered at the image's size. After
+        each batch the grid's duration is projected from the measured speed;
+        one that would pass the request's budget is stopped there, and the
+        answer says how fast this deployment went (``Outcome.overrun``).
         """
+        started = time.monotonic()
         entry, encoded, rejected = await self._entry(digest, image)
         if rejected:
             return Outcome(rejected=rejected)
@@ -137,11 +148,12 @@ class SessionEngine:
             return NEEDS_IMAGE
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(2)
+        size = self.points_per_batch
 
-        async def batch(start: int) -> list[everything.Candidate]:
+        async def batch(start: int) -> tuple[int, list[everything.Candidate]]:
             async with slots:
-                masks, iou = await self._decode(entry, request.prompts[start : start + self.points_per_batch])
-            return await loop.run_in_executor(
+                masks, iou = await self._decode(entry, request.prompts[start : start + size])
+            found = await loop.run_in_executor(
                 self._executor,
                 partial(
                     everything.candidates,
@@ -154,8 +166,25 @@ class SessionEngine:
                     request.stability_thresh,
                 ),
             )
+            return len(masks), found
 
-        starts = range(0, len(request.prompts), self.points_per_batch)
-        found = [c for part in await asyncio.gather(*(batch(s) for s in starts)) for c in part]
+        total = len(request.prompts)
+        grid_start = time.monotonic()
+        before = grid_start - started
+        tasks = [asyncio.ensure_future(batch(s)) for s in range(0, total, size)]
+        found: list[everything.Candidate] = []
+        done_points = 0
+        try:
+            for finished, next_batch in enumerate(asyncio.as_completed(tasks), start=1):
+                points, part = await next_batch
+                found.extend(part)
+                done_points += points
+                per_point = (time.monotonic() - grid_start) / done_points
+                if done_points < total and finished >= JUDGE_AFTER and before + per_point * total > request.budget_s:
+                    return Outcome(encoded=encoded, overrun=(before, per_point))
+        finally:
+            for task in tasks:
+                task.cancel()
+        found.sort(key=lambda c: c.prompt)  # grid order, whichever batch finished first
         kept = await loop.run_in_executor(self._executor, everything.suppress, found)
         return Outcome(masks=kept, encoded=encoded)
