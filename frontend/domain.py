@@ -151,6 +151,36 @@ class NewJob:
         return self.kind.cost
 
 
+@dataclass
+class Stages:
+    """Where a request's time went, for ``Server-Timing`` (API.md v1.1): stage → milliseconds, and a note.
+
+    A batch sums each stage over its images.
+    """
+
+    durations: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def add(self, name: str, ms: float | None = None, note: str | None = None) -> None:
+        if ms is not None:
+            self.durations[name] = self.durations.get(name, 0.0) + ms
+        else:
+            self.durations.setdefault(name, -1.0)  # a stage with a note and no duration
+        if note is not None:
+            self.notes[name] = note
+
+    def merge(self, other: Stages) -> None:
+        for name, ms in other.durations.items():
+            self.add(name, ms if ms >= 0 else None, other.notes.get(name))
+
+    def header(self) -> str:
+        parts = []
+        for name, ms in self.durations.items():
+            part = name + (f";desc={self.notes[name]}" if name in self.notes else "")
+            parts.append(part + (f";dur={ms:.1f}" if ms >= 0 else ""))
+        return ", ".join(parts)
+
+
 @dataclass(frozen=True)
 class Completion:
     output_path: str

@@ -15,7 +15,8 @@ from maskserve.core.images import ImageRejected, has_alpha, open_oriented, probe
 from maskserve.core.masks import upsample_logits
 from maskserve.core.signatures import IMAGE_SIZE
 
-OUTPUT_TYPES = {"png": "image/png", "webp": "image/webp"}
+OUTPUT_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+JPEG_QUALITY = 95
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,68 @@ def cutout(image: DecodedImage, alpha: np.ndarray) -> Image.Image:
     return Image.fromarray(rgba, "RGBA")
 
 
+class NothingToCrop(ValueError):
+    """``crop=true`` on a mask with no kept pixel."""
+
+
+@dataclass(frozen=True)
+class Styling:
+    """Extraction styling (API.md, v1.1): background, crop, alpha only."""
+
+    bg_color: tuple[int, int, int, int] | None = None  # RGBA 0-255: fill the removed background
+    crop: bool = False
+    crop_margin: int = 0  # pixels around the kept region's box; the canvas grows past the image's edges
+    channels: str = "rgba"  # or "alpha": the final alpha as a grayscale image
+
+    @property
+    def opaque(self) -> bool:
+        return self.channels == "rgba" and self.bg_color is not None and self.bg_color[3] == 255
+
+
+def crop_box(alpha: np.ndarray, margin: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), end exclusive: the nonzero pixels' bounding box grown by ``margin`` on every side."""
+    rows = np.flatnonzero(alpha.any(axis=1))
+    cols = np.flatnonzero(alpha.any(axis=0))
+    if not len(rows):
+        raise NothingToCrop("the mask is empty: there is nothing to crop to")
+    return int(cols[0]) - margin, int(rows[0]) - margin, int(cols[-1]) + 1 + margin, int(rows[-1]) + 1 + margin
+
+
+def _window(array: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """``array[y0:y1, x0:x1]`` where the box may reach past the edges: zeros there."""
+    x0, y0, x1, y1 = box
+    out = np.zeros((y1 - y0, x1 - x0, *array.shape[2:]), array.dtype)
+    height, width = array.shape[:2]
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = array[sy0:sy1, sx0:sx1]
+    return out
+
+
+def styled_cutout(image: DecodedImage, alpha: np.ndarray, style: Styling) -> Image.Image:
+    """The cut-out (``cutout``), then cropped, put on its background colour, or reduced to its alpha."""
+    if image.alpha is not None:
+        alpha = (alpha.astype(np.uint16) * image.alpha // 255).astype(np.uint8)
+    rgb = image.rgb
+    if style.crop:
+        box = crop_box(alpha, style.crop_margin)
+        rgb, alpha = _window(rgb, box), _window(alpha, box)
+    if style.channels == "alpha":
+        return Image.fromarray(np.ascontiguousarray(alpha), "L")
+    if style.bg_color is None:
+        return cutout(DecodedImage(np.ascontiguousarray(rgb), None, image.format), alpha)
+    a = alpha.astype(np.float32)[..., None] / 255.0
+    colour = np.array(style.bg_color[:3], np.float32)
+    under = style.bg_color[3] / 255.0 * (1.0 - a)  # how much background shows through
+    out_alpha = a + under
+    blended = (rgb.astype(np.float32) * a + colour * under) / np.maximum(out_alpha, 1e-6)
+    pixels = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    if style.bg_color[3] == 255:
+        return Image.fromarray(pixels, "RGB")
+    out_a = np.clip(np.rint(out_alpha[..., 0] * 255.0), 0, 255).astype(np.uint8)
+    pixels[out_a == 0] = 0
+    return Image.fromarray(np.dstack([pixels, out_a]), "RGBA")
+
+
 def encode_mask_png(mask: np.ndarray) -> bytes:
     buf = io.BytesIO()
     # level 1: masks from random weights are noise, where level 3 costs 35 % more time
@@ -113,12 +176,14 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
 
 
 def encode_cutout(img: Image.Image, output_format: str) -> bytes:
-    """Lossless PNG or lossless WebP, no metadata (nothing of the input's is passed on)."""
+    """Lossless PNG or WebP, or JPEG for an opaque result; no metadata (nothing of the input's is passed on)."""
     buf = io.BytesIO()
     if output_format == "png":
         img.save(buf, format="PNG", compress_level=3)
     elif output_format == "webp":
         img.save(buf, format="WEBP", lossless=True, quality=30, method=2, exact=False)
+    elif output_format == "jpeg" and img.mode in ("RGB", "L"):
+        img.save(buf, format="JPEG", quality=JPEG_QUALITY)
     else:
         raise ValueError(f"unknown output format {output_format!r}")
     return buf.getvalue()

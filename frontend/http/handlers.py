@@ -6,15 +6,13 @@ from typing import Any
 
 from aiohttp import web
 
-from maskserve.frontend.domain import Job, JobKind, JobStatus
+from maskserve.frontend.domain import Job, JobKind, JobStatus, Stages
 from maskserve.frontend.errors import BadRequest, InferenceUnavailable, NotFound, Unavailable
 from maskserve.frontend.http import parsing
 from maskserve.frontend.http.openapi import openapi_document
 from maskserve.frontend.http.state import FILES, JOBS, METRICS, SETTINGS, SIGNER, STORE, api_key
-from maskserve.frontend.services import BatchOutcome, Item, Upload
+from maskserve.frontend.services import BatchOutcome, Item, Served, Upload
 from maskserve.frontend.signing import valid_file_id, valid_job_id
-
-EXTRACTION_QUERY = {"points", "labels", "box", "objects", "feather", "output_format"}
 
 
 def _base_url(request: web.Request) -> str:
@@ -68,14 +66,26 @@ def _model_headers(request: web.Request, jobs: list[Job]) -> dict[str, str]:
     return {"X-Model-Version": ", ".join(request.app[JOBS].model_label(v) for v in versions)}
 
 
-def _single_response(request: web.Request, job: Job) -> web.Response:
+async def _service_headers(request: web.Request, jobs: list[Job], stages: Stages) -> dict[str, str]:
+    """Cost, balance, model and timing headers of a 2xx service response (API.md v1.1)."""
+    key = await request.app[STORE].get_key(api_key(request).id)
+    return {
+        "X-Credits-Charged": str(sum(j.credits_used for j in jobs)),
+        "X-Credits-Remaining": str(key.credits if key is not None else 0),
+        **_model_headers(request, jobs),
+        "Server-Timing": stages.header(),
+    }
+
+
+async def _single_response(request: web.Request, served: Served) -> web.Response:
+    job = served.job
     return web.json_response(
         {"job_id": job.id, "status": job.status, "result": result_object(request, job), "error": job.error},
-        headers=_model_headers(request, [job]),
+        headers=await _service_headers(request, [job], served.stages),
     )
 
 
-def _batch_response(request: web.Request, outcome: BatchOutcome) -> web.Response:
+async def _batch_response(request: web.Request, outcome: BatchOutcome) -> web.Response:
     completed = sum(1 for j in outcome.jobs if j.status is JobStatus.COMPLETED)
     failed = len(outcome.jobs) - completed
     all_failed = completed == 0
@@ -91,7 +101,7 @@ def _batch_response(request: web.Request, outcome: BatchOutcome) -> web.Response
             "total_credits_used": sum(j.credits_used for j in outcome.jobs),
             "error": f"All {failed} images failed" if all_failed else None,
         },
-        headers=_model_headers(request, outcome.jobs),
+        headers=await _service_headers(request, outcome.jobs, outcome.stages),
     )
 
 
@@ -126,8 +136,8 @@ async def segment(request: web.Request) -> web.Response:
     upload = _required(uploads, "file")
     if not prompts.given:
         raise BadRequest("Segmentation needs 'points' or 'box' (or 'objects')")
-    job = await request.app[JOBS].single(api_key(request), JobKind.SEGMENTATION, Item(upload), prompts)
-    return _single_response(request, job)
+    served = await request.app[JOBS].single(api_key(request), JobKind.SEGMENTATION, Item(upload), prompts)
+    return await _single_response(request, served)
 
 
 async def segment_everything(request: web.Request) -> web.Response:
@@ -135,12 +145,12 @@ async def segment_everything(request: web.Request) -> web.Response:
     options = parsing.parse_everything(request.query)
     parsing.check_content_length(request, 1, request.app[SETTINGS].max_upload_bytes)
     upload = _required(await _uploads(request, {"file"}), "file")
-    job = await request.app[JOBS].single(api_key(request), JobKind.EVERYTHING, Item(upload), None, options)
-    return _single_response(request, job)
+    served = await request.app[JOBS].single(api_key(request), JobKind.EVERYTHING, Item(upload), None, options)
+    return await _single_response(request, served)
 
 
 async def extract(request: web.Request) -> web.Response:
-    parsing.check_query(request.query, EXTRACTION_QUERY)
+    parsing.check_query(request.query, parsing.EXTRACTION_QUERY)
     prompts = parsing.parse_prompts(request.query)
     opts = parsing.parse_extraction_options(request.query)
     settings = request.app[SETTINGS]
@@ -150,8 +160,8 @@ async def extract(request: web.Request) -> web.Response:
     mask = _optional(uploads, "mask")
     _check_mask_source(mask is not None, prompts.given)
     item = Item(image, mask)
-    job = await request.app[JOBS].single(api_key(request), JobKind.EXTRACTION, item, None if mask else prompts, opts)
-    return _single_response(request, job)
+    served = await request.app[JOBS].single(api_key(request), JobKind.EXTRACTION, item, None if mask else prompts, opts)
+    return await _single_response(request, served)
 
 
 def _check_mask_source(has_mask: bool, has_prompt: bool) -> None:
@@ -179,11 +189,11 @@ async def segment_batch(request: web.Request) -> web.Response:
         raise BadRequest("Segmentation needs 'points' or 'box' (or 'objects')")
     items = [Item(u) for u in uploads["files"]]
     outcome = await request.app[JOBS].batch(api_key(request), JobKind.SEGMENTATION, items, prompts)
-    return _batch_response(request, outcome)
+    return await _batch_response(request, outcome)
 
 
 async def extract_batch(request: web.Request) -> web.Response:
-    parsing.check_query(request.query, EXTRACTION_QUERY)
+    parsing.check_query(request.query, parsing.EXTRACTION_QUERY)
     prompts = parsing.parse_prompts(request.query)
     opts = parsing.parse_extraction_options(request.query)
     settings = request.app[SETTINGS]
@@ -198,7 +208,7 @@ async def extract_batch(request: web.Request) -> web.Response:
     outcome = await request.app[JOBS].batch(
         api_key(request), JobKind.EXTRACTION, items, None if masks else prompts, opts
     )
-    return _batch_response(request, outcome)
+    return await _batch_response(request, outcome)
 
 
 async def get_job(request: web.Request) -> web.Response:

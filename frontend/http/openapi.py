@@ -8,7 +8,7 @@ from maskserve import __version__
 from maskserve.core.signatures import MAX_OBJECTS, MAX_PROMPT_POINTS
 from maskserve.frontend.config import Settings
 from maskserve.frontend.domain import JobStatus
-from maskserve.frontend.http.parsing import MAX_FEATHER, MAX_REGION_AREA
+from maskserve.frontend.http.parsing import MAX_CROP_MARGIN, MAX_FEATHER, MAX_REGION_AREA
 
 _ERROR = {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}
 _VALIDATION = {
@@ -215,7 +215,31 @@ _EXTRACTION = [
         "softens the alpha edge by about this many pixels",
         {"type": "integer", "minimum": 0, "maximum": MAX_FEATHER, "default": 0},
     ),
-    _query("output_format", "output image format", {"type": "string", "enum": ["webp", "png"], "default": "webp"}),
+    _query(
+        "output_format",
+        "output image format; jpeg only with an opaque bg_color; png with channels=alpha (its default there)",
+        {"type": "string", "enum": ["webp", "png", "jpeg"], "default": "webp"},
+    ),
+    _query(
+        "bg_color",
+        "fill the removed background with this colour (#RRGGBB or #RRGGBBAA) instead of transparency",
+        {"type": "string", "pattern": "^#([0-9A-Fa-f]{6}|[0-9A-Fa-f]{8})$"},
+    ),
+    _query(
+        "crop",
+        "crop the output to the kept region's bounding box",
+        {"type": "string", "enum": ["true", "false"], "default": "false"},
+    ),
+    _query(
+        "crop_margin",
+        "pixels added around the crop box on every side (with crop=true)",
+        {"type": "integer", "minimum": 0, "maximum": MAX_CROP_MARGIN, "default": 0},
+    ),
+    _query(
+        "channels",
+        "rgba: the cut-out; alpha: a grayscale PNG of its final alpha only",
+        {"type": "string", "enum": ["rgba", "alpha"], "default": "rgba"},
+    ),
 ]
 
 
@@ -257,17 +281,35 @@ def _service(summary: str, params: list, body: dict, ok: str, batch: bool, refin
             "security": [{"bearer": []}],
             "parameters": params,
             "requestBody": body,
-            "responses": {"200": {**_json(ok, "processed"), "headers": MODEL_HEADERS}, **_errors(*codes)},
+            "responses": {"200": {**_json(ok, "processed"), "headers": SERVICE_HEADERS}, **_errors(*codes)},
         }
     }
 
 
-MODEL_HEADERS = {
+SERVICE_HEADERS = {
+    "X-Credits-Charged": {
+        "description": "credits this response charged (0 for a replayed Idempotency-Key)",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    "X-Credits-Remaining": {
+        "description": "the key's balance after this request",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
     "X-Model-Version": {
         "description": "variant/version of the model that served the images (e.g. `sam2.1_hiera_tiny/2`; "
         "comma-separated when a batch spanned versions; absent when only uploaded masks were used)",
         "schema": {"type": "string"},
-    }
+    },
+    "Server-Timing": {
+        "description": "the stages the request went through, in milliseconds: decode (upload checked and read), "
+        "encode (the image was new to the model tier: encoder and decoder) or embeddings;desc=cached and mask "
+        "(the decoder alone), render (output image and encodings), store (files and the charge); a batch sums "
+        "each stage over its images",
+        "required": True,
+        "schema": {"type": "string"},
+    },
 }
 
 
@@ -369,6 +411,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             "content": {
                                 "image/png": {"schema": {"type": "string", "format": "binary"}},
                                 "image/webp": {"schema": {"type": "string", "format": "binary"}},
+                                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
                             },
                         },
                         **_errors(403, 404),

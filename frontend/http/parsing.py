@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from multidict import MultiMapping
 
 from maskserve.core.encodings import MASK_FORMATS
 from maskserve.core.signatures import MAX_OBJECTS, MAX_PROMPT_POINTS
+from maskserve.frontend import imaging
 from maskserve.frontend.domain import MAX_POINTS_PER_SIDE, MIN_POINTS_PER_SIDE, EverythingOptions
 from maskserve.frontend.errors import BadRequest, FieldError, PayloadTooLarge, ValidationFailed
 from maskserve.frontend.services import ExtractionOptions, Prompt, Prompts, Upload
@@ -22,7 +24,10 @@ from maskserve.frontend.services import ExtractionOptions, Prompt, Prompts, Uplo
 Query = MultiMapping[str]
 
 MAX_FEATHER = 50
-OUTPUT_FORMATS = ("webp", "png")
+OUTPUT_FORMATS = ("webp", "png", "jpeg")
+MAX_CROP_MARGIN = 500
+STYLE_QUERY = {"bg_color", "crop", "crop_margin", "channels"}
+HEX_COLOUR = re.compile(r"#([0-9A-Fa-f]{6}|[0-9A-Fa-f]{8})")
 MAX_PARTS = 2 * 50 + 16
 MAX_FIELD_NAME = 64
 MAX_REGION_AREA = 40_000_000  # the pixel limit: a larger area removes nothing more
@@ -35,7 +40,8 @@ EVERYTHING_QUERY = {
     "max_masks",
     "mask_format",
 }
-KNOWN_QUERY = {*PROMPT_QUERY, *EVERYTHING_QUERY, "previous_job_id", "feather", "output_format"}
+EXTRACTION_QUERY = {"points", "labels", "box", "objects", "feather", "output_format", *STYLE_QUERY}
+KNOWN_QUERY = {*PROMPT_QUERY, *EVERYTHING_QUERY, *EXTRACTION_QUERY, "previous_job_id"}
 
 
 def _unique(query: Query, name: str) -> str | None:
@@ -198,23 +204,52 @@ def parse_everything(query: Query) -> EverythingOptions:
     )
 
 
+def _colour(raw: str | None) -> tuple[int, int, int, int] | None:
+    if raw is None:
+        return None
+    if not HEX_COLOUR.fullmatch(raw):
+        raise ValidationFailed.one("query", "bg_color", "must be #RRGGBB or #RRGGBBAA (hex; send '#' as %23)")
+    digits = raw[1:] + ("ff" if len(raw) == 7 else "")
+    r, g, b, a = (int(digits[i : i + 2], 16) for i in range(0, 8, 2))
+    return r, g, b, a
+
+
+def _flag(query: Query, name: str) -> bool:
+    raw = _unique(query, name)
+    if raw is None:
+        return False
+    if raw.lower() not in ("true", "false"):
+        raise ValidationFailed.one("query", name, "must be 'true' or 'false'")
+    return raw.lower() == "true"
+
+
 def parse_extraction_options(query: Query) -> ExtractionOptions:
-    errors = []
-    feather = 0
-    raw = _unique(query, "feather")
-    if raw is not None:
-        try:
-            feather = int(raw)
-            if not 0 <= feather <= MAX_FEATHER:
-                raise ValueError
-        except ValueError:
-            errors.append(FieldError("query", "feather", f"must be an integer from 0 to {MAX_FEATHER}"))
-    output_format = (_unique(query, "output_format") or "webp").lower()
+    """Feather, output format and styling (API.md, v1.1), checked against each other."""
+    feather = _bounded(query, "feather", int, 0, MAX_FEATHER, 0)
+    channels = (_unique(query, "channels") or "rgba").lower()
+    if channels not in ("rgba", "alpha"):
+        raise ValidationFailed.one("query", "channels", "must be 'rgba' or 'alpha'")
+    given_format = _unique(query, "output_format")
+    output_format = (given_format or ("png" if channels == "alpha" else "webp")).lower()
     if output_format not in OUTPUT_FORMATS:
-        errors.append(FieldError("query", "output_format", "must be 'webp' or 'png'"))
-    if errors:
-        raise ValidationFailed(*errors)
-    return ExtractionOptions(feather=feather, output_format=output_format)
+        raise ValidationFailed.one("query", "output_format", "must be 'webp', 'png' or 'jpeg'")
+    style = imaging.Styling(
+        bg_color=_colour(_unique(query, "bg_color")),
+        crop=_flag(query, "crop"),
+        crop_margin=_bounded(query, "crop_margin", int, 0, MAX_CROP_MARGIN, 0),
+        channels=channels,
+    )
+    if channels == "alpha" and style.bg_color is not None:
+        raise ValidationFailed.one("query", "bg_color", "has no effect with channels=alpha (the alpha alone)")
+    if channels == "alpha" and output_format != "png":
+        raise ValidationFailed.one("query", "output_format", "channels=alpha gives a grayscale PNG: use 'png'")
+    if output_format == "jpeg" and not style.opaque:
+        raise ValidationFailed.one(
+            "query", "output_format", "jpeg needs an opaque result: give an opaque bg_color (#RRGGBB or alpha ff)"
+        )
+    if style.crop_margin and not style.crop:
+        raise ValidationFailed.one("query", "crop_margin", "applies to crop=true only")
+    return ExtractionOptions(feather=feather, output_format=output_format, style=style)
 
 
 def check_query(query: Query, allowed: set[str]) -> None:

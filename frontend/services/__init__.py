@@ -18,7 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -44,6 +44,7 @@ from maskserve.frontend.domain import (
     Routing,
     Segmentation,
     ShadowResult,
+    Stages,
     detail_files,
 )
 from maskserve.frontend.errors import (
@@ -103,6 +104,7 @@ class Upload:
 class ExtractionOptions:
     feather: int = 0
     output_format: str = "webp"
+    style: imaging.Styling = imaging.Styling()
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ class _Prepared:
     mask: np.ndarray | None
     route: Route | None = None  # the version it runs on (None: only an uploaded mask is used)
     mask_input: np.ndarray | None = None  # an earlier job's logits, fed back (``previous_job_id``)
+    stages: Stages = field(default_factory=Stages)  # where its time went (``Server-Timing``)
 
     def routed(self, route: Route | None) -> None:
         self.route = route
@@ -135,6 +138,15 @@ class BatchOutcome:
     batch_id: str
     jobs: list[Job]
     wall_ms: float
+    stages: Stages = field(default_factory=Stages)
+
+
+@dataclass(frozen=True)
+class Served:
+    """A single request's job and where its time went."""
+
+    job: Job
+    stages: Stages
 
 
 class Admission:
@@ -283,10 +295,13 @@ class ImageJobs:
         return _Prepared(job, item, decoded, width, height, digest, mask)
 
     async def _prepare(self, kind: JobKind, item: Item, prompts: Prompts | None) -> _Prepared:
+        started = time.perf_counter()
         try:
-            return await self._cpu(self._decode, kind, item, prompts)
+            prep = await self._cpu(self._decode, kind, item, prompts)
         except ImageRejected as exc:
             raise rejection(exc) from None
+        prep.stages.add("decode", _ms(started))
+        return prep
 
     async def _previous_logits(self, key: ApiKey, job_id: str, digest: str) -> np.ndarray:
         """The logits of ``job_id``'s mask, if that job is this key's, refinable and on the same image."""
@@ -325,12 +340,18 @@ class ImageJobs:
         self, prep: _Prepared, version: str, packed: list[PackedPrompt], job: EverythingJob | None
     ) -> Segmentation:
         """The model tier's answer: each object's mask, or segment-everything's masks."""
+        started = time.perf_counter()
         with self.metrics.triton.labels("session").time():
             if job is None:
                 answer = await self.triton.segment(prep.digest, prep.item.image.data, packed, version)
             else:
                 answer = await self.triton.everything(prep.digest, prep.item.image.data, job, version)
         self.metrics.encodes.labels("yes" if answer.encoded else "no").inc()
+        if answer.encoded:  # the encoder ran, and the decoder after it, in one call
+            prep.stages.add("encode", _ms(started))
+        else:
+            prep.stages.add("embeddings", note="cached")
+            prep.stages.add("mask", _ms(started))
         if answer.rejected:
             raise ImageRejected(prep.item.image.field, answer.rejected)
         if job is None and (answer.logits is None or len(answer.logits) != len(packed)):
@@ -401,8 +422,12 @@ class ImageJobs:
             assert prep.mask is not None
             alpha = prep.mask
         soft = imaging.feather(alpha, opts.feather)
-        data = imaging.encode_cutout(imaging.cutout(prep.decoded, soft), opts.output_format)
-        return outputs.Rendered(data, opts.output_format)
+        try:
+            styled = imaging.styled_cutout(prep.decoded, soft, opts.style)
+        except imaging.NothingToCrop as exc:
+            raise ValidationFailed.one("query", "crop", str(exc)) from None
+        data = imaging.encode_cutout(styled, opts.output_format)
+        return outputs.Rendered(data, opts.output_format, width=styled.width, height=styled.height)
 
     async def _store(self, job_id: str, rendered: outputs.Rendered) -> tuple[str, dict[str, Any]]:
         """Write the output and the job's further files; → the output's location and the job's details."""
@@ -440,13 +465,16 @@ class ImageJobs:
                     answer = await self._ask(prep, route.version, packed, everything)
                     if route.shadow is not None and len(packed) == 1 and answer.logits is not None:
                         self._shadow(prep, packed, answer.logits[0], route)
+                rendering = time.perf_counter()
                 rendered = await self._cpu(self._render, kind, prep, answer, prompts, opts)
+                prep.stages.add("render", _ms(rendering))
+            storing = time.perf_counter()
             location, details = await self._store(job_id, rendered)
             done = Completion(
                 output_path=location,
                 content_type=imaging.OUTPUT_TYPES[rendered.extension],
-                output_width=prep.width,
-                output_height=prep.height,
+                output_width=rendered.width or prep.width,
+                output_height=rendered.height or prep.height,
                 output_bytes=len(rendered.data),
                 processing_ms=(time.perf_counter() - started) * 1000,
                 expires_at=float(self.signer.expiry()),
@@ -457,6 +485,7 @@ class ImageJobs:
                 for stored in [location, *detail_files(details)]:
                     await self.files.remove(stored)  # never a stored result without its charge
                 raise RuntimeError(f"job {job_id} was no longer processing")
+            prep.stages.add("store", _ms(storing))
         except InferenceUnavailable as exc:
             log.warning("job %s: %s", job_id, exc)
             failure = Failure.UNAVAILABLE
@@ -493,7 +522,7 @@ class ImageJobs:
         item: Item,
         prompts: Prompts | None,
         opts: ExtractionOptions | EverythingOptions | None = None,
-    ) -> Job:
+    ) -> Served:
         with self.admission.admit(1):
             return await self._single(key, kind, item, prompts, opts)
 
@@ -504,7 +533,7 @@ class ImageJobs:
         item: Item,
         prompts: Prompts | None,
         opts: ExtractionOptions | EverythingOptions | None,
-    ) -> Job:
+    ) -> Served:
         if item.mask is None:  # Triton away: 503 before decoding
             await self._models_known()
         prep = await self._prepare(kind, item, prompts)
@@ -523,7 +552,7 @@ class ImageJobs:
             raise failure
         if job.status is not JobStatus.COMPLETED:
             raise ApiError()
-        return job
+        return Served(job, prep.stages)
 
     async def batch(
         self,
@@ -594,7 +623,14 @@ class ImageJobs:
                 found = await self.store.get_job(job_id)
                 assert found is not None
                 jobs.append(found)
-        return BatchOutcome(batch_id, jobs, (time.perf_counter() - started) * 1000)
+        stages = Stages()
+        for prep in ready:
+            stages.merge(prep.stages)
+        return BatchOutcome(batch_id, jobs, _ms(started), stages)
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
 
 
 def _versions(prepared: list[_Prepared]) -> list[str]:

@@ -27,6 +27,8 @@ class Rendered:
     result: dict[str, Any] = field(default_factory=dict)  # public extras of the result object
     objects: list[bytes] = field(default_factory=list)  # each object's mask PNG (``objects`` given)
     logits: bytes | None = None  # the chosen mask's low-res logits, for ``previous_job_id``
+    width: int | None = None  # the output's size when it differs from the image's (a cropped cut-out)
+    height: int | None = None
 
 
 def object_masks(logits: np.ndarray, height: int, width: int) -> list[np.ndarray]:

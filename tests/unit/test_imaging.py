@@ -144,3 +144,20 @@ def test_cutout_is_lossless_and_transparent_elsewhere():
         np.testing.assert_array_equal(arr[10:40, 10:50, :3], rgb[10:40, 10:50])
         np.testing.assert_array_equal(arr[..., 3], alpha)
         assert not out.info.get("exif") and not out.info.get("icc_profile")
+
+
+def test_styled_cutout_crops_pads_and_fills():
+    rgb = np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3)
+    image = imaging.DecodedImage(rgb, None, "PNG")
+    alpha = np.zeros((20, 30), np.uint8)
+    alpha[0:5, 10:20] = 255
+    cropped = np.asarray(imaging.styled_cutout(image, alpha, imaging.Styling(crop=True, crop_margin=3)))
+    assert cropped.shape == (11, 16, 4)  # 5 + 2*3 rows, 10 + 2*3 columns
+    assert (cropped[:3, :, 3] == 0).all() and (cropped[3:8, 3:13, :3] == rgb[0:5, 10:20]).all()
+    filled = np.asarray(imaging.styled_cutout(image, alpha, imaging.Styling(bg_color=(1, 2, 3, 255))))
+    assert filled.shape == (20, 30, 3) and (filled[alpha == 0] == [1, 2, 3]).all()
+    assert (filled[alpha == 255] == rgb[alpha == 255]).all()
+    only = np.asarray(imaging.styled_cutout(image, alpha, imaging.Styling(crop=True, channels="alpha")))
+    assert only.shape == (5, 10) and (only == 255).all()
+    with pytest.raises(imaging.NothingToCrop):
+        imaging.styled_cutout(image, np.zeros_like(alpha), imaging.Styling(crop=True))

@@ -1,0 +1,155 @@
+"""Extraction styling (API.md v1.1: bg_color, crop, crop_margin, channels, jpeg) through the real service.
+
+Each output's pixels are checked against the inputs: the uploaded mask fixes
+the alpha exactly, so the expected picture can be computed here from the
+image and the mask alone.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from tests.helpers import image_bytes, ledger_state, png_mask
+from tests.integration.test_api import EXT, fetch, post
+
+W, H = 320, 240
+BOX = (40, 60, 200, 150)  # x1, y1, x2, y2 (end exclusive) of the white mask
+
+
+def inputs(soft: bool = False, box: tuple[int, int, int, int] = BOX) -> tuple[dict, np.ndarray, np.ndarray]:
+    photo = image_bytes(W, H, fmt="PNG", seed=7)
+    mask = png_mask(W, H, box, soft=soft)
+    files = {"image": ("p.png", photo, "image/png"), "mask": ("m.png", mask, "image/png")}
+    return files, np.asarray(Image.open(io.BytesIO(photo)).convert("RGB")), np.asarray(Image.open(io.BytesIO(mask)))
+
+
+def output(r: requests.Response) -> tuple[dict, Image.Image]:
+    assert r.status_code == 200, r.text
+    result = r.json()["result"]
+    got = fetch(result["output_url"])
+    assert got.status_code == 200
+    return result, Image.open(io.BytesIO(got.content))
+
+
+def test_opaque_background_colour_fills_where_alpha_was_zero(api, key):
+    files, rgb, alpha = inputs(soft=True)
+    result, img = output(post(api, EXT, key, files, bg_color="#10c0f0", output_format="png"))
+    assert img.mode == "RGB" and result["credits_used"] == 2
+    out = np.asarray(img).astype(np.int32)
+    assert (out[alpha == 0] == [0x10, 0xC0, 0xF0]).all()
+    assert (out[alpha == 255] == rgb[alpha == 255]).all()
+    a = alpha.astype(np.float64)[..., None] / 255
+    expected = rgb * a + np.array([0x10, 0xC0, 0xF0]) * (1 - a)
+    assert np.abs(out - expected).max() <= 1  # the soft ramp blends the two
+
+
+def test_translucent_background_colour_composites_over(api, key):
+    files, _, alpha = inputs(soft=True)
+    _, img = output(post(api, EXT, key, files, bg_color="#ff000080", output_format="png"))
+    out = np.asarray(img).astype(np.int32)
+    assert img.mode == "RGBA"
+    a = alpha.astype(np.float64) / 255
+    assert np.abs(out[..., 3] - (a + 128 / 255 * (1 - a)) * 255).max() <= 1
+    assert (out[alpha == 0] == [255, 0, 0, 128]).all()
+
+
+def test_crop_is_the_mask_box_plus_the_margin_and_grows_past_the_edges(api, key):
+    files, rgb, _ = inputs()
+    result, img = output(post(api, EXT, key, files, crop="true", crop_margin="10", output_format="png"))
+    x1, y1, x2, y2 = BOX
+    assert img.size == (x2 - x1 + 20, y2 - y1 + 20)
+    assert (result["output_width"], result["output_height"]) == img.size
+    assert (result["original_width"], result["original_height"]) == (W, H)
+    out = np.asarray(img)
+    assert (out[10:-10, 10:-10, :3] == rgb[y1:y2, x1:x2]).all() and (out[10:-10, 10:-10, 3] == 255).all()
+    assert (out[:10, :, 3] == 0).all() and (out[:, -10:, 3] == 0).all()
+    # a region touching the corner: the margin reaches past the image, transparent there
+    files, rgb, _ = inputs(box=(0, 0, 50, 30))
+    _, img = output(post(api, EXT, key, files, crop="true", crop_margin="5", output_format="png"))
+    out = np.asarray(img)
+    assert img.size == (60, 40) and (out[:5, :, 3] == 0).all() and (out[5:35, 5:55, :3] == rgb[:30, :50]).all()
+
+
+def test_alpha_only_is_the_final_alpha(api, key):
+    files, _, alpha = inputs(soft=True)
+    _, img = output(post(api, EXT, key, files, channels="alpha", feather="0"))
+    assert img.format == "PNG" and img.mode == "L"
+    assert (np.asarray(img) == alpha).all()
+    files, _, alpha = inputs()
+    _, img = output(post(api, EXT, key, files, channels="alpha", crop="true"))
+    x1, y1, x2, y2 = BOX
+    assert (np.asarray(img) == alpha[y1:y2, x1:x2]).all()
+
+
+def test_jpeg_only_when_opaque(api, key):
+    files, rgb, alpha = inputs()
+    _, img = output(post(api, EXT, key, files, bg_color="#ffffff", output_format="jpeg"))
+    assert img.format == "JPEG" and img.size == (W, H)
+    out = np.asarray(img).astype(np.int32)
+    inside = out[BOX[1] + 4 : BOX[3] - 4, BOX[0] + 4 : BOX[2] - 4]
+    assert np.abs(inside - rgb[BOX[1] + 4 : BOX[3] - 4, BOX[0] + 4 : BOX[2] - 4]).mean() < 4  # lossy, but close
+    assert np.abs(out[alpha == 0][:1000] - 255).mean() < 4
+    for params in ({"output_format": "jpeg"}, {"output_format": "jpeg", "bg_color": "#ffffff80"}):
+        r = post(api, EXT, key, inputs()[0], **params)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "output_format"], r.text
+
+
+def test_empty_mask_with_crop_is_422_single_and_a_failed_item_in_a_batch_never_charged(api):
+    key_id, secret = api.create_key(10)
+    empty = png_mask(W, H, (0, 0, 0, 0))
+    photo = image_bytes(W, H, fmt="PNG", seed=8)
+    r = post(
+        api, EXT, secret, {"image": ("p.png", photo, "image/png"), "mask": ("m.png", empty, "image/png")}, crop="true"
+    )
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "crop"], r.text
+    files = [
+        ("images", ("a.png", photo, "image/png")),
+        ("masks", ("a.png", empty, "image/png")),
+        ("images", ("b.png", photo, "image/png")),
+        ("masks", ("b.png", png_mask(W, H, BOX), "image/png")),
+    ]
+    r = post(api, f"{EXT}/batch", secret, files, crop="true")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["completed"], body["failed"], body["total_credits_used"]) == (1, 1, 2)
+    failed, done = body["results"]
+    assert failed["status"] == "failed" and "nothing to crop" in failed["error"] and failed["credits_used"] == 0
+    assert (done["output_width"], done["output_height"]) == (BOX[2] - BOX[0], BOX[3] - BOX[1])
+    state = ledger_state(api.settings.database_path, key_id)
+    assert state["balance"] == 8 and state["charged"] == 2 and state["processing"] == 0
+
+
+def test_styling_applies_to_prompted_batches_too(api, key):
+    photo = image_bytes(W, H, fmt="PNG", seed=9)
+    files = [("images", (f"{i}.png", photo, "image/png")) for i in range(2)]
+    r = post(api, f"{EXT}/batch", key, files, points=[[160, 120]], bg_color="#000000", output_format="jpeg")
+    assert r.status_code == 200, r.text
+    for item in r.json()["results"]:
+        got = fetch(item["output_url"])
+        assert got.headers["Content-Type"] == "image/jpeg" and Image.open(io.BytesIO(got.content)).mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        ({"bg_color": "red"}, "bg_color"),
+        ({"bg_color": "#12345"}, "bg_color"),
+        ({"bg_color": "#1234567g"}, "bg_color"),
+        ({"crop": "yes"}, "crop"),
+        ({"crop": "true", "crop_margin": "501"}, "crop_margin"),
+        ({"crop": "true", "crop_margin": "-1"}, "crop_margin"),
+        ({"crop_margin": "5"}, "crop_margin"),
+        ({"channels": "rgb"}, "channels"),
+        ({"channels": "alpha", "output_format": "webp"}, "output_format"),
+        ({"channels": "alpha", "bg_color": "#000000"}, "bg_color"),
+        ({"output_format": "gif"}, "output_format"),
+    ],
+)
+def test_hostile_styling_gets_422(api, key, params, name):
+    r = post(api, EXT, key, inputs()[0], **params)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", name], r.text
