@@ -17,7 +17,7 @@ from aiohttp import web
 from maskserve.frontend.adapters.backends import build_backends
 from maskserve.frontend.adapters.model_tier import ModelTier
 from maskserve.frontend.config import Settings
-from maskserve.frontend.domain import Failure, FrontendReport, now
+from maskserve.frontend.domain import IDEMPOTENCY_TTL_S, Failure, FrontendReport, now
 from maskserve.frontend.errors import InferenceUnavailable
 from maskserve.frontend.http import handlers
 from maskserve.frontend.http.middleware import MIDDLEWARES
@@ -37,6 +37,8 @@ async def _sweep_expired(app: web.Application) -> None:
         try:
             if settings.shared:
                 await store.fail_stale_processing(Failure.INTERRUPTED, STALE_AFTER_S)
+            at = time.time()
+            await store.sweep_idempotency(at - IDEMPOTENCY_TTL_S, at - STALE_AFTER_S)
             for job in await store.expired_outputs(time.time()):
                 for location in [job.output_path, *job.extra_files]:
                     if location:
@@ -111,6 +113,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     stale = await store.fail_stale_processing(Failure.RESTARTED, STALE_AFTER_S if settings.shared else 0.0)
     if stale:
         log.warning("refunded %d jobs left processing by a previous run", stale)
+    at = time.time()  # likewise the Idempotency-Keys of requests that were running then
+    await store.sweep_idempotency(at - IDEMPOTENCY_TTL_S, at - (STALE_AFTER_S if settings.shared else 0.0))
     triton = app[TRITON] if TRITON in app else ModelTier(settings.triton_urls, settings.triton_timeout_s, app[METRICS])
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="maskserve-cpu", initializer=_yield_to_models)
     jobs = ImageJobs(

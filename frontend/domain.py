@@ -151,6 +151,26 @@ class NewJob:
         return self.kind.cost
 
 
+IDEMPOTENCY_TTL_S = 24 * 3600.0
+"""How long a response stays stored under its ``Idempotency-Key`` (API.md v1.1)."""
+
+
+class Claim(StrEnum):
+    """What the store says about an ``Idempotency-Key`` a request brings."""
+
+    STARTED = "started"  # new (or expired): this request runs, and its response is stored
+    REPLAY = "replay"  # the same request completed: its stored response is sent again
+    RUNNING = "running"  # the same request is still running: 409
+    MISMATCH = "mismatch"  # the key was used for a different request: 422
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status: int
+    body: str
+    headers: dict[str, str]
+
+
 @dataclass
 class Stages:
     """Where a request's time went, for ``Server-Timing`` (API.md v1.1): stage → milliseconds, and a note.

@@ -16,6 +16,7 @@ from typing import Protocol
 from maskserve.core.prompts import PackedPrompt
 from maskserve.frontend.domain import (
     ApiKey,
+    Claim,
     Completion,
     EverythingJob,
     FrontendReport,
@@ -28,6 +29,7 @@ from maskserve.frontend.domain import (
     Routing,
     Segmentation,
     ShadowResult,
+    StoredResponse,
 )
 
 
@@ -95,6 +97,13 @@ class Store(RateCounter, FileRows, Lifecycle, Protocol):
     async def get_state(self, name: str) -> str | None: ...
     async def set_state(self, name: str, value: str) -> None: ...
     async def set_state_if_absent(self, name: str, value: str) -> None: ...
+
+    async def claim_idempotency(
+        self, key_id: str, idem_key: str, fingerprint: str, ttl_s: float
+    ) -> tuple[Claim, StoredResponse | None]: ...
+    async def store_idempotent(self, key_id: str, idem_key: str, response: StoredResponse) -> None: ...
+    async def release_idempotency(self, key_id: str, idem_key: str) -> None: ...
+    async def sweep_idempotency(self, expired_before: float, running_before: float) -> int: ...
 
 
 class OutputFiles(Protocol):

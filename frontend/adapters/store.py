@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from maskserve.frontend.adapters.tables import (
     api_keys,
     frontends,
+    idempotency,
     jobs,
     ledger,
     output_files,
@@ -51,6 +52,7 @@ from maskserve.frontend.domain import (
     INSUFFICIENT_CREDITS,
     MODEL_ROUTING,
     ApiKey,
+    Claim,
     Completion,
     FrontendReport,
     Job,
@@ -61,6 +63,7 @@ from maskserve.frontend.domain import (
     RateWindow,
     Routing,
     ShadowResult,
+    StoredResponse,
     hash_key,
     key_matches,
     key_prefix,
@@ -308,6 +311,22 @@ def _report_frontend(conn: sa.Connection, report: FrontendReport) -> None:
         conn.execute(frontends.insert().values(id=report.id, **values))
 
 
+def _claim(
+    conn: sa.Connection, insert: Any, key_id: str, idem_key: str, fingerprint: str, expired_before: float
+) -> tuple[Claim, StoredResponse | None]:
+    """Insert the key as running, unless it is there (and not expired): then what it holds decides."""
+    mine = (idempotency.c.key_id == key_id) & (idempotency.c.idem_key == idem_key)
+    conn.execute(idempotency.delete().where(mine, idempotency.c.created_at < expired_before))
+    if conn.execute(insert.on_conflict_do_nothing()).rowcount:
+        return Claim.STARTED, None
+    row = conn.execute(sa.select(idempotency).where(mine)).one()
+    if row.fingerprint != fingerprint:
+        return Claim.MISMATCH, None
+    if row.state == "running":
+        return Claim.RUNNING, None
+    return Claim.REPLAY, StoredResponse(int(row.status), str(row.body), json.loads(row.headers or "{}"))
+
+
 def _rows(conn: sa.Connection, query: sa.Executable) -> list[sa.Row[Any]]:
     return list(conn.execute(query).all())
 
@@ -514,6 +533,42 @@ class SqlStore:
 
     async def delete_file(self, job_id: str) -> None:
         await self._execute(output_files.delete().where(output_files.c.job_id == job_id))
+
+    # --- safe retries (Idempotency-Key) ---------------------------------------
+
+    async def claim_idempotency(
+        self, key_id: str, idem_key: str, fingerprint: str, ttl_s: float
+    ) -> tuple[Claim, StoredResponse | None]:
+        at = now()
+        insert = self._insert(idempotency).values(
+            key_id=key_id, idem_key=idem_key, fingerprint=fingerprint, state="running", created_at=at
+        )
+        return await self._tx(_claim, insert, key_id, idem_key, fingerprint, at - ttl_s)
+
+    async def store_idempotent(self, key_id: str, idem_key: str, response: StoredResponse) -> None:
+        await self._execute(
+            idempotency.update()
+            .where(idempotency.c.key_id == key_id, idempotency.c.idem_key == idem_key)
+            .values(state="done", status=response.status, body=response.body, headers=json.dumps(response.headers))
+        )
+
+    async def release_idempotency(self, key_id: str, idem_key: str) -> None:
+        """The request ended without a stored response (refused, failed, cut off): a retry may run it."""
+        await self._execute(
+            idempotency.delete().where(
+                idempotency.c.key_id == key_id, idempotency.c.idem_key == idem_key, idempotency.c.state == "running"
+            )
+        )
+
+    async def sweep_idempotency(self, expired_before: float, running_before: float) -> int:
+        """Forget expired keys, and running ones no request can still be running (its frontend stopped)."""
+
+        def sweep(conn: sa.Connection) -> int:
+            c = idempotency.c
+            gone = (c.created_at < expired_before) | ((c.state == "running") & (c.created_at <= running_before))
+            return int(conn.execute(idempotency.delete().where(gone)).rowcount)
+
+        return await self._tx(sweep)
 
     # --- the shared rate window -----------------------------------------------
 

@@ -122,3 +122,18 @@ shadow_results = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("created_at", Seconds, nullable=False, index=True),
 )
+
+idempotency = sa.Table(
+    "idempotency",
+    metadata,
+    sa.Column("key_id", sa.Text, sa.ForeignKey("api_keys.id"), primary_key=True),
+    sa.Column("idem_key", sa.Text, primary_key=True),  # the client's Idempotency-Key header
+    sa.Column("fingerprint", sa.Text, nullable=False),  # SHA-256 of path, query and uploads
+    sa.Column(
+        "state", sa.Text, sa.CheckConstraint("state IN ('running', 'done')", name="idempotency_state"), nullable=False
+    ),
+    sa.Column("status", sa.Integer),  # the stored response (state 'done')
+    sa.Column("body", sa.Text),
+    sa.Column("headers", sa.Text),  # JSON
+    sa.Column("created_at", Seconds, nullable=False, index=True),
+)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from maskserve.frontend.domain import Job, JobKind, JobStatus, Stages
 from maskserve.frontend.errors import BadRequest, InferenceUnavailable, NotFound, Unavailable
-from maskserve.frontend.http import parsing
+from maskserve.frontend.http import parsing, retries
 from maskserve.frontend.http.openapi import openapi_document
 from maskserve.frontend.http.state import FILES, JOBS, METRICS, SETTINGS, SIGNER, STORE, api_key
 from maskserve.frontend.services import BatchOutcome, Item, Served, Upload
@@ -66,15 +67,26 @@ def _model_headers(request: web.Request, jobs: list[Job]) -> dict[str, str]:
     return {"X-Model-Version": ", ".join(request.app[JOBS].model_label(v) for v in versions)}
 
 
+async def _balance(request: web.Request) -> dict[str, str]:
+    key = await request.app[STORE].get_key(api_key(request).id)
+    return {"X-Credits-Remaining": str(key.credits if key is not None else 0)}
+
+
 async def _service_headers(request: web.Request, jobs: list[Job], stages: Stages) -> dict[str, str]:
     """Cost, balance, model and timing headers of a 2xx service response (API.md v1.1)."""
-    key = await request.app[STORE].get_key(api_key(request).id)
     return {
         "X-Credits-Charged": str(sum(j.credits_used for j in jobs)),
-        "X-Credits-Remaining": str(key.credits if key is not None else 0),
+        **await _balance(request),
         **_model_headers(request, jobs),
         "Server-Timing": stages.header(),
     }
+
+
+async def _once(
+    request: web.Request, uploads: dict[str, list[Upload]], run: Callable[[], Awaitable[web.Response]]
+) -> web.Response:
+    """``run()`` under the request's ``Idempotency-Key``, if it brings one."""
+    return await retries.idempotent(request, uploads, run, lambda: _balance(request))
 
 
 async def _single_response(request: web.Request, served: Served) -> web.Response:
@@ -136,17 +148,26 @@ async def segment(request: web.Request) -> web.Response:
     upload = _required(uploads, "file")
     if not prompts.given:
         raise BadRequest("Segmentation needs 'points' or 'box' (or 'objects')")
-    served = await request.app[JOBS].single(api_key(request), JobKind.SEGMENTATION, Item(upload), prompts)
-    return await _single_response(request, served)
+
+    async def run() -> web.Response:
+        served = await request.app[JOBS].single(api_key(request), JobKind.SEGMENTATION, Item(upload), prompts)
+        return await _single_response(request, served)
+
+    return await _once(request, uploads, run)
 
 
 async def segment_everything(request: web.Request) -> web.Response:
     parsing.check_query(request.query, parsing.EVERYTHING_QUERY)
     options = parsing.parse_everything(request.query)
     parsing.check_content_length(request, 1, request.app[SETTINGS].max_upload_bytes)
-    upload = _required(await _uploads(request, {"file"}), "file")
-    served = await request.app[JOBS].single(api_key(request), JobKind.EVERYTHING, Item(upload), None, options)
-    return await _single_response(request, served)
+    uploads = await _uploads(request, {"file"})
+    upload = _required(uploads, "file")
+
+    async def run() -> web.Response:
+        served = await request.app[JOBS].single(api_key(request), JobKind.EVERYTHING, Item(upload), None, options)
+        return await _single_response(request, served)
+
+    return await _once(request, uploads, run)
 
 
 async def extract(request: web.Request) -> web.Response:
@@ -160,8 +181,14 @@ async def extract(request: web.Request) -> web.Response:
     mask = _optional(uploads, "mask")
     _check_mask_source(mask is not None, prompts.given)
     item = Item(image, mask)
-    served = await request.app[JOBS].single(api_key(request), JobKind.EXTRACTION, item, None if mask else prompts, opts)
-    return await _single_response(request, served)
+
+    async def run() -> web.Response:
+        served = await request.app[JOBS].single(
+            api_key(request), JobKind.EXTRACTION, item, None if mask else prompts, opts
+        )
+        return await _single_response(request, served)
+
+    return await _once(request, uploads, run)
 
 
 def _check_mask_source(has_mask: bool, has_prompt: bool) -> None:
@@ -188,8 +215,12 @@ async def segment_batch(request: web.Request) -> web.Response:
     if not prompts.given:
         raise BadRequest("Segmentation needs 'points' or 'box' (or 'objects')")
     items = [Item(u) for u in uploads["files"]]
-    outcome = await request.app[JOBS].batch(api_key(request), JobKind.SEGMENTATION, items, prompts)
-    return await _batch_response(request, outcome)
+
+    async def run() -> web.Response:
+        outcome = await request.app[JOBS].batch(api_key(request), JobKind.SEGMENTATION, items, prompts)
+        return await _batch_response(request, outcome)
+
+    return await _once(request, uploads, run)
 
 
 async def extract_batch(request: web.Request) -> web.Response:
@@ -205,10 +236,14 @@ async def extract_batch(request: web.Request) -> web.Response:
         raise BadRequest(f"Got {len(images)} images but {len(masks)} masks; send one mask per image or none")
     _check_mask_source(bool(masks), prompts.given)
     items = [Item(image, masks[i] if masks else None) for i, image in enumerate(images)]
-    outcome = await request.app[JOBS].batch(
-        api_key(request), JobKind.EXTRACTION, items, None if masks else prompts, opts
-    )
-    return await _batch_response(request, outcome)
+
+    async def run() -> web.Response:
+        outcome = await request.app[JOBS].batch(
+            api_key(request), JobKind.EXTRACTION, items, None if masks else prompts, opts
+        )
+        return await _batch_response(request, outcome)
+
+    return await _once(request, uploads, run)
 
 
 async def get_job(request: web.Request) -> web.Response:

@@ -250,6 +250,7 @@ def _errors(*codes: int) -> dict:
         402: "insufficient credits",
         403: "bad or expired signature",
         404: "not found",
+        409: "a request with this Idempotency-Key is still in progress",
         413: "file or image too large",
         422: "validation failed",
         429: "rate limit exceeded",
@@ -272,21 +273,35 @@ def _upload_body(fields: dict[str, bool], repeated: bool) -> dict:
 
 
 def _service(summary: str, params: list, body: dict, ok: str, batch: bool, refine: bool = False) -> dict:
-    codes = (400, 401, 413, 422, 429, 503) if batch else (400, 401, 402, 413, 422, 429, 503)
+    codes = (400, 401, 409, 413, 422, 429, 503) if batch else (400, 401, 402, 409, 413, 422, 429, 503)
     if refine:
         codes = (*codes, 404)
     return {
         "post": {
             "summary": summary,
             "security": [{"bearer": []}],
-            "parameters": params,
+            "parameters": [*params, IDEMPOTENCY_KEY],
             "requestBody": body,
             "responses": {"200": {**_json(ok, "processed"), "headers": SERVICE_HEADERS}, **_errors(*codes)},
         }
     }
 
 
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "safe retries: within 24 h the same key with the same request gets the stored response again "
+    "(same job ids, nothing charged, Idempotent-Replayed: true); with a different request 422; while the first "
+    "still runs 409",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+}
+
 SERVICE_HEADERS = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored response of an earlier request with the same Idempotency-Key",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
     "X-Credits-Charged": {
         "description": "credits this response charged (0 for a replayed Idempotency-Key)",
         "required": True,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import aiohttp
+import pytest
 
 from tests.helpers import image_bytes, png_mask
 from tests.unit.test_http import EXT, POINT, SEG, auth, form
@@ -56,3 +58,72 @@ async def test_failed_batch_items_are_not_counted_as_charged(client, new_key, fa
     fake.reject = "image is not a JPEG, PNG or WebP"
     r = await client.post(f"{SEG}/batch?points={POINT}", data=form("files", image_bytes(seed=44)), headers=auth(secret))
     assert r.status == 200 and r.headers["X-Credits-Charged"] == "0" and r.headers["X-Credits-Remaining"] == "10"
+
+
+async def test_a_retry_with_the_same_idempotency_key_replays_and_charges_nothing(client, new_key):
+    key_id, secret = await new_key(10)
+    photo = image_bytes(seed=45)
+    retry = {**auth(secret), "Idempotency-Key": "order-17/attempt"}
+    first = await client.post(f"{SEG}?points={POINT}", data=form("file", photo), headers=retry)
+    assert first.status == 200 and "Idempotent-Replayed" not in first.headers
+    again = await client.post(f"{SEG}?points={POINT}", data=form("file", photo), headers=retry)
+    assert again.status == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert await again.json() == await first.json()
+    assert again.headers["X-Credits-Charged"] == "0" and again.headers["X-Credits-Remaining"] == "9"
+    assert again.headers["X-Model-Version"] == first.headers["X-Model-Version"]
+    assert again.headers["Server-Timing"].startswith("replay;dur=")
+    other = await client.post(f"{SEG}?points={POINT}", data=form("file", image_bytes(seed=46)), headers=retry)
+    assert other.status == 422
+    assert (await other.json())["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    _, someone = await new_key(10)  # keys are scoped to the API key
+    theirs = await client.post(
+        f"{SEG}?points={POINT}",
+        data=form("file", photo),
+        headers={**auth(someone), "Idempotency-Key": "order-17/attempt"},
+    )
+    assert theirs.status == 200 and "Idempotent-Replayed" not in theirs.headers
+
+
+async def test_a_refused_request_leaves_its_idempotency_key_free(client, new_key):
+    from maskserve.frontend.http.state import STORE
+
+    key_id, secret = await new_key(0)
+    retry = {**auth(secret), "Idempotency-Key": "k1"}
+    photo = image_bytes(seed=47)
+    assert (await client.post(f"{SEG}?points={POINT}", data=form("file", photo), headers=retry)).status == 402
+    await client.app[STORE].add_credits(key_id, 1)
+    r = await client.post(f"{SEG}?points={POINT}", data=form("file", photo), headers=retry)
+    assert r.status == 200 and "Idempotent-Replayed" not in r.headers
+
+
+async def test_twenty_concurrent_retries_run_once(client, new_key, fake):
+    from maskserve.frontend.http.state import STORE
+
+    key_id, secret = await new_key(10)
+    photo = image_bytes(seed=48)
+    retry = {**auth(secret), "Idempotency-Key": "burst"}
+
+    async def one() -> tuple[int, dict]:
+        r = await client.post(f"{SEG}/batch?points={POINT}", data=form("files", photo, photo), headers=retry)
+        return r.status, await r.json()
+
+    answers = await asyncio.gather(*(one() for _ in range(20)))
+    statuses = [s for s, _ in answers]
+    assert set(statuses) <= {200, 409} and 200 in statuses, statuses
+    assert all(
+        b == {"detail": "A request with this Idempotency-Key is still in progress"} for s, b in answers if s == 409
+    )
+    assert len({b["batch_id"] for s, b in answers if s == 200}) == 1
+    assert fake.decodes == 2  # two images, run once
+    assert await client.app[STORE].ledger_sum(key_id) == 8 and (await client.app[STORE].get_key(key_id)).credits == 8
+
+
+@pytest.mark.parametrize("value", ["", "x" * 256, "naïve", "tab\there"])
+async def test_malformed_idempotency_keys_get_422(client, new_key, value):
+    _, secret = await new_key(10)
+    r = await client.post(
+        f"{SEG}?points={POINT}",
+        data=form(),
+        headers={**auth(secret), "Idempotency-Key": value.encode().decode("latin-1")},
+    )
+    assert r.status == 422 and (await r.json())["detail"][0]["loc"] == ["header", "Idempotency-Key"]
