@@ -61,7 +61,7 @@ async def test_failed_batch_items_are_not_counted_as_charged(client, new_key, fa
 
 
 async def test_a_retry_with_the_same_idempotency_key_replays_and_charges_nothing(client, new_key):
-    key_id, secret = await new_key(10)
+    _, secret = await new_key(10)
     photo = image_bytes(seed=45)
     retry = {**auth(secret), "Idempotency-Key": "order-17/attempt"}
     first = await client.post(f"{SEG}?points={POINT}", data=form("file", photo), headers=retry)
