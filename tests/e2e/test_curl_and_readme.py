@@ -130,3 +130,31 @@ def test_v11_examples_in_the_docs_run_as_written(api, key, tmp_path):
     assert rle["mask"]["format"] == "rle" and rle["mask"]["size"] == [768, 1024]
     assert refined["credits_used"] == 1
     assert everything["credits_used"] == 4 and everything["masks"]
+
+
+def test_paying_client_examples_in_the_docs_run_as_written(api, key, tmp_path):
+    """docs/API.md's retry and styling curls: the retry replays, the styled cut-out is a cropped JPEG."""
+    (tmp_path / "photo.jpg").write_bytes(image_bytes(1024, 768, seed=9))
+    env = {**os.environ, "KEY": key}
+    retry, styled = (
+        c.replace("http://127.0.0.1:8080", api.url) for c in _doc_curls("What paying clients rely on (v1.1)")
+    )
+
+    def run(command: str) -> str:
+        out = subprocess.run(
+            ["bash", "-c", command], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    first, second = run(retry), run(retry)
+    head1, body1 = first.split("\r\n\r\n", 1)
+    head2, body2 = second.split("\r\n\r\n", 1)
+    assert json.loads(body1) == json.loads(body2) and json.loads(body1)["status"] == "completed"
+    assert "x-credits-charged: 1" in head1.lower() and "idempotent-replayed: true" in head2.lower()
+    assert "x-credits-charged: 0" in head2.lower() and "server-timing: decode;dur=" in head1.lower()
+    result = json.loads(run(styled))["result"]
+    assert result["credits_used"] == 2 and result["output_url"]
+    got = requests.get(result["output_url"], timeout=30)
+    assert got.headers["Content-Type"] == "image/jpeg"
+    assert (result["output_width"], result["output_height"]) != (1024, 768)

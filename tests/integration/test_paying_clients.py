@@ -1,13 +1,15 @@
-"""Extraction styling (API.md v1.1: bg_color, crop, crop_margin, channels, jpeg) through the real service.
+"""What paying clients rely on (API.md v1.1), through the real service: safe retries, cost and timing headers,
+and extraction styling (bg_color, crop, crop_margin, channels, jpeg).
 
-Each output's pixels are checked against the inputs: the uploaded mask fixes
-the alpha exactly, so the expected picture can be computed here from the
+Each styled output's pixels are checked against the inputs: the uploaded mask
+fixes the alpha exactly, so the expected picture can be computed here from the
 image and the mask alone.
 """
 
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ import requests
 from PIL import Image
 
 from tests.helpers import image_bytes, ledger_state, png_mask
-from tests.integration.test_api import EXT, fetch, post
+from tests.integration.test_api import EXT, SEG, fetch, post
 
 W, H = 320, 240
 BOX = (40, 60, 200, 150)  # x1, y1, x2, y2 (end exclusive) of the white mask
@@ -34,6 +36,63 @@ def output(r: requests.Response) -> tuple[dict, Image.Image]:
     got = fetch(result["output_url"])
     assert got.status_code == 200
     return result, Image.open(io.BytesIO(got.content))
+
+
+def test_twenty_concurrent_retries_charge_once_and_replay_the_same_jobs(api, report):
+    key_id, secret = api.create_key(10)
+    photos = [image_bytes(W, H, seed=60 + i) for i in range(3)]
+
+    def one(_: int) -> requests.Response:
+        files = [("files", (f"{i}.jpg", p, "image/jpeg")) for i, p in enumerate(photos)]
+        return requests.post(
+            f"{api.url}{SEG}/batch",
+            params={"points": "[[100, 100]]"},
+            files=files,
+            headers={"Authorization": f"Bearer {secret}", "Idempotency-Key": "nightly-run-42"},
+            timeout=120,
+        )
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(one, range(20)))
+    statuses = sorted(r.status_code for r in answers)
+    assert set(statuses) <= {200, 409} and 200 in statuses, statuses
+    done = [r for r in answers if r.status_code == 200]
+    assert len({r.json()["batch_id"] for r in done}) == 1
+    assert len({tuple(j["job_id"] for j in r.json()["results"]) for r in done}) == 1
+    assert sum(r.headers["X-Credits-Charged"] == "3" for r in done) == 1  # the one that ran
+    assert all(r.headers["Idempotent-Replayed"] == "true" for r in done if r.headers["X-Credits-Charged"] == "0")
+    state = ledger_state(api.settings.database_path, key_id)
+    assert state["balance"] == 7 and state["ledger"] == 7 and state["charged"] == 3 and state["completed"] == 3
+    later = one(0)
+    assert later.status_code == 200 and later.headers["Idempotent-Replayed"] == "true"
+    assert later.json() == done[0].json() and later.headers["X-Credits-Remaining"] == "7"
+    report(
+        f"idempotency: 20 concurrent retries of a 3-image batch: {statuses.count(200)} × 200 (one ran, the rest "
+        f"replays), {statuses.count(409)} × 409; charged 3 once, balance 7"
+    )
+
+
+def test_cost_and_timing_headers_come_from_the_real_path(api, key):
+    files = {"file": ("p.jpg", image_bytes(W, H, seed=70), "image/jpeg")}
+    r = post(api, SEG, key, files, points=[[100, 100]])
+    assert r.status_code == 200 and r.headers["X-Credits-Charged"] == "1"
+    assert (
+        int(r.headers["X-Credits-Remaining"])
+        == requests.get(f"{api.url}/v1/account", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()[
+            "credits"
+        ]
+    )
+    assert r.headers["X-Model-Version"].startswith("sam2.1_hiera_tiny/")
+    stages = [part.split(";")[0] for part in r.headers["Server-Timing"].split(", ")]
+    assert stages == ["decode", "encode", "render", "store"], r.headers["Server-Timing"]
+    again = post(api, SEG, key, files, points=[[120, 100]])
+    assert [p.split(";")[0] for p in again.headers["Server-Timing"].split(", ")] == [
+        "decode",
+        "embeddings",
+        "mask",
+        "render",
+        "store",
+    ]
 
 
 def test_opaque_background_colour_fills_where_alpha_was_zero(api, key):
