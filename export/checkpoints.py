@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -64,11 +62,62 @@ def _offline_hint(variant: Variant) -> str:
     )
 
 
-def download_checkpoint(variant: Variant, dest_dir: Path, timeout: float = 30.0) -> Path:
-    """Fetch ``variant``'s official checkpoint into ``dest_dir`` and verify it.
+class WeightsUnreachable(WeightsError):
+    """The checkpoint's server could not be reached, or the download kept breaking off."""
 
-    A file already present with the right digest is reused; a wrong digest is
-    never accepted, whether the file was already there or just downloaded.
+
+DOWNLOAD_ATTEMPTS = 3
+CHUNK = 1 << 20
+
+
+def _fetch_into(url: str, part: Path, timeout: float, progress: bool) -> None:
+    """Append the rest of ``url`` to ``part`` (an HTTP range request from its size); restart if unsupported."""
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    try:
+        resp = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:  # nothing left after ``offset``: the part is complete (or too long)
+            return
+        raise
+    with resp:
+        if offset and resp.status != 206:  # the server ignored the range: start again from the first byte
+            offset = 0
+        length = resp.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else None
+        from tqdm import tqdm
+
+        with (
+            open(part, "ab" if offset else "wb") as out,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=part.name.removesuffix(".part"),
+                disable=not progress,
+            ) as bar,
+        ):
+            while chunk := resp.read(CHUNK):
+                out.write(chunk)
+                bar.update(len(chunk))
+        if total is not None and part.stat().st_size < total:
+            raise ConnectionError(f"the connection closed after {part.stat().st_size} of {total} bytes")
+
+
+def download_checkpoint(
+    variant: Variant, dest_dir: Path, timeout: float = 30.0, progress: bool = True, attempts: int = DOWNLOAD_ATTEMPTS
+) -> Path:
+    """Fetch ``variant``'s official checkpoint into ``dest_dir`` (the cache) and verify it.
+
+    A cached file with the right digest is reused without any network access.
+    The bytes arrive in ``<name>.pt.part``: a download that breaks off is
+    resumed from where it stopped (an HTTP range request; from the start when
+    the server does not take ranges), up to ``attempts`` times in this call and
+    again on the next. Only a file whose SHA-256 matches is ever moved to its
+    final name; a mismatch deletes it. A cached file that does not match is
+    deleted and fetched again.
     """
     if variant.sha256 is None:
         raise WeightsError(
@@ -79,22 +128,29 @@ def download_checkpoint(variant: Variant, dest_dir: Path, timeout: float = 30.0)
     target = dest_dir / variant.checkpoint_filename
     if target.exists():
         if sha256_of(target) == variant.sha256:
+            log.info("checkpoint %s: cached, SHA-256 verified", target)
             return target
-        raise WeightsError(f"{target} exists but its SHA-256 does not match {variant.sha256}")
-    fd, tmp_name = tempfile.mkstemp(dir=dest_dir, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(variant.url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out, length=1 << 20)
-        got = sha256_of(Path(tmp_name))
-        if got != variant.sha256:
-            raise WeightsError(f"Downloaded {variant.url} but its SHA-256 is {got}, expected {variant.sha256}")
-        os.replace(tmp_name, target)
-        return target
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        raise WeightsError(f"{_offline_hint(variant)} ({exc})") from exc
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+        log.warning("cached %s does not match its SHA-256: deleted, fetching it again", target)
+        target.unlink()
+    part = dest_dir / f"{variant.checkpoint_filename}.part"
+    last: Exception | None = None
+    for _ in range(max(1, attempts)):
+        try:
+            _fetch_into(variant.url, part, timeout, progress)
+            last = None
+            break
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            last = exc  # unreachable, or broke off: the part stays for the next attempt
+    if last is not None:
+        kept = part.stat().st_size if part.exists() else 0
+        raise WeightsUnreachable(f"{_offline_hint(variant)} ({last}; {kept} bytes kept to resume)") from last
+    got = sha256_of(part)
+    if got != variant.sha256:
+        part.unlink()
+        raise WeightsError(f"Downloaded {variant.url} but its SHA-256 is {got}, expected {variant.sha256}: deleted")
+    os.replace(part, target)
+    log.info("checkpoint %s: downloaded, SHA-256 verified", target)
+    return target
 
 
 def build_model(variant: Variant, seed: int = 0):

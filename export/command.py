@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -29,6 +30,9 @@ class ExportRequest:
     download: bool = False
     download_dir: Path = Path("checkpoints")
     random_weights: bool = False
+    auto_weights: bool = False  # the official checkpoint if it can be fetched, else random weights
+    checkpoint_url: str | None = None  # a mirror of the official checkpoint (same file, same SHA-256)
+    checkpoint_sha256: str | None = None  # with a mirror serving another file: its digest
     seed: int = 0
     target: str = "cpu"
     version: int | None = None
@@ -50,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="random initialisation (meaningless masks; tests and benchmarks only)",
     )
+    weights.add_argument(
+        "--auto-weights",
+        action="store_true",
+        help="--download when the checkpoint can be fetched; random weights (said loudly) only when it cannot",
+    )
+    parser.add_argument("--checkpoint-url", help="fetch the checkpoint from this mirror instead of Meta's URL")
+    parser.add_argument("--checkpoint-sha256", help="the mirror's file digest, when it is not Meta's file")
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
     parser.add_argument("--download-dir", type=Path, default=Path("checkpoints"))
     parser.add_argument("--out", type=Path, default=Path("model_repository"))
@@ -104,6 +115,9 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
         download=args.download,
         download_dir=args.download_dir,
         random_weights=args.random_weights,
+        auto_weights=args.auto_weights,
+        checkpoint_url=args.checkpoint_url,
+        checkpoint_sha256=args.checkpoint_sha256,
         seed=args.seed,
         target=args.target,
         version=args.version,
@@ -114,21 +128,34 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
 
 def _load_weights(req: ExportRequest):
     variant = get_variant(req.model)
-    if not (req.checkpoint or req.download or req.random_weights):
+    if not (req.checkpoint or req.download or req.random_weights or req.auto_weights):
         raise ExportError(
             f"No weights given for {variant.name}. Pass --checkpoint PATH (Meta's "
             f"{variant.checkpoint_filename}, from {variant.url}), --download to fetch and "
-            "verify it, or --random-weights [--seed N] for the real architecture with "
-            "random weights (tests and benchmarks only)."
+            "verify it, --auto-weights to fetch it or else fall back to random weights, or "
+            "--random-weights [--seed N] for the real architecture with random "
+            "weights (tests and benchmarks only)."
         )
     model = checkpoints.build_model(variant, seed=req.seed)
     if req.random_weights:
         return variant, model, checkpoints.random_weights(req.seed)
     path = req.checkpoint
-    if req.download:
-        path = checkpoints.download_checkpoint(variant, req.download_dir)
+    if req.download or req.auto_weights:
+        source = dataclasses.replace(
+            variant,
+            url=req.checkpoint_url or variant.url,
+            sha256=req.checkpoint_sha256 or variant.sha256,
+        )
+        try:
+            path = checkpoints.download_checkpoint(source, req.download_dir)
+        except checkpoints.WeightsUnreachable as exc:
+            if not req.auto_weights:
+                raise
+            log.warning("%s", exc)
+            log.warning("the official checkpoint cannot be fetched: exporting with RANDOM WEIGHTS instead")
+            return variant, model, checkpoints.random_weights(req.seed)
     if path is None:
-        raise ExportError("no weights: give --checkpoint PATH, --download or --random-weights")
+        raise ExportError("no weights: give --checkpoint PATH, --download, --auto-weights or --random-weights")
     return variant, model, checkpoints.load_checkpoint(model, path)
 
 

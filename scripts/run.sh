@@ -35,11 +35,26 @@ case "${1:-}" in
     shift
     repo=${MASKSERVE_MODEL_REPOSITORY:-model_repository}
     if ! ls "$repo"/sam2_image_encoder/*/model.onnx "$repo"/sam2_session/*/model.py >/dev/null 2>&1; then
+      model=${MASKSERVE_MODEL:-sam2.1_hiera_tiny}
       if [ -n "${MASKSERVE_CHECKPOINT:-}" ]; then
-        maskserve export --model "${MASKSERVE_MODEL:-sam2.1_hiera_tiny}" --checkpoint "$MASKSERVE_CHECKPOINT" --out "$repo"
+        maskserve export --model "$model" --checkpoint "$MASKSERVE_CHECKPOINT" --out "$repo"
       else
-        echo "[serve] no exported model and no MASKSERVE_CHECKPOINT: exporting with RANDOM WEIGHTS"
-        maskserve export --model "${MASKSERVE_MODEL:-sam2.1_hiera_tiny}" --random-weights --out "$repo"
+        # MASKSERVE_WEIGHTS: auto (the official checkpoint, verified and cached; random weights only
+        # when it cannot be fetched), download (the checkpoint or fail), random (random weights)
+        case "${MASKSERVE_WEIGHTS:-auto}" in
+          auto) weights=--auto-weights ;;
+          download) weights=--download ;;
+          random) weights=--random-weights ;;
+          *) echo "[serve] MASKSERVE_WEIGHTS must be auto, download or random" >&2; exit 2 ;;
+        esac
+        mirror=()
+        [ -n "${MASKSERVE_CHECKPOINT_URL:-}" ] && mirror=(--checkpoint-url "$MASKSERVE_CHECKPOINT_URL")
+        [ -n "${MASKSERVE_CHECKPOINT_SHA256:-}" ] && mirror+=(--checkpoint-sha256 "$MASKSERVE_CHECKPOINT_SHA256")
+        maskserve export --model "$model" "$weights" "${mirror[@]}" \
+          --download-dir "${MASKSERVE_CHECKPOINT_DIR:-$HOME/.cache/maskserve/checkpoints}" --out "$repo"
+      fi
+      if grep -qs '"kind": "random"' "$repo"/sam2_image_encoder/*/manifest.json; then
+        echo "[serve] the model was exported with RANDOM WEIGHTS: masks are meaningless" >&2
       fi
     fi
     exec maskserve serve --model-repository "$repo" "$@"
