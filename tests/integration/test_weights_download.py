@@ -36,7 +36,7 @@ class Cdn:
         cdn = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+            def do_GET(self) -> None:
                 cdn.requests.append(self.headers.get("Range"))
                 path = cdn.root / self.path.lstrip("/")
                 if not path.is_file():
