@@ -148,8 +148,8 @@ def test_paying_client_examples_in_the_docs_run_as_written(api, key, tmp_path):
         return out.stdout
 
     first, second = run(retry), run(retry)
-    head1, body1 = first.split("\r\n\r\n", 1)
-    head2, body2 = second.split("\r\n\r\n", 1)
+    head1, body1 = first.split("\n\n", 1)
+    head2, body2 = second.split("\n\n", 1)
     assert json.loads(body1) == json.loads(body2) and json.loads(body1)["status"] == "completed"
     assert "x-credits-charged: 1" in head1.lower() and "idempotent-replayed: true" in head2.lower()
     assert "x-credits-charged: 0" in head2.lower() and "server-timing: decode;dur=" in head1.lower()
