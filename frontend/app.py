@@ -23,7 +23,7 @@ from maskserve.frontend.http import handlers
 from maskserve.frontend.http.middleware import MIDDLEWARES
 from maskserve.frontend.http.state import FILES, JOBS, LIMITS, METRICS, SETTINGS, SIGNER, STORE, TRITON
 from maskserve.frontend.metrics import Metrics, monitor_loop_lag
-from maskserve.frontend.ports import InferenceClient
+from maskserve.frontend.ports import InferenceClient, Store
 from maskserve.frontend.services import ImageJobs
 
 log = logging.getLogger("maskserve.frontend")
@@ -39,6 +39,7 @@ async def _sweep_expired(app: web.Application) -> None:
                 await store.fail_stale_processing(Failure.INTERRUPTED, STALE_AFTER_S)
             at = time.time()
             await store.sweep_idempotency(at - IDEMPOTENCY_TTL_S, at - STALE_AFTER_S)
+            await app[JOBS].sweep_deferred()
             for job in await store.expired_outputs(time.time()):
                 for location in [job.output_path, *job.extra_files]:
                     if location:
@@ -49,6 +50,10 @@ async def _sweep_expired(app: web.Application) -> None:
         except Exception:
             log.exception("expired-file sweep failed")
         await asyncio.sleep(settings.sweep_interval_s)
+
+
+async def _deferred_jobs(store: Store) -> frozenset[str]:
+    return frozenset(item["job_id"] for request in await store.list_deferred() for item in request.items)
 
 
 def _yield_to_models() -> None:
@@ -110,7 +115,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     store = backends.store
     # Alone, every leftover `processing` job is ours to refund; sharing a database with
     # other frontends, only jobs older than any request could run (the sweep repeats it).
-    stale = await store.fail_stale_processing(Failure.RESTARTED, STALE_AFTER_S if settings.shared else 0.0)
+    # Accepted asynchronous requests keep their inputs: alone, their jobs run again below instead.
+    keep = frozenset() if settings.shared else await _deferred_jobs(store)
+    stale = await store.fail_stale_processing(Failure.RESTARTED, STALE_AFTER_S if settings.shared else 0.0, keep)
     if stale:
         log.warning("refunded %d jobs left processing by a previous run", stale)
     at = time.time()  # likewise the Idempotency-Keys of requests that were running then
@@ -130,6 +137,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[TRITON], app[JOBS] = triton, jobs
     jobs.routing = await store.get_routing()
     await _log_models(jobs, settings.triton_url)
+    if not settings.shared:
+        resumed = await jobs.resume_deferred()
+        if resumed:
+            log.warning("resumed %d images of asynchronous requests accepted before a restart", resumed)
     frontend_id = uuid.uuid4().hex
     background = [
         asyncio.ensure_future(_sweep_expired(app)),

@@ -151,6 +151,28 @@ class NewJob:
         return self.kind.cost
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """An accepted ``async=true`` request: enough to run its images after a restart (inputs kept in storage)."""
+
+    id: str  # the batch id, or the single job's id
+    key_id: str
+    kind: JobKind
+    batch: bool
+    items: list[dict[str, Any]]  # per image to run: job_id, image {field, filename, location}, mask (or None)
+    params: str  # JSON of the prompts and options
+    webhook_url: str | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    id: str
+    key_id: str
+    job_ids: list[str]
+    created_at: float
+
+
 IDEMPOTENCY_TTL_S = 24 * 3600.0
 """How long a response stays stored under its ``Idempotency-Key`` (API.md v1.1)."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from maskserve.frontend.ports import FileRows
 from maskserve.frontend.signing import valid_file_id
 
-EXTENSIONS = ("png", "webp", "jpeg", "f32")  # images, and refinement logits (raw float32)
+EXTENSIONS = ("png", "webp", "jpeg", "f32", "bin")  # images, refinement logits (raw float32), async inputs
 
 
 class LocalFiles:

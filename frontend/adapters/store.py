@@ -38,6 +38,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from maskserve.frontend.adapters.tables import (
     api_keys,
+    batches,
+    deferred,
     frontends,
     idempotency,
     jobs,
@@ -52,8 +54,10 @@ from maskserve.frontend.domain import (
     INSUFFICIENT_CREDITS,
     MODEL_ROUTING,
     ApiKey,
+    BatchRecord,
     Claim,
     Completion,
+    Deferred,
     FrontendReport,
     Job,
     JobKind,
@@ -471,12 +475,17 @@ class SqlStore:
     async def fail_job(self, job_id: str, error: str) -> bool:
         return await self._tx(_fail, job_id, error)
 
-    async def fail_stale_processing(self, error: str, older_than_s: float = 0.0) -> int:
-        """Refund jobs left ``processing``; with other frontends running, only those older than any request can be."""
+    async def fail_stale_processing(
+        self, error: str, older_than_s: float = 0.0, keep: frozenset[str] = frozenset()
+    ) -> int:
+        """Refund jobs left ``processing``; with other frontends running, only those older than any request can be.
+
+        ``keep``: jobs that will run again (accepted asynchronous requests whose inputs are kept).
+        """
         rows = await self._read(
             sa.select(jobs.c.id).where(jobs.c.status == PROCESSING, jobs.c.started_at <= now() - older_than_s)
         )
-        return await self._tx(_fail_all, [row.id for row in rows], error)
+        return await self._tx(_fail_all, [row.id for row in rows if row.id not in keep], error)
 
     async def get_job(self, job_id: str) -> Job | None:
         row = await self._one(sa.select(jobs).where(jobs.c.id == job_id))
@@ -533,6 +542,59 @@ class SqlStore:
 
     async def delete_file(self, job_id: str) -> None:
         await self._execute(output_files.delete().where(output_files.c.job_id == job_id))
+
+    # --- batches and asynchronous requests --------------------------------------
+
+    async def record_batch(self, record: BatchRecord) -> None:
+        await self._execute(
+            batches.insert().values(
+                id=record.id, key_id=record.key_id, job_ids=json.dumps(record.job_ids), created_at=record.created_at
+            )
+        )
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        row = await self._one(sa.select(batches).where(batches.c.id == batch_id))
+        if row is None:
+            return None
+        return BatchRecord(row.id, row.key_id, json.loads(row.job_ids), float(row.created_at))
+
+    async def get_jobs(self, job_ids: list[str]) -> list[Job]:
+        """The jobs, in the order given (missing ones left out)."""
+        rows = {r.id: _job(r) for r in await self._read(sa.select(jobs).where(jobs.c.id.in_(job_ids)))}
+        return [rows[i] for i in job_ids if i in rows]
+
+    async def save_deferred(self, request: Deferred) -> None:
+        await self._execute(
+            deferred.insert().values(
+                id=request.id,
+                key_id=request.key_id,
+                kind=request.kind.value,
+                batch=request.batch,
+                items=json.dumps(request.items),
+                params=request.params,
+                webhook_url=request.webhook_url,
+                created_at=request.created_at,
+            )
+        )
+
+    async def list_deferred(self) -> list[Deferred]:
+        rows = await self._read(sa.select(deferred).order_by(deferred.c.created_at))
+        return [
+            Deferred(
+                r.id,
+                r.key_id,
+                JobKind(r.kind),
+                bool(r.batch),
+                json.loads(r.items),
+                r.params,
+                r.webhook_url,
+                float(r.created_at),
+            )
+            for r in rows
+        ]
+
+    async def forget_deferred(self, request_id: str) -> None:
+        await self._execute(deferred.delete().where(deferred.c.id == request_id))
 
     # --- safe retries (Idempotency-Key) ---------------------------------------
 

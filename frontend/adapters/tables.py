@@ -137,3 +137,25 @@ idempotency = sa.Table(
     sa.Column("headers", sa.Text),  # JSON
     sa.Column("created_at", Seconds, nullable=False, index=True),
 )
+
+deferred = sa.Table(
+    "deferred",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),  # the batch id, or the single job's id
+    sa.Column("key_id", sa.Text, sa.ForeignKey("api_keys.id"), nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("batch", sa.Boolean, nullable=False),
+    sa.Column("items", sa.Text, nullable=False),  # JSON: per image to run, its job id and where its inputs are kept
+    sa.Column("params", sa.Text, nullable=False),  # JSON: prompts and options
+    sa.Column("webhook_url", sa.Text),
+    sa.Column("created_at", Seconds, nullable=False, index=True),
+)
+
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("key_id", sa.Text, sa.ForeignKey("api_keys.id"), nullable=False, index=True),
+    sa.Column("job_ids", sa.Text, nullable=False),  # JSON list, in upload order
+    sa.Column("created_at", Seconds, nullable=False),
+)

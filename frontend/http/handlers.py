@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -93,26 +94,34 @@ async def _single_response(request: web.Request, served: Served) -> web.Response
     job = served.job
     return web.json_response(
         {"job_id": job.id, "status": job.status, "result": result_object(request, job), "error": job.error},
+        status=202 if job.status in (JobStatus.PENDING, JobStatus.PROCESSING) else 200,
         headers=await _service_headers(request, [job], served.stages),
     )
 
 
+def _batch_body(request: web.Request, batch_id: str, jobs: list[Job], wall_ms: float) -> dict[str, Any]:
+    completed = sum(1 for j in jobs if j.status is JobStatus.COMPLETED)
+    failed = sum(1 for j in jobs if j.status is JobStatus.FAILED)
+    running = len(jobs) - completed - failed
+    status = JobStatus.PROCESSING if running else (JobStatus.FAILED if completed == 0 else JobStatus.COMPLETED)
+    return {
+        "batch_id": batch_id,
+        "status": status,
+        "total_files": len(jobs),
+        "completed": completed,
+        "failed": failed,
+        "results": [result_object(request, j) for j in jobs],
+        "total_processing_time_ms": round(wall_ms, 1),
+        "total_credits_used": sum(j.credits_used for j in jobs),
+        "error": f"All {failed} images failed" if status is JobStatus.FAILED else None,
+    }
+
+
 async def _batch_response(request: web.Request, outcome: BatchOutcome) -> web.Response:
-    completed = sum(1 for j in outcome.jobs if j.status is JobStatus.COMPLETED)
-    failed = len(outcome.jobs) - completed
-    all_failed = completed == 0
+    body = _batch_body(request, outcome.batch_id, outcome.jobs, outcome.wall_ms)
     return web.json_response(
-        {
-            "batch_id": outcome.batch_id,
-            "status": JobStatus.FAILED if all_failed else JobStatus.COMPLETED,
-            "total_files": len(outcome.jobs),
-            "completed": completed,
-            "failed": failed,
-            "results": [result_object(request, j) for j in outcome.jobs],
-            "total_processing_time_ms": round(outcome.wall_ms, 1),
-            "total_credits_used": sum(j.credits_used for j in outcome.jobs),
-            "error": f"All {failed} images failed" if all_failed else None,
-        },
+        body,
+        status=202 if body["status"] is JobStatus.PROCESSING else 200,
         headers=await _service_headers(request, outcome.jobs, outcome.stages),
     )
 
@@ -140,8 +149,9 @@ def _required(uploads: dict[str, list[Upload]], name: str) -> Upload:
 
 
 async def segment(request: web.Request) -> web.Response:
-    parsing.check_query(request.query, {*parsing.PROMPT_QUERY, "previous_job_id"})
+    parsing.check_query(request.query, {*parsing.PROMPT_QUERY, *parsing.ASYNC_QUERY, "previous_job_id"})
     prompts = parsing.parse_prompts(request.query, refine=True)
+    later = parsing.parse_later(request.query)
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, 1, settings.max_upload_bytes)
     uploads = await _uploads(request, {"file"})
@@ -150,30 +160,36 @@ async def segment(request: web.Request) -> web.Response:
         raise BadRequest("Segmentation needs 'points' or 'box' (or 'objects')")
 
     async def run() -> web.Response:
-        served = await request.app[JOBS].single(api_key(request), JobKind.SEGMENTATION, Item(upload), prompts)
+        served = await request.app[JOBS].single(
+            api_key(request), JobKind.SEGMENTATION, Item(upload), prompts, None, later
+        )
         return await _single_response(request, served)
 
     return await _once(request, uploads, run)
 
 
 async def segment_everything(request: web.Request) -> web.Response:
-    parsing.check_query(request.query, parsing.EVERYTHING_QUERY)
+    parsing.check_query(request.query, {*parsing.EVERYTHING_QUERY, *parsing.ASYNC_QUERY})
     options = parsing.parse_everything(request.query)
+    later = parsing.parse_later(request.query)
     parsing.check_content_length(request, 1, request.app[SETTINGS].max_upload_bytes)
     uploads = await _uploads(request, {"file"})
     upload = _required(uploads, "file")
 
     async def run() -> web.Response:
-        served = await request.app[JOBS].single(api_key(request), JobKind.EVERYTHING, Item(upload), None, options)
+        served = await request.app[JOBS].single(
+            api_key(request), JobKind.EVERYTHING, Item(upload), None, options, later
+        )
         return await _single_response(request, served)
 
     return await _once(request, uploads, run)
 
 
 async def extract(request: web.Request) -> web.Response:
-    parsing.check_query(request.query, parsing.EXTRACTION_QUERY)
+    parsing.check_query(request.query, {*parsing.EXTRACTION_QUERY, *parsing.ASYNC_QUERY})
     prompts = parsing.parse_prompts(request.query)
     opts = parsing.parse_extraction_options(request.query)
+    later = parsing.parse_later(request.query)
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, 2, settings.max_upload_bytes)
     uploads = await _uploads(request, {"image", "mask"})
@@ -184,7 +200,7 @@ async def extract(request: web.Request) -> web.Response:
 
     async def run() -> web.Response:
         served = await request.app[JOBS].single(
-            api_key(request), JobKind.EXTRACTION, item, None if mask else prompts, opts
+            api_key(request), JobKind.EXTRACTION, item, None if mask else prompts, opts, later
         )
         return await _single_response(request, served)
 
@@ -206,8 +222,9 @@ def _check_count(files: list[Upload], name: str, max_batch: int) -> None:
 
 
 async def segment_batch(request: web.Request) -> web.Response:
-    parsing.check_query(request.query, parsing.PROMPT_QUERY)
+    parsing.check_query(request.query, {*parsing.PROMPT_QUERY, *parsing.ASYNC_QUERY})
     prompts = parsing.parse_prompts(request.query)
+    later = parsing.parse_later(request.query)
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, settings.max_batch, settings.max_upload_bytes)
     uploads = await _uploads(request, {"files"})
@@ -217,16 +234,17 @@ async def segment_batch(request: web.Request) -> web.Response:
     items = [Item(u) for u in uploads["files"]]
 
     async def run() -> web.Response:
-        outcome = await request.app[JOBS].batch(api_key(request), JobKind.SEGMENTATION, items, prompts)
+        outcome = await request.app[JOBS].batch(api_key(request), JobKind.SEGMENTATION, items, prompts, None, later)
         return await _batch_response(request, outcome)
 
     return await _once(request, uploads, run)
 
 
 async def extract_batch(request: web.Request) -> web.Response:
-    parsing.check_query(request.query, parsing.EXTRACTION_QUERY)
+    parsing.check_query(request.query, {*parsing.EXTRACTION_QUERY, *parsing.ASYNC_QUERY})
     prompts = parsing.parse_prompts(request.query)
     opts = parsing.parse_extraction_options(request.query)
+    later = parsing.parse_later(request.query)
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, 2 * settings.max_batch, settings.max_upload_bytes)
     uploads = await _uploads(request, {"images", "masks"})
@@ -239,7 +257,7 @@ async def extract_batch(request: web.Request) -> web.Response:
 
     async def run() -> web.Response:
         outcome = await request.app[JOBS].batch(
-            api_key(request), JobKind.EXTRACTION, items, None if masks else prompts, opts
+            api_key(request), JobKind.EXTRACTION, items, None if masks else prompts, opts, later
         )
         return await _batch_response(request, outcome)
 
@@ -252,6 +270,18 @@ async def get_job(request: web.Request) -> web.Response:
     if job is None or job.key_id != api_key(request).id:
         raise NotFound("Job not found")
     return web.json_response(result_object(request, job))
+
+
+async def get_batch(request: web.Request) -> web.Response:
+    batch_id = request.match_info["batch_id"]
+    store = request.app[STORE]
+    record = await store.get_batch(batch_id) if valid_job_id(batch_id) else None
+    if record is None or record.key_id != api_key(request).id:
+        raise NotFound("Batch not found")
+    jobs = await store.get_jobs(record.job_ids)
+    ends = [j.finished_at for j in jobs]
+    end = max(e for e in ends if e is not None) if all(e is not None for e in ends) and ends else time.time()
+    return web.json_response(_batch_body(request, record.id, jobs, (end - record.created_at) * 1000))
 
 
 async def get_account(request: web.Request) -> web.Response:
@@ -334,6 +364,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/services/object-extraction", extract, name="extract")
     app.router.add_post("/v1/services/object-extraction/batch", extract_batch, name="extract_batch")
     app.router.add_get("/v1/jobs/{job_id}", get_job, name="job")
+    app.router.add_get("/v1/batches/{batch_id}", get_batch, name="batch")
     app.router.add_get("/v1/account", get_account, name="account")
     app.router.add_get("/v1/files/{job_id}", get_file, name="file")
     app.router.add_get("/healthz", healthz, name="healthz")

@@ -33,6 +33,7 @@ RATE_BUCKETS: dict[str, RateBucket] = {
     "segment_batch": RateBucket.BATCH,
     "extract_batch": RateBucket.BATCH,
     "job": RateBucket.READ,
+    "batch": RateBucket.READ,
     "account": RateBucket.READ,
 }
 """The rate limit each private route counts against; one not listed counts as a single request."""

@@ -139,7 +139,7 @@ _BATCH = {
     ],
     "properties": {
         "batch_id": {"type": "string"},
-        "status": {"type": "string", "enum": [JobStatus.COMPLETED.value, JobStatus.FAILED.value]},
+        "status": {"type": "string", "enum": [s.value for s in JobStatus]},
         "total_files": {"type": "integer"},
         "completed": {"type": "integer"},
         "failed": {"type": "integer"},
@@ -280,12 +280,34 @@ def _service(summary: str, params: list, body: dict, ok: str, batch: bool, refin
         "post": {
             "summary": summary,
             "security": [{"bearer": []}],
-            "parameters": [*params, IDEMPOTENCY_KEY],
+            "parameters": [*params, *ASYNC_PARAMS, IDEMPOTENCY_KEY],
             "requestBody": body,
-            "responses": {"200": {**_json(ok, "processed"), "headers": SERVICE_HEADERS}, **_errors(*codes)},
+            "responses": {
+                "200": {**_json(ok, "processed"), "headers": SERVICE_HEADERS},
+                "202": {**_json(ok, "accepted (async=true): running in the background"), "headers": SERVICE_HEADERS},
+                **_errors(*codes),
+            },
         }
     }
 
+
+ASYNC_PARAMS = [
+    {
+        "name": "async",
+        "in": "query",
+        "required": False,
+        "description": "true: checked and reserved now, answered 202 (status processing, output_url null), run in "
+        "the background; GET /v1/jobs/{id} or /v1/batches/{id} returns the current shape",
+        "schema": {"type": "string", "enum": ["true", "false"], "default": "false"},
+    },
+    {
+        "name": "webhook_url",
+        "in": "query",
+        "required": False,
+        "description": "not available on this server yet: refused with 422",
+        "schema": {"type": "string"},
+    },
+]
 
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
@@ -403,6 +425,14 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "security": [{"bearer": []}],
                     "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                     "responses": {"200": _json("Result", "the job"), **_errors(401, 404, 429)},
+                }
+            },
+            "/v1/batches/{batch_id}": {
+                "get": {
+                    "summary": "A batch of this API key, its results in upload order",
+                    "security": [{"bearer": []}],
+                    "parameters": [{"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": _json("Batch", "the batch"), **_errors(401, 404, 429)},
                 }
             },
             "/v1/account": {

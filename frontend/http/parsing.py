@@ -19,7 +19,7 @@ from maskserve.core.signatures import MAX_OBJECTS, MAX_PROMPT_POINTS
 from maskserve.frontend import imaging
 from maskserve.frontend.domain import MAX_POINTS_PER_SIDE, MIN_POINTS_PER_SIDE, EverythingOptions
 from maskserve.frontend.errors import BadRequest, FieldError, PayloadTooLarge, ValidationFailed
-from maskserve.frontend.services import ExtractionOptions, Prompt, Prompts, Upload
+from maskserve.frontend.services import ExtractionOptions, Later, Prompt, Prompts, Upload
 
 Query = MultiMapping[str]
 
@@ -41,7 +41,8 @@ EVERYTHING_QUERY = {
     "mask_format",
 }
 EXTRACTION_QUERY = {"points", "labels", "box", "objects", "feather", "output_format", *STYLE_QUERY}
-KNOWN_QUERY = {*PROMPT_QUERY, *EVERYTHING_QUERY, *EXTRACTION_QUERY, "previous_job_id"}
+ASYNC_QUERY = {"async", "webhook_url"}
+KNOWN_QUERY = {*PROMPT_QUERY, *EVERYTHING_QUERY, *EXTRACTION_QUERY, *ASYNC_QUERY, "previous_job_id"}
 
 
 def _unique(query: Query, name: str) -> str | None:
@@ -221,6 +222,13 @@ def _flag(query: Query, name: str) -> bool:
     if raw.lower() not in ("true", "false"):
         raise ValidationFailed.one("query", name, "must be 'true' or 'false'")
     return raw.lower() == "true"
+
+
+def parse_later(query: Query) -> Later | None:
+    """``async=true``: accept now, run in the background (API.md v1.1)."""
+    if _unique(query, "webhook_url") is not None:
+        raise ValidationFailed.one("query", "webhook_url", "webhooks are not available on this server yet")
+    return Later() if _flag(query, "async") else None
 
 
 def parse_extraction_options(query: Query) -> ExtractionOptions:

@@ -31,7 +31,9 @@ from maskserve.frontend import imaging
 from maskserve.frontend.config import Settings
 from maskserve.frontend.domain import (
     ApiKey,
+    BatchRecord,
     Completion,
+    Deferred,
     EverythingJob,
     EverythingOptions,
     Failure,
@@ -59,7 +61,7 @@ from maskserve.frontend.errors import (
 )
 from maskserve.frontend.metrics import Metrics
 from maskserve.frontend.ports import InferenceClient, OutputFiles, Store
-from maskserve.frontend.services import outputs
+from maskserve.frontend.services import outputs, params
 from maskserve.frontend.signing import UrlSigner, valid_job_id
 
 log = logging.getLogger("maskserve.frontend")
@@ -142,6 +144,13 @@ class BatchOutcome:
 
 
 @dataclass(frozen=True)
+class Later:
+    """``async=true``: answer 202 at once, run in the background, then tell ``webhook_url`` (if any)."""
+
+    webhook_url: str | None = None
+
+
+@dataclass(frozen=True)
 class Served:
     """A single request's job and where its time went."""
 
@@ -202,6 +211,7 @@ class ImageJobs:
         self.variants: dict[str, str] = {}  # version -> model variant, for X-Model-Version
         self.in_flight: Counter[str] = Counter()  # requests (and shadow copies) running, by version
         self._shadows: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()  # accepted asynchronous requests running
 
     async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
@@ -259,6 +269,11 @@ class ImageJobs:
         for task in list(self._shadows):
             task.cancel()
         await asyncio.gather(*self._shadows, return_exceptions=True)
+        if self._background:  # accepted asynchronous work gets the shutdown's grace, then ends refunded
+            await asyncio.wait(list(self._background), timeout=self.settings.shutdown_timeout_s)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     # --- preparation: everything that can be refused before credits move --
 
@@ -522,9 +537,11 @@ class ImageJobs:
         item: Item,
         prompts: Prompts | None,
         opts: ExtractionOptions | EverythingOptions | None = None,
+        later: Later | None = None,
     ) -> Served:
+        """Run one image; with ``later``, accept it (checked and reserved) and run it in the background."""
         with self.admission.admit(1):
-            return await self._single(key, kind, item, prompts, opts)
+            return await self._single(key, kind, item, prompts, opts, later)
 
     async def _single(
         self,
@@ -533,6 +550,7 @@ class ImageJobs:
         item: Item,
         prompts: Prompts | None,
         opts: ExtractionOptions | EverythingOptions | None,
+        later: Later | None = None,
     ) -> Served:
         if item.mask is None:  # Triton away: 503 before decoding
             await self._models_known()
@@ -543,6 +561,11 @@ class ImageJobs:
         with self.running(_versions([prep])):
             if not (await self.store.reserve_jobs(key.id, None, [prep.job]))[0]:
                 raise InsufficientCredits()
+            if later is not None:
+                await self._defer(key, kind, prep.job.id, False, [prep], prompts, opts, later)
+                accepted = await self.store.get_job(prep.job.id)
+                assert accepted is not None
+                return Served(accepted, prep.stages)
             job, failure = await self._run(kind, prep, prompts, opts)
         if failure is Failure.UNAVAILABLE:
             raise Unavailable(failure)
@@ -561,12 +584,19 @@ class ImageJobs:
         items: list[Item],
         prompts: Prompts | None,
         opts: ExtractionOptions | None = None,
+        later: Later | None = None,
     ) -> BatchOutcome:
         with self.admission.admit(len(items)):
-            return await self._batch(key, kind, items, prompts, opts)
+            return await self._batch(key, kind, items, prompts, opts, later)
 
     async def _batch(
-        self, key: ApiKey, kind: JobKind, items: list[Item], prompts: Prompts | None, opts: ExtractionOptions | None
+        self,
+        key: ApiKey,
+        kind: JobKind,
+        items: list[Item],
+        prompts: Prompts | None,
+        opts: ExtractionOptions | None,
+        later: Later | None = None,
     ) -> BatchOutcome:
         started = time.perf_counter()
         batch_id = uuid.uuid4().hex
@@ -584,7 +614,7 @@ class ImageJobs:
         for prep in ready:
             prep.routed(None if prep.mask is not None else await self.route(key, prep.digest))
         with self.running(_versions(ready)):
-            return await self._run_batch(key, kind, items, prompts, opts, batch_id, prepared, started)
+            return await self._run_batch(key, kind, items, prompts, opts, batch_id, prepared, started, later)
 
     async def _run_batch(
         self,
@@ -596,6 +626,7 @@ class ImageJobs:
         batch_id: str,
         prepared: list[_Prepared | ApiError],
         started: float,
+        later: Later | None = None,
     ) -> BatchOutcome:
         ready = [p for p in prepared if isinstance(p, _Prepared)]
         reserved = await self.store.reserve_jobs(key.id, batch_id, [p.job for p in ready])
@@ -606,6 +637,15 @@ class ImageJobs:
                 refused[index] = uuid.uuid4().hex
                 failed = NewJob(refused[index], kind, item.image.filename, len(item.image.data))
                 await self.store.record_failed(key.id, batch_id, failed, _item_error(prep))
+        job_ids = [refused[i] if isinstance(p, ApiError) else p.job.id for i, p in enumerate(prepared)]
+        await self.store.record_batch(BatchRecord(batch_id, key.id, job_ids, time.time()))
+        stages = Stages()
+        for prep in ready:
+            stages.merge(prep.stages)
+        if later is not None:
+            to_run = [p for p in ready if p.job.id in paid]
+            await self._defer(key, kind, batch_id, True, to_run, prompts, opts, later)
+            return BatchOutcome(batch_id, await self.store.get_jobs(job_ids), _ms(started), stages)
 
         async def run(prep: _Prepared) -> Job:
             job, _ = await self._run(kind, prep, prompts, opts)
@@ -627,6 +667,138 @@ class ImageJobs:
         for prep in ready:
             stages.merge(prep.stages)
         return BatchOutcome(batch_id, jobs, _ms(started), stages)
+
+    # --- asynchronous requests: accepted now, run in the background, resumed after a restart ---
+
+    async def _defer(
+        self,
+        key: ApiKey,
+        kind: JobKind,
+        request_id: str,
+        batch: bool,
+        preps: list[_Prepared],
+        prompts: Prompts | None,
+        opts: ExtractionOptions | EverythingOptions | None,
+        later: Later,
+    ) -> None:
+        """Keep the inputs and the request durably, then run its images in the background."""
+        items = []
+        for prep in preps:
+            image, mask = prep.item.image, prep.item.mask
+            kept = {
+                "job_id": prep.job.id,
+                "image": {
+                    "field": image.field,
+                    "filename": image.filename,
+                    "location": await self.files.put(f"{prep.job.id}_input", "bin", image.data),
+                },
+                "mask": None,
+            }
+            if mask is not None:
+                kept["mask"] = {
+                    "field": mask.field,
+                    "filename": mask.filename,
+                    "location": await self.files.put(f"{prep.job.id}_inmask", "bin", mask.data),
+                }
+            items.append(kept)
+        request = Deferred(
+            request_id, key.id, kind, batch, items, params.encode(prompts, opts), later.webhook_url, time.time()
+        )
+        await self.store.save_deferred(request)
+        self._in_background(request, preps, prompts, opts)
+
+    def _in_background(
+        self,
+        request: Deferred,
+        preps: list[_Prepared],
+        prompts: Prompts | None,
+        opts: ExtractionOptions | EverythingOptions | None,
+    ) -> None:
+        versions = _versions(preps)
+        self.in_flight.update(versions)  # counted from now: a promotion's drain waits for these images
+
+        async def finish() -> None:
+            try:
+                await asyncio.gather(*(self._run(request.kind, prep, prompts, opts) for prep in preps))
+                await self._close_deferred(request)
+            finally:
+                self.in_flight.subtract(versions)
+
+        task = asyncio.ensure_future(finish())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _close_deferred(self, request: Deferred) -> None:
+        """Every image of the request has ended: its kept inputs go."""
+        for item in request.items:
+            for kept in (item["image"], item["mask"]):
+                if kept is not None:
+                    await self.files.remove(kept["location"])
+        await self.store.forget_deferred(request.id)
+
+    async def sweep_deferred(self) -> None:
+        """Forget the kept inputs of requests that ended elsewhere (failed by a sweep, or on another frontend)."""
+        running = {t for t in self._background if not t.done()}
+        if running:
+            return  # this frontend's own requests close themselves
+        for request in await self.store.list_deferred():
+            jobs = await self.store.get_jobs([i["job_id"] for i in request.items])
+            if all(j.status is not JobStatus.PROCESSING for j in jobs):
+                await self._close_deferred(request)
+
+    async def resume_deferred(self) -> int:
+        """After a restart: run again every image of an accepted request still ``processing``; → images resumed."""
+        resumed = 0
+        for request in await self.store.list_deferred():
+            prompts, opts = params.decode(request.params)
+            jobs = {j.id: j for j in await self.store.get_jobs([i["job_id"] for i in request.items])}
+            key = await self.store.get_key(request.key_id)
+            preps = []
+            for item in request.items:
+                job = jobs.get(item["job_id"])
+                if job is None or job.status is not JobStatus.PROCESSING:
+                    continue
+                prep = await self._revive(request, item, key, prompts)
+                if prep is not None:
+                    preps.append(prep)
+            if preps:
+                resumed += len(preps)
+                self._in_background(request, preps, prompts, opts)
+            else:
+                await self._close_deferred(request)
+        return resumed
+
+    async def _revive(
+        self, request: Deferred, item: dict[str, Any], key: ApiKey | None, prompts: Prompts | None
+    ) -> _Prepared | None:
+        """One kept image, prepared again under its job id; a job that cannot run any more fails (refunded)."""
+        job_id = item["job_id"]
+
+        async def load(kept: dict[str, Any] | None) -> Upload | None:
+            if kept is None:
+                return None
+            found = await self.files.get(kept["location"])
+            if found is None:
+                raise FileNotFoundError(kept["location"])
+            data = found if isinstance(found, bytes) else await asyncio.to_thread(found.read_bytes)
+            return Upload(kept["field"], kept["filename"], data)
+
+        try:
+            image = await load(item["image"])
+            assert image is not None
+            upload = Item(image, await load(item["mask"]))
+            prep = await self._cpu(self._decode, request.kind, upload, prompts)
+            prep.job = replace(prep.job, id=job_id)
+            if key is None:
+                raise NotFound("the API key is gone")
+            if prompts is not None and prompts.previous_job_id is not None:
+                prep.mask_input = await self._previous_logits(key, prompts.previous_job_id, prep.digest)
+            prep.routed(None if upload.mask is not None else await self.route(key, prep.digest))
+            return prep
+        except Exception as exc:
+            log.warning("async job %s cannot run again after the restart: %s", job_id, exc)
+            await self.store.fail_job(job_id, Failure.RESTARTED)
+            return None
 
 
 def _ms(started: float) -> float:

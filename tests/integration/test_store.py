@@ -166,7 +166,7 @@ def test_migrated_schema_matches_the_table_definitions(settings):
     async def scenario(store):
         diff, version = await store._tx(compare)
         assert diff == [], diff
-        assert version == "0004"
+        assert version == "0005"
 
     run(settings, scenario)
 

@@ -127,3 +127,51 @@ async def test_malformed_idempotency_keys_get_422(client, new_key, value):
         headers={**auth(secret), "Idempotency-Key": value.encode().decode("latin-1")},
     )
     assert r.status == 422 and (await r.json())["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+
+
+async def wait_for(client, path: str, secret: str, done: set[str]) -> dict:
+    for _ in range(200):
+        body = await (await client.get(path, headers=auth(secret))).json()
+        if body["status"] in done:
+            return body
+        await asyncio.sleep(0.02)
+    raise AssertionError(body)
+
+
+async def test_async_requests_answer_202_then_finish_in_the_background(client, new_key, fake):
+    key_id, secret = await new_key(10)
+    r = await client.post(
+        f"{SEG}?points={POINT}&async=true", data=form("file", image_bytes(seed=50)), headers=auth(secret)
+    )
+    assert r.status == 202, await r.text()
+    body = await r.json()
+    assert body["status"] == "processing" and body["result"]["output_url"] is None
+    assert r.headers["X-Credits-Charged"] == "0" and r.headers["X-Credits-Remaining"] == "9"  # reserved
+    job = await wait_for(client, f"/v1/jobs/{body['job_id']}", secret, {"completed", "failed"})
+    assert job["status"] == "completed" and job["output_url"] and job["credits_used"] == 1
+    photos = [image_bytes(seed=51), image_bytes(seed=52)]
+    r = await client.post(f"{SEG}/batch?points={POINT}&async=true", data=form("files", *photos), headers=auth(secret))
+    assert r.status == 202
+    batch = await r.json()
+    assert batch["status"] == "processing" and batch["total_files"] == 2 and batch["total_credits_used"] == 0
+    done = await wait_for(client, f"/v1/batches/{batch['batch_id']}", secret, {"completed", "failed"})
+    assert done["completed"] == 2 and done["total_credits_used"] == 2
+    assert [j["job_id"] for j in done["results"]] == [j["job_id"] for j in batch["results"]]
+    from maskserve.frontend.http.state import STORE
+
+    store = client.app[STORE]
+    assert await store.ledger_sum(key_id) == 7 and not await store.list_deferred()  # inputs forgotten once done
+
+
+async def test_async_refusals_come_back_at_once_and_batches_are_private(client, new_key):
+    _, secret = await new_key(0)
+    r = await client.post(f"{SEG}?points={POINT}&async=true", data=form(), headers=auth(secret))
+    assert r.status == 402
+    r = await client.post(f"{SEG}?points={POINT}&async=maybe", data=form(), headers=auth(secret))
+    assert r.status == 422 and (await r.json())["detail"][0]["loc"] == ["query", "async"]
+    _, rich = await new_key(10)
+    r = await client.post(f"{SEG}/batch?points={POINT}", data=form("files"), headers=auth(rich))
+    batch_id = (await r.json())["batch_id"]
+    assert (await client.get(f"/v1/batches/{batch_id}", headers=auth(rich))).status == 200
+    assert (await client.get(f"/v1/batches/{batch_id}", headers=auth(secret))).status == 404
+    assert (await client.get("/v1/batches/not-an-id", headers=auth(rich))).status == 404
