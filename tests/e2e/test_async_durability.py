@@ -23,7 +23,8 @@ def test_sigkill_after_202_resumes_the_batch_after_restart(triton_server, tmp_pa
     first = _start(args, tmp_path, tmp_path)
     try:
         _wait_for(first, "maskserve is listening", timeout=60)
-        created = _start(["keys", "create", "--name", "k", "--credits", "100", "--data-dir", str(data)], tmp_path, tmp_path)
+        create = ["keys", "create", "--name", "k", "--credits", "100", "--data-dir", str(data)]
+        created = _start(create, tmp_path, tmp_path)
         out, _ = created.communicate(timeout=60)
         key = next(line.split()[-1] for line in out.splitlines() if line.startswith("api key:"))
         key_id = next(line.split()[-1] for line in out.splitlines() if line.strip().startswith("key id:"))
