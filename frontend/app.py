@@ -22,6 +22,7 @@ from maskserve.frontend.errors import InferenceUnavailable
 from maskserve.frontend.http import handlers
 from maskserve.frontend.http.middleware import MIDDLEWARES
 from maskserve.frontend.http.state import FILES, JOBS, LIMITS, METRICS, SETTINGS, SIGNER, STORE, TRITON
+from maskserve.frontend.http.webhooks import Deliverer
 from maskserve.frontend.metrics import Metrics, monitor_loop_lag
 from maskserve.frontend.ports import InferenceClient, Store
 from maskserve.frontend.services import ImageJobs
@@ -142,7 +143,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         if resumed:
             log.warning("resumed %d images of asynchronous requests accepted before a restart", resumed)
     frontend_id = uuid.uuid4().hex
+    deliverer = Deliverer(settings, store)
     background = [
+        asyncio.ensure_future(deliverer.run()),
         asyncio.ensure_future(_sweep_expired(app)),
         asyncio.ensure_future(monitor_loop_lag(app[METRICS])),
         asyncio.ensure_future(_follow_routing(app, frontend_id)),
@@ -155,6 +158,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await jobs.close()
+        await deliverer.close()
         with contextlib.suppress(Exception):
             await store.forget_frontend(frontend_id)
         await triton.close()

@@ -71,6 +71,18 @@ class Settings:
         "longer is stopped after its first decoder batches and refused with 422",
         min=1.0,
     )
+    webhook_private_targets: str = setting(
+        "refuse",
+        "webhook URLs resolving to loopback, private or link-local addresses: refused (422), or allowed "
+        "(for webhooks inside a private network)",
+        choices=("refuse", "allow"),
+    )
+    webhook_attempts: int = setting(7, "webhook delivery attempts before it is given up", min=1, max=20)
+    webhook_backoff_s: float = setting(
+        60.0, "wait before a webhook's first retry, seconds; doubled for each further one", min=0.01
+    )
+    webhook_timeout_s: float = setting(10.0, "time a webhook target gets to answer, seconds", min=0.1)
+    webhook_poll_s: float = setting(1.0, "how often each frontend looks for due webhook deliveries, seconds", min=0.01)
     rate_single_per_min: int = setting(
         60, "single-image requests per key and minute", env="MASKSERVE_RATE_SINGLE", min=1
     )
@@ -108,6 +120,10 @@ class Settings:
     @property
     def triton_urls(self) -> list[str]:
         return [url.strip() for url in self.triton_url.split(",") if url.strip()]
+
+    @property
+    def webhook_allow_private(self) -> bool:
+        return self.webhook_private_targets == "allow"
 
     @property
     def shared(self) -> bool:

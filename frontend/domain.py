@@ -163,6 +163,18 @@ class Deferred:
     params: str  # JSON of the prompts and options
     webhook_url: str | None
     created_at: float
+    base_url: str | None = None  # the origin the request came in on: its webhook's links point there
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A webhook POST owed to a client: retried with backoff until it gets a 2xx or runs out of attempts."""
+
+    id: int
+    key_id: str
+    url: str
+    body: str
+    attempts: int
 
 
 @dataclass(frozen=True)

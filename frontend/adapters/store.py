@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,7 @@ from maskserve.frontend.adapters.tables import (
     api_keys,
     batches,
     deferred,
+    deliveries,
     frontends,
     idempotency,
     jobs,
@@ -58,6 +60,7 @@ from maskserve.frontend.domain import (
     Claim,
     Completion,
     Deferred,
+    Delivery,
     FrontendReport,
     Job,
     JobKind,
@@ -574,6 +577,7 @@ class SqlStore:
                 params=request.params,
                 webhook_url=request.webhook_url,
                 created_at=request.created_at,
+                base_url=request.base_url,
             )
         )
 
@@ -589,12 +593,80 @@ class SqlStore:
                 r.params,
                 r.webhook_url,
                 float(r.created_at),
+                r.base_url,
             )
             for r in rows
         ]
 
-    async def forget_deferred(self, request_id: str) -> None:
-        await self._execute(deferred.delete().where(deferred.c.id == request_id))
+    async def forget_deferred(self, request_id: str, webhook: tuple[str, str, str] | None = None) -> bool:
+        """Forget an ended request and, in the same transaction, owe its webhook (key id, URL, body).
+
+        Only the caller that removed the row owes the webhook: two frontends closing one request send one.
+        """
+
+        def forget(conn: sa.Connection) -> bool:
+            if not conn.execute(deferred.delete().where(deferred.c.id == request_id)).rowcount:
+                return False
+            if webhook is not None:
+                at = now()
+                key_id, url, body = webhook
+                conn.execute(
+                    deliveries.insert().values(
+                        key_id=key_id, url=url, body=body, attempts=0, state="pending", next_at=at, created_at=at
+                    )
+                )
+            return True
+
+        return await self._tx(forget)
+
+    # --- webhooks ------------------------------------------------------------------
+
+    async def rotate_webhook_secret(self, key_id: str) -> str | None:
+        """A new signing secret for the key's webhooks (the old one stops signing at once); None: no such key."""
+        secret = "whsec_" + secrets.token_urlsafe(32)
+
+        def rotate(conn: sa.Connection) -> bool:
+            done = conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(webhook_secret=secret))
+            return bool(done.rowcount)
+
+        return secret if await self._tx(rotate) else None
+
+    async def webhook_secret(self, key_id: str) -> str | None:
+        row = await self._one(sa.select(api_keys.c.webhook_secret).where(api_keys.c.id == key_id))
+        return None if row is None else row.webhook_secret
+
+    async def claim_deliveries(self, lease_s: float, limit: int = 16) -> list[Delivery]:
+        """Due deliveries, each claimed for ``lease_s`` by a conditional update (one frontend sends each)."""
+        at = now()
+        rows = await self._read(
+            sa.select(deliveries)
+            .where(deliveries.c.state == "pending", deliveries.c.next_at <= at)
+            .order_by(deliveries.c.next_at)
+            .limit(limit)
+        )
+
+        def claim(conn: sa.Connection) -> list[Delivery]:
+            mine = []
+            for r in rows:
+                taken = conn.execute(
+                    deliveries.update()
+                    .where(deliveries.c.id == r.id, deliveries.c.next_at == r.next_at, deliveries.c.state == "pending")
+                    .values(next_at=at + lease_s)
+                )
+                if taken.rowcount:
+                    mine.append(Delivery(int(r.id), r.key_id, r.url, r.body, int(r.attempts)))
+            return mine
+
+        return await self._tx(claim) if rows else []
+
+    async def delivery_done(self, delivery_id: int, attempts: int, error: str | None, retry_at: float | None) -> None:
+        """After an attempt: delivered (no error), pending again at ``retry_at``, or failed for good."""
+        state = "delivered" if error is None else ("pending" if retry_at is not None else "failed")
+        await self._execute(
+            deliveries.update()
+            .where(deliveries.c.id == delivery_id)
+            .values(attempts=attempts, state=state, last_error=error, next_at=retry_at if retry_at else now())
+        )
 
     # --- safe retries (Idempotency-Key) ---------------------------------------
 

@@ -26,6 +26,7 @@ api_keys = sa.Table(
     sa.Column("created_at", Seconds, nullable=False),
     sa.Column("revoked_at", Seconds),
     sa.Column("pinned_version", sa.Text),
+    sa.Column("webhook_secret", sa.Text),  # signs this key's webhook deliveries (HMAC-SHA256)
 )
 
 ledger = sa.Table(
@@ -149,6 +150,7 @@ deferred = sa.Table(
     sa.Column("params", sa.Text, nullable=False),  # JSON: prompts and options
     sa.Column("webhook_url", sa.Text),
     sa.Column("created_at", Seconds, nullable=False, index=True),
+    sa.Column("base_url", sa.Text),  # the origin the request came in on: links in its webhook point there
 )
 
 batches = sa.Table(
@@ -157,5 +159,24 @@ batches = sa.Table(
     sa.Column("id", sa.Text, primary_key=True),
     sa.Column("key_id", sa.Text, sa.ForeignKey("api_keys.id"), nullable=False, index=True),
     sa.Column("job_ids", sa.Text, nullable=False),  # JSON list, in upload order
+    sa.Column("created_at", Seconds, nullable=False),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("key_id", sa.Text, sa.ForeignKey("api_keys.id"), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column(
+        "state",
+        sa.Text,
+        sa.CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="delivery_state"),
+        nullable=False,
+    ),
+    sa.Column("next_at", Seconds, nullable=False, index=True),
+    sa.Column("last_error", sa.Text),
     sa.Column("created_at", Seconds, nullable=False),
 )

@@ -9,11 +9,11 @@ from typing import Any
 from aiohttp import web
 
 from maskserve.frontend.domain import Job, JobKind, JobStatus, Stages
-from maskserve.frontend.errors import BadRequest, InferenceUnavailable, NotFound, Unavailable
-from maskserve.frontend.http import parsing, retries
+from maskserve.frontend.errors import BadRequest, InferenceUnavailable, NotFound, Unavailable, ValidationFailed
+from maskserve.frontend.http import parsing, retries, webhooks
 from maskserve.frontend.http.openapi import openapi_document
 from maskserve.frontend.http.state import FILES, JOBS, METRICS, SETTINGS, SIGNER, STORE, api_key
-from maskserve.frontend.services import BatchOutcome, Item, Served, Upload
+from maskserve.frontend.services import BatchOutcome, Item, Later, Served, Upload, shapes
 from maskserve.frontend.signing import valid_file_id, valid_job_id
 
 
@@ -22,42 +22,8 @@ def _base_url(request: web.Request) -> str:
     return configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"
 
 
-def _file_url(request: web.Request, file_id: str, expires_at: float) -> str:
-    return f"{_base_url(request)}/v1/files/{file_id}?{request.app[SIGNER].query(file_id, int(expires_at))}"
-
-
-def _extras(request: web.Request, job: Job) -> dict[str, Any]:
-    """A completed job's stored extras; each object's mask gets its own signed link."""
-    extras = dict((job.details or {}).get("result", {}))
-    if "objects" in extras and job.expires_at is not None:
-        expires = job.expires_at
-        extras["objects"] = [
-            {"index": o["index"], "output_url": _file_url(request, f"{job.id}_{o['index']}", expires)}
-            | {k: v for k, v in o.items() if k != "index"}
-            for o in extras["objects"]
-        ]
-    return extras
-
-
 def result_object(request: web.Request, job: Job) -> dict[str, Any]:
-    url = None
-    completed = job.status is JobStatus.COMPLETED and job.expires_at is not None
-    if completed and job.expires_at is not None:
-        url = _file_url(request, job.id, job.expires_at)
-    return {
-        "job_id": job.id,
-        "status": job.status,
-        "input_filename": job.input_filename,
-        "output_url": url,
-        "processing_time_ms": round(job.processing_ms or 0.0, 1),
-        "error": job.error,
-        "original_width": job.original_width,
-        "original_height": job.original_height,
-        "output_width": job.output_width,
-        "output_height": job.output_height,
-        "credits_used": job.credits_used,
-        **(_extras(request, job) if completed else {}),
-    }
+    return shapes.result_object(_base_url(request), request.app[SIGNER], job)
 
 
 def _model_headers(request: web.Request, jobs: list[Job]) -> dict[str, str]:
@@ -83,6 +49,17 @@ async def _service_headers(request: web.Request, jobs: list[Job], stages: Stages
     }
 
 
+async def _later(request: web.Request) -> Later | None:
+    """``async=true`` and ``webhook_url``; a target that resolves to a refused address is 422 at once."""
+    later = parsing.parse_later(request.query, _base_url(request))
+    if later is not None and later.webhook_url is not None:
+        try:
+            await webhooks.check_target(later.webhook_url, request.app[SETTINGS].webhook_allow_private)
+        except webhooks.TargetRefused as exc:
+            raise ValidationFailed.one("query", "webhook_url", str(exc)) from None
+    return later
+
+
 async def _once(
     request: web.Request, uploads: dict[str, list[Upload]], run: Callable[[], Awaitable[web.Response]]
 ) -> web.Response:
@@ -93,28 +70,14 @@ async def _once(
 async def _single_response(request: web.Request, served: Served) -> web.Response:
     job = served.job
     return web.json_response(
-        {"job_id": job.id, "status": job.status, "result": result_object(request, job), "error": job.error},
+        shapes.single_body(_base_url(request), request.app[SIGNER], job),
         status=202 if job.status in (JobStatus.PENDING, JobStatus.PROCESSING) else 200,
         headers=await _service_headers(request, [job], served.stages),
     )
 
 
 def _batch_body(request: web.Request, batch_id: str, jobs: list[Job], wall_ms: float) -> dict[str, Any]:
-    completed = sum(1 for j in jobs if j.status is JobStatus.COMPLETED)
-    failed = sum(1 for j in jobs if j.status is JobStatus.FAILED)
-    running = len(jobs) - completed - failed
-    status = JobStatus.PROCESSING if running else (JobStatus.FAILED if completed == 0 else JobStatus.COMPLETED)
-    return {
-        "batch_id": batch_id,
-        "status": status,
-        "total_files": len(jobs),
-        "completed": completed,
-        "failed": failed,
-        "results": [result_object(request, j) for j in jobs],
-        "total_processing_time_ms": round(wall_ms, 1),
-        "total_credits_used": sum(j.credits_used for j in jobs),
-        "error": f"All {failed} images failed" if status is JobStatus.FAILED else None,
-    }
+    return shapes.batch_body(_base_url(request), request.app[SIGNER], batch_id, jobs, wall_ms)
 
 
 async def _batch_response(request: web.Request, outcome: BatchOutcome) -> web.Response:
@@ -151,7 +114,7 @@ def _required(uploads: dict[str, list[Upload]], name: str) -> Upload:
 async def segment(request: web.Request) -> web.Response:
     parsing.check_query(request.query, {*parsing.PROMPT_QUERY, *parsing.ASYNC_QUERY, "previous_job_id"})
     prompts = parsing.parse_prompts(request.query, refine=True)
-    later = parsing.parse_later(request.query)
+    later = await _later(request)
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, 1, settings.max_upload_bytes)
     uploads = await _uploads(request, {"file"})
@@ -171,7 +134,7 @@ async def segment(request: web.Request) -> web.Response:
 async def segment_everything(request: web.Request) -> web.Response:
     parsing.check_query(request.query, {*parsing.EVERYTHING_QUERY, *parsing.ASYNC_QUERY})
     options = parsing.parse_everything(request.query)
-    later = parsing.parse_later(request.query)
+    later = await _later(request)
     parsing.check_content_length(request, 1, request.app[SETTINGS].max_upload_bytes)
     uploads = await _uploads(request, {"file"})
     upload = _required(uploads, "file")
@@ -189,7 +152,7 @@ async def extract(request: web.Request) -> web.Response:
     parsing.check_query(request.query, {*parsing.EXTRACTION_QUERY, *parsing.ASYNC_QUERY})
     prompts = parsing.parse_prompts(request.query)
     opts = parsing.parse_extraction_options(request.query)
-    later = parsing.parse_later(request.query)
+    later = await _later(request)
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, 2, settings.max_upload_bytes)
     uploads = await _uploads(request, {"image", "mask"})
@@ -224,7 +187,7 @@ def _check_count(files: list[Upload], name: str, max_batch: int) -> None:
 async def segment_batch(request: web.Request) -> web.Response:
     parsing.check_query(request.query, {*parsing.PROMPT_QUERY, *parsing.ASYNC_QUERY})
     prompts = parsing.parse_prompts(request.query)
-    later = parsing.parse_later(request.query)
+    later = await _later(request)
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, settings.max_batch, settings.max_upload_bytes)
     uploads = await _uploads(request, {"files"})
@@ -244,7 +207,7 @@ async def extract_batch(request: web.Request) -> web.Response:
     parsing.check_query(request.query, {*parsing.EXTRACTION_QUERY, *parsing.ASYNC_QUERY})
     prompts = parsing.parse_prompts(request.query)
     opts = parsing.parse_extraction_options(request.query)
-    later = parsing.parse_later(request.query)
+    later = await _later(request)
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, 2 * settings.max_batch, settings.max_upload_bytes)
     uploads = await _uploads(request, {"images", "masks"})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import time
 import uuid
@@ -61,7 +62,7 @@ from maskserve.frontend.errors import (
 )
 from maskserve.frontend.metrics import Metrics
 from maskserve.frontend.ports import InferenceClient, OutputFiles, Store
-from maskserve.frontend.services import outputs, params
+from maskserve.frontend.services import outputs, params, shapes
 from maskserve.frontend.signing import UrlSigner, valid_job_id
 
 log = logging.getLogger("maskserve.frontend")
@@ -148,6 +149,7 @@ class Later:
     """``async=true``: answer 202 at once, run in the background, then tell ``webhook_url`` (if any)."""
 
     webhook_url: str | None = None
+    base_url: str | None = None  # the origin the request came in on: the webhook's links point there
 
 
 @dataclass(frozen=True)
@@ -702,7 +704,15 @@ class ImageJobs:
                 }
             items.append(kept)
         request = Deferred(
-            request_id, key.id, kind, batch, items, params.encode(prompts, opts), later.webhook_url, time.time()
+            request_id,
+            key.id,
+            kind,
+            batch,
+            items,
+            params.encode(prompts, opts),
+            later.webhook_url,
+            time.time(),
+            later.base_url,
         )
         await self.store.save_deferred(request)
         self._in_background(request, preps, prompts, opts)
@@ -729,12 +739,29 @@ class ImageJobs:
         task.add_done_callback(self._background.discard)
 
     async def _close_deferred(self, request: Deferred) -> None:
-        """Every image of the request has ended: its kept inputs go."""
+        """Every image of the request has ended: its webhook is owed, its kept inputs go."""
+        webhook = None
+        if request.webhook_url:
+            body = json.dumps(await self._final_body(request), separators=(",", ":"))
+            webhook = (request.key_id, request.webhook_url, body)
+        await self.store.forget_deferred(request.id, webhook)
         for item in request.items:
             for kept in (item["image"], item["mask"]):
                 if kept is not None:
                     await self.files.remove(kept["location"])
-        await self.store.forget_deferred(request.id)
+
+    async def _final_body(self, request: Deferred) -> dict[str, Any]:
+        """What ``GET`` answers for the request now that it ended: the job's shape, or the batch's."""
+        base = request.base_url or self.settings.public_url.rstrip("/")
+        if not request.batch:
+            job = await self.store.get_job(request.id)
+            assert job is not None
+            return shapes.single_body(base, self.signer, job)
+        record = await self.store.get_batch(request.id)
+        assert record is not None
+        jobs = await self.store.get_jobs(record.job_ids)
+        end = max((j.finished_at or record.created_at) for j in jobs) if jobs else record.created_at
+        return shapes.batch_body(base, self.signer, record.id, jobs, (end - record.created_at) * 1000)
 
     async def sweep_deferred(self) -> None:
         """Forget the kept inputs of requests that ended elsewhere (failed by a sweep, or on another frontend)."""

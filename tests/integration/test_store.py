@@ -166,7 +166,7 @@ def test_migrated_schema_matches_the_table_definitions(settings):
     async def scenario(store):
         diff, version = await store._tx(compare)
         assert diff == [], diff
-        assert version == "0005"
+        assert version == "0006"
 
     run(settings, scenario)
 

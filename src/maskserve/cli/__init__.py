@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key")
     revoke.add_argument("key_id")
     _data_dir_argument(revoke)
+    rotate = keys_sub.add_parser(
+        "webhook-secret", help="create a new webhook signing secret for a key (the old one stops at once)"
+    )
+    rotate.add_argument("key_id")
+    _data_dir_argument(rotate)
     pin = keys_sub.add_parser("pin", help="run a key's requests on one model version while it is loaded")
     pin.add_argument("key_id")
     pin.add_argument("version")

@@ -25,8 +25,18 @@ async def _admin(args: argparse.Namespace) -> int:
                 print("credits must be >= 0", file=sys.stderr)
                 return 2
             key, secret = await store.create_key(args.name, args.credits)
+            webhook = await store.rotate_webhook_secret(key.id)
             print(f"key id:  {key.id}\nname:    {key.name}\ncredits: {key.credits}\napi key: {secret}")
-            print("The API key is shown only now; store it safely.", file=sys.stderr)
+            print(f"webhook secret: {webhook}")
+            print("The API key and webhook secret are shown only now; store them safely.", file=sys.stderr)
+            return 0
+        if args.command == "keys" and args.keys_command == "webhook-secret":
+            rotated = await store.rotate_webhook_secret(args.key_id)
+            if rotated is None:
+                print(f"no key {args.key_id}", file=sys.stderr)
+                return 1
+            print(f"webhook secret: {rotated}")
+            print("Shown only now; webhooks are signed with it from now on.", file=sys.stderr)
             return 0
         if args.command == "keys" and args.keys_command == "list":
             print(f"{'id':32s}  {'name':20s}  {'prefix':18s}  {'credits':>8s}  {'pinned':>6s}  status")
