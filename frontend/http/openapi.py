@@ -304,8 +304,10 @@ ASYNC_PARAMS = [
         "name": "webhook_url",
         "in": "query",
         "required": False,
-        "description": "not available on this server yet: refused with 422",
-        "schema": {"type": "string"},
+        "description": "with async=true: POSTed the job's or batch's JSON when it ends, signed with the key's "
+        "webhook secret (Maskserve-Signature: t=<unix>,v1=<hex HMAC-SHA256 of '<t>.<body>'>), retried with "
+        "backoff; loopback, private and link-local targets are refused with 422",
+        "schema": {"type": "string", "maxLength": 2048},
     },
 ]
 

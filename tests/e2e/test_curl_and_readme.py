@@ -10,6 +10,7 @@ import shlex
 import sqlite3
 import subprocess
 import sys
+import time
 
 import requests
 from PIL import Image
@@ -158,3 +159,29 @@ def test_paying_client_examples_in_the_docs_run_as_written(api, key, tmp_path):
     got = requests.get(result["output_url"], timeout=30)
     assert got.headers["Content-Type"] == "image/jpeg"
     assert (result["output_width"], result["output_height"]) != (1024, 768)
+
+
+def test_async_examples_in_the_docs_run_as_written(api, key, tmp_path):
+    """docs/API.md's async batch: 202 at once, then GET /v1/batches/{id} until it completed."""
+    (tmp_path / "photo.jpg").write_bytes(image_bytes(1024, 768, seed=10))
+    env = {**os.environ, "KEY": key}
+    accept, poll = (
+        c.replace("http://127.0.0.1:8080", api.url) for c in _doc_curls("Asynchronous jobs and webhooks (v1.1)")
+    )
+
+    def run(command: str) -> dict:
+        out = subprocess.run(
+            ["bash", "-c", command], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    accepted = run(accept)
+    assert accepted["status"] == "processing" and accepted["total_files"] == 2
+    env["BATCH"] = accepted["batch_id"]
+    for _ in range(600):
+        batch = run(poll)
+        if batch["status"] != "processing":
+            break
+        time.sleep(0.2)
+    assert batch["status"] == "completed" and batch["completed"] == 2 and batch["total_credits_used"] == 2

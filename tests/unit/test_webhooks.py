@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -83,11 +85,23 @@ async def _until(condition, seconds: float = 10.0) -> None:
     raise AssertionError("timed out")
 
 
+def documented_verify():
+    """docs/API.md's verification code, run as written."""
+    text = (Path(__file__).parents[2] / "docs" / "API.md").read_text()
+    part = text.split("## Asynchronous jobs and webhooks (v1.1)", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", part, re.S)
+    namespace: dict = {}
+    exec(code, namespace)
+    return namespace["verify"]
+
+
 def verify(secret: str, header: str, body: bytes) -> bool:
-    """What a client does: nothing but hmac and hashlib."""
+    """What a client does, with nothing but hmac and hashlib; the docs' version must agree."""
     fields = dict(part.split("=", 1) for part in header.split(","))
     expected = hmac.new(secret.encode(), f"{fields['t']}.".encode() + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, fields["v1"])
+    ours = hmac.compare_digest(expected, fields["v1"])
+    assert documented_verify()(secret, header, body) == ours
+    return ours
 
 
 async def test_a_signed_webhook_is_retried_with_backoff_until_delivered(make_client, aiohttp_server):
