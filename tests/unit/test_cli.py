@@ -27,3 +27,31 @@ def test_models_options_work_before_and_after_the_subcommand(argv):
 def test_models_defaults_when_no_option_is_given():
     args = build_parser().parse_args(["models", "list"])
     assert (args.triton_url, args.database_url, args.data_dir) == ("127.0.0.1:8001", None, None)
+
+
+def test_keys_create_shows_a_webhook_secret_once_and_webhook_secret_rotates_it(tmp_path, capsys):
+    import asyncio
+
+    from maskserve.cli import main
+    from maskserve.frontend.adapters.backends import build_store
+    from maskserve.frontend.config import Settings
+
+    assert main(["keys", "create", "--name", "hooks", "--credits", "5", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    key_id = next(line.split()[-1] for line in out.splitlines() if line.startswith("key id:"))
+    first = next(line.split()[-1] for line in out.splitlines() if line.startswith("webhook secret:"))
+    assert first.startswith("whsec_") and len(first) > 40
+    assert main(["keys", "webhook-secret", key_id, "--data-dir", str(tmp_path)]) == 0
+    second = capsys.readouterr().out.split()[-1]
+    assert second.startswith("whsec_") and second != first
+
+    async def stored() -> str | None:
+        store = build_store(Settings(data_dir=tmp_path))
+        await store.open()
+        try:
+            return await store.webhook_secret(key_id)
+        finally:
+            await store.close()
+
+    assert asyncio.run(stored()) == second  # the old one no longer signs
+    assert main(["keys", "webhook-secret", "0" * 32, "--data-dir", str(tmp_path)]) == 1
