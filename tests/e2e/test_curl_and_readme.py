@@ -133,6 +133,13 @@ def test_v11_examples_in_the_docs_run_as_written(api, key, tmp_path):
     assert everything["credits_used"] == 4 and everything["masks"]
 
 
+def _shell(command: str, cwd, env: dict) -> str:
+    """A documented command line, run by bash as a reader would; its stdout."""
+    out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_paying_client_examples_in_the_docs_run_as_written(api, key, tmp_path):
     """docs/API.md's retry and styling curls: the retry replays, the styled cut-out is a cropped JPEG."""
     (tmp_path / "photo.jpg").write_bytes(image_bytes(1024, 768, seed=9))
@@ -142,11 +149,7 @@ def test_paying_client_examples_in_the_docs_run_as_written(api, key, tmp_path):
     )
 
     def run(command: str) -> str:
-        out = subprocess.run(
-            ["bash", "-c", command], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
-        )
-        assert out.returncode == 0, out.stderr
-        return out.stdout
+        return _shell(command, tmp_path, env)
 
     first, second = run(retry), run(retry)
     head1, body1 = first.split("\n\n", 1)
@@ -170,11 +173,7 @@ def test_async_examples_in_the_docs_run_as_written(api, key, tmp_path):
     )
 
     def run(command: str) -> dict:
-        out = subprocess.run(
-            ["bash", "-c", command], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
-        )
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
+        return json.loads(_shell(command, tmp_path, env))
 
     accepted = run(accept)
     assert accepted["status"] == "processing" and accepted["total_files"] == 2

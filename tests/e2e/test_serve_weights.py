@@ -43,6 +43,17 @@ def serve(tmp_path: Path, repo: Path, env: dict[str, str]) -> tuple[subprocess.P
     return proc, port
 
 
+def ready_then_stop(proc: subprocess.Popen, port: int) -> tuple[str, dict]:
+    """Wait until the service listens, read /readyz, stop it cleanly; → (its output so far, /readyz)."""
+    try:
+        lines = _wait_for(proc, "maskserve is listening")
+        ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=30).json()
+    finally:
+        code, rest = _stop(proc)
+    assert code == 0, rest[-3000:]
+    return "".join(lines), ready
+
+
 def test_serve_exports_the_fetched_checkpoint_and_falls_back_only_when_it_cannot(tmp_path, report):
     (tmp_path / "cdn").mkdir()
     cdn = Cdn(tmp_path / "cdn")
@@ -56,15 +67,9 @@ def test_serve_exports_the_fetched_checkpoint_and_falls_back_only_when_it_cannot
         "MASKSERVE_CHECKPOINT_DIR": str(cache),
     }
     try:
-        proc, port = serve(tmp_path, tmp_path / "repo", mirror)
-        try:
-            lines = _wait_for(proc, "maskserve is listening")
-            ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=30).json()
-        finally:
-            code, rest = _stop(proc)
-        assert code == 0, rest[-3000:]
+        text, ready = ready_then_stop(*serve(tmp_path, tmp_path / "repo", mirror))
         assert ready["random_weights"] is False and digest in ready["models"][0]["weights"], ready
-        assert not any("RANDOM WEIGHTS" in line for line in lines)
+        assert "RANDOM WEIGHTS" not in text
         assert (cache / NAME).is_file() and cdn.requests == [None]
     finally:
         cdn.stop()
@@ -86,13 +91,7 @@ def test_serve_exports_the_fetched_checkpoint_and_falls_back_only_when_it_cannot
         "MASKSERVE_CHECKPOINT_DIR": str(tmp_path / "empty"),
         "MASKSERVE_CHECKPOINT_URL": cdn.url + "/x",
     }
-    proc, port = serve(tmp_path, tmp_path / "repo3", offline)
-    try:
-        lines = _wait_for(proc, "maskserve is listening")
-        ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=30).json()
-    finally:
-        code, rest = _stop(proc)
-    text = "".join(lines)
+    text, ready = ready_then_stop(*serve(tmp_path, tmp_path / "repo3", offline))
     assert (
         "exporting with RANDOM WEIGHTS instead" in text and "[serve] the model was exported with RANDOM WEIGHTS" in text
     )
