@@ -136,6 +136,11 @@ class ApiServer:
         key, secret = self.call(self.app[STORE].create_key(name, credits))
         return key.id, secret
 
+    def rotate_webhook_secret(self, key_id: str) -> str:
+        from maskserve.frontend.http.state import STORE
+
+        return self.call(self.app[STORE].rotate_webhook_secret(key_id))
+
     def store(self):
         from maskserve.frontend.http.state import STORE
 

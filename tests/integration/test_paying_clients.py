@@ -8,7 +8,11 @@ image and the mask alone.
 
 from __future__ import annotations
 
+import http.server
 import io
+import json
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,7 +20,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.helpers import image_bytes, ledger_state, png_mask
+from tests.helpers import image_bytes, ledger_state, png_mask, start_api
 from tests.integration.test_api import EXT, SEG, fetch, post
 
 W, H = 320, 240
@@ -212,3 +216,53 @@ def test_styling_applies_to_prompted_batches_too(api, key):
 def test_hostile_styling_gets_422(api, key, params, name):
     r = post(api, EXT, key, inputs()[0], **params)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", name], r.text
+
+
+def test_an_async_job_through_triton_ends_in_a_signed_webhook(triton_server, tmp_path_factory, report):
+    """The real path end to end: 202, the job runs on Triton, the webhook arrives signed and verifiable."""
+    from tests.unit.test_webhooks import documented_verify
+
+    got: list[tuple[str, bytes]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append((self.headers["Maskserve-Signature"], self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    api = start_api(tmp_path_factory, triton_server.opts.grpc_url, webhook_private_targets="allow", webhook_poll_s=0.1)
+    try:
+        key_id, secret = api.create_key(10)
+        hook_secret = api.rotate_webhook_secret(key_id)
+        started = time.monotonic()
+        r = requests.post(
+            f"{api.url}{SEG}",
+            params={
+                "points": "[[100, 100]]",
+                "async": "true",
+                "webhook_url": f"http://127.0.0.1:{receiver.server_address[1]}/hook",
+            },
+            files={"file": ("p.jpg", image_bytes(W, H, seed=80), "image/jpeg")},
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=60,
+        )
+        assert r.status_code == 202 and r.json()["status"] == "processing", r.text
+        while not got:
+            assert time.monotonic() - started < 60, "no webhook arrived"
+            time.sleep(0.1)
+        header, body = got[0]
+        assert documented_verify()(hook_secret, header, body)
+        sent = json.loads(body)
+        assert sent["job_id"] == r.json()["job_id"] and sent["status"] == "completed"
+        assert fetch(sent["result"]["output_url"]).status_code == 200
+        state = ledger_state(api.settings.database_path, key_id)
+        assert state["charged"] == 1 and state["balance"] == 9
+        report(f"async + webhook on the real path: 202, then a signed webhook {time.monotonic() - started:.1f} s later")
+    finally:
+        api.stop()
+        receiver.shutdown()
