@@ -175,3 +175,31 @@ async def test_async_refusals_come_back_at_once_and_batches_are_private(client, 
     assert (await client.get(f"/v1/batches/{batch_id}", headers=auth(rich))).status == 200
     assert (await client.get(f"/v1/batches/{batch_id}", headers=auth(secret))).status == 404
     assert (await client.get("/v1/batches/not-an-id", headers=auth(rich))).status == 404
+
+
+async def test_an_idempotency_key_is_kept_24_hours(client, new_key, tmp_path):
+    import sqlite3
+
+    _, secret = await new_key(10)
+    retry = {**auth(secret), "Idempotency-Key": "daily"}
+    photo = image_bytes(seed=53)
+    first = await client.post(f"{SEG}?points={POINT}", data=form("file", photo), headers=retry)
+    with sqlite3.connect(tmp_path / "data" / "maskserve.db") as db:  # 23 h later: still replayed
+        db.execute("UPDATE idempotency SET created_at = created_at - 23 * 3600")
+    again = await client.post(f"{SEG}?points={POINT}", data=form("file", photo), headers=retry)
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    with sqlite3.connect(tmp_path / "data" / "maskserve.db") as db:  # 25 h after: a new request
+        db.execute("UPDATE idempotency SET created_at = created_at - 2 * 3600")
+    later = await client.post(f"{SEG}?points={POINT}", data=form("file", photo), headers=retry)
+    assert later.status == 200 and "Idempotent-Replayed" not in later.headers
+    assert (await later.json())["job_id"] != (await first.json())["job_id"]
+
+
+def test_webhook_retries_span_about_an_hour_by_default():
+    from maskserve.frontend.config import Settings
+    from maskserve.frontend.http.webhooks import retry_delay
+
+    settings = Settings()
+    delays = [retry_delay(settings, n) for n in range(1, settings.webhook_attempts + 1)]
+    assert delays[-1] is None and all(d is not None for d in delays[:-1])
+    assert len(delays) >= 6 and 3000 <= sum(d for d in delays if d) <= 4500  # 1+2+4+8+16+32 minutes
