@@ -1,0 +1,88 @@
+"""Each API call as a ``Spec``, and its options as typed dictionaries shared by both clients."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypedDict
+
+from maskserve.client._core import ImageInput, Point, Spec, service, upload
+
+
+class Object(TypedDict, total=False):
+    points: list[list[float]]
+    labels: list[int]
+    box: list[float]
+
+
+class Prompt(TypedDict, total=False):
+    points: Sequence[Point]
+    labels: Sequence[int]
+    box: Sequence[float]
+    objects: Sequence[Object]
+    mask_format: str  # png | rle | polygons
+    run_async: bool  # accepted at once (202), then GET or wait()
+    webhook_url: str
+    idempotency_key: str  # default: a fresh one per call, the same on its retries
+
+
+class SegmentOptions(Prompt, total=False):
+    previous_job_id: str  # refine that job's mask
+
+
+class ExtractOptions(Prompt, total=False):
+    feather: int
+    output_format: str  # webp | png | jpeg (opaque only)
+    bg_color: str  # #RRGGBB or #RRGGBBAA
+    crop: bool
+    crop_margin: int
+    channels: str  # rgba | alpha
+
+
+class EverythingOptions(TypedDict, total=False):
+    points_per_side: int
+    pred_iou_thresh: float
+    stability_score_thresh: float
+    min_mask_region_area: int
+    max_masks: int
+    mask_format: str  # rle | polygons
+    run_async: bool
+    webhook_url: str
+    idempotency_key: str
+
+
+def _split(options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    rest = dict(options)
+    return rest.pop("idempotency_key", None), rest
+
+
+def segment(image: ImageInput, options: SegmentOptions) -> Spec:
+    key, rest = _split(dict(options))
+    return service("image-segmentation", [upload("file", image)], key, **rest)
+
+
+def extract(image: ImageInput, mask: ImageInput | None, options: ExtractOptions) -> Spec:
+    key, rest = _split(dict(options))
+    files = [upload("image", image)] + ([upload("mask", mask)] if mask is not None else [])
+    return service("object-extraction", files, key, **rest)
+
+
+def everything(image: ImageInput, options: EverythingOptions) -> Spec:
+    key, rest = _split(dict(options))
+    return service("image-segmentation/everything", [upload("file", image)], key, **rest)
+
+
+def batch_segment(images: Sequence[ImageInput], options: Prompt, part: int) -> Spec:
+    key, rest = _split(dict(options))
+    return service("image-segmentation/batch", [upload("files", i) for i in images], key and f"{key}/{part}", **rest)
+
+
+def batch_extract(
+    images: Sequence[ImageInput], masks: Sequence[ImageInput] | None, options: ExtractOptions, part: int
+) -> Spec:
+    key, rest = _split(dict(options))
+    files = [upload("images", i) for i in images] + [upload("masks", m) for m in masks or ()]
+    return service("object-extraction/batch", files, key and f"{key}/{part}", **rest)
+
+
+def get(path: str) -> Spec:
+    return Spec("GET", path)
