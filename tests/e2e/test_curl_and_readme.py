@@ -184,3 +184,18 @@ def test_async_examples_in_the_docs_run_as_written(api, key, tmp_path):
             break
         time.sleep(0.2)
     assert batch["status"] == "completed" and batch["completed"] == 2 and batch["total_credits_used"] == 2
+
+
+def test_readme_sdk_example_works_as_written(api, tmp_path):
+    """The README's five-line SDK example, run by Python in a folder holding photo.jpg."""
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("The same from Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 6
+    (tmp_path / "photo.jpg").write_bytes(image_bytes(1000, 750, seed=56))
+    _, secret = api.create_key(3)
+    env = {**os.environ, "MASKSERVE_URL": api.url, "MASKSERVE_API_KEY": secret}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "mask.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
