@@ -33,6 +33,7 @@ class ExportRequest:
     auto_weights: bool = False  # the official checkpoint if it can be fetched, else random weights
     checkpoint_url: str | None = None  # a mirror of the official checkpoint (same file, same SHA-256)
     checkpoint_sha256: str | None = None  # with a mirror serving another file: its digest
+    progress: bool = False  # progress bars on stderr (the command line turns them on)
     seed: int = 0
     target: str = "cpu"
     version: int | None = None
@@ -118,6 +119,7 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
         auto_weights=args.auto_weights,
         checkpoint_url=args.checkpoint_url,
         checkpoint_sha256=args.checkpoint_sha256,
+        progress=True,
         seed=args.seed,
         target=args.target,
         version=args.version,
@@ -147,7 +149,7 @@ def _load_weights(req: ExportRequest):
             sha256=req.checkpoint_sha256 or variant.sha256,
         )
         try:
-            path = checkpoints.download_checkpoint(source, req.download_dir)
+            path = checkpoints.download_checkpoint(source, req.download_dir, progress=req.progress)
         except checkpoints.WeightsUnreachable as exc:
             if not req.auto_weights:
                 raise
@@ -183,12 +185,28 @@ def run_export(req: ExportRequest) -> int:
     }
     log.info("exporting %s v%d (%s) to %s [%s]", variant.name, version, weights.describe(), req.out, req.target)
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=req.out))
+    from tqdm import tqdm
+
+    steps = ("image encoder → ONNX", "prompt decoder → ONNX", "repository", "session model")
     try:
-        export_encoder(model, work / "encoder.onnx")
-        export_decoder(model, work / "decoder.onnx")
-        for name, path in ((sig.ENCODER_MODEL, "encoder.onnx"), (sig.DECODER_MODEL, "decoder.onnx")):
-            repository.write_version(req.out, name, version, work / path, req.target, manifest, req.cpu)
-        repository.write_session_version(req.out, version, req.target, manifest, req.session)
+        with tqdm(total=len(steps), unit="step", desc="export", disable=not req.progress) as bar:
+
+            def step(text: str) -> None:
+                bar.set_postfix_str(text)
+
+            step(steps[0])
+            export_encoder(model, work / "encoder.onnx")
+            bar.update()
+            step(steps[1])
+            export_decoder(model, work / "decoder.onnx")
+            bar.update()
+            step(steps[2])
+            for name, path in ((sig.ENCODER_MODEL, "encoder.onnx"), (sig.DECODER_MODEL, "decoder.onnx")):
+                repository.write_version(req.out, name, version, work / path, req.target, manifest, req.cpu)
+            bar.update()
+            step(steps[3])
+            repository.write_session_version(req.out, version, req.target, manifest, req.session)
+            bar.update()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return version

@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list, load, unload and promote model versions in Triton (admin)")
     add_models_arguments(models)
 
+    from maskserve.cli.client import add_arguments as add_client_arguments
+
+    add_client_arguments(sub)
+
     credits = sub.add_parser("credits", help="manage credits (admin)")
     credits_sub = credits.add_subparsers(dest="credits_command", required=True)
     add = credits_sub.add_parser("add", help="add credits to a key")
@@ -146,6 +150,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from maskserve.cli.models import run_models
 
         return run_models(args)
+    if args.command in ("segment", "extract", "everything"):
+        from maskserve.cli.client import run_client
+
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would drown the progress bar
+        return run_client(args)
     from maskserve.cli.admin import run_admin
 
     return run_admin(args)
