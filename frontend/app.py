@@ -24,7 +24,7 @@ from maskserve.frontend.http.middleware import MIDDLEWARES
 from maskserve.frontend.http.state import FILES, JOBS, LIMITS, METRICS, SETTINGS, SIGNER, STORE, TRITON
 from maskserve.frontend.http.webhooks import Deliverer
 from maskserve.frontend.metrics import Metrics, monitor_loop_lag
-from maskserve.frontend.ports import InferenceClient, Store
+from maskserve.frontend.ports import InferenceClient
 from maskserve.frontend.services import ImageJobs
 
 log = logging.getLogger("maskserve.frontend")
@@ -41,7 +41,7 @@ async def _sweep_expired(app: web.Application) -> None:
             at = time.time()
             await store.sweep_idempotency(at - IDEMPOTENCY_TTL_S, at - STALE_AFTER_S)
             await app[JOBS].sweep_deferred()
-            for job in await store.expired_outputs(time.time()):
+            for job in await store.expired_outputs(at):
                 for location in [job.output_path, *job.extra_files]:
                     if location:
                         await files.remove(location)
@@ -51,10 +51,6 @@ async def _sweep_expired(app: web.Application) -> None:
         except Exception:
             log.exception("expired-file sweep failed")
         await asyncio.sleep(settings.sweep_interval_s)
-
-
-async def _deferred_jobs(store: Store) -> frozenset[str]:
-    return frozenset(item["job_id"] for request in await store.list_deferred() for item in request.items)
 
 
 def _yield_to_models() -> None:
@@ -117,7 +113,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     # Alone, every leftover `processing` job is ours to refund; sharing a database with
     # other frontends, only jobs older than any request could run (the sweep repeats it).
     # Accepted asynchronous requests keep their inputs: alone, their jobs run again below instead.
-    keep = frozenset() if settings.shared else await _deferred_jobs(store)
+    deferred = [] if settings.shared else await store.list_deferred()
+    keep = frozenset(item["job_id"] for request in deferred for item in request.items)
     stale = await store.fail_stale_processing(Failure.RESTARTED, STALE_AFTER_S if settings.shared else 0.0, keep)
     if stale:
         log.warning("refunded %d jobs left processing by a previous run", stale)
@@ -139,7 +136,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     jobs.routing = await store.get_routing()
     await _log_models(jobs, settings.triton_url)
     if not settings.shared:
-        resumed = await jobs.resume_deferred()
+        resumed = await jobs.resume_deferred(deferred)
         if resumed:
             log.warning("resumed %d images of asynchronous requests accepted before a restart", resumed)
     frontend_id = uuid.uuid4().hex

@@ -212,26 +212,24 @@ class Stages:
     A batch sums each stage over its images.
     """
 
-    durations: dict[str, float] = field(default_factory=dict)
+    durations: dict[str, float | None] = field(default_factory=dict)  # None: a stage with a note only
     notes: dict[str, str] = field(default_factory=dict)
 
     def add(self, name: str, ms: float | None = None, note: str | None = None) -> None:
-        if ms is not None:
-            self.durations[name] = self.durations.get(name, 0.0) + ms
-        else:
-            self.durations.setdefault(name, -1.0)  # a stage with a note and no duration
+        before = self.durations.get(name)
+        self.durations[name] = ms if before is None else before + (ms or 0.0)
         if note is not None:
             self.notes[name] = note
 
     def merge(self, other: Stages) -> None:
         for name, ms in other.durations.items():
-            self.add(name, ms if ms >= 0 else None, other.notes.get(name))
+            self.add(name, ms, other.notes.get(name))
 
     def header(self) -> str:
         parts = []
         for name, ms in self.durations.items():
             part = name + (f";desc={self.notes[name]}" if name in self.notes else "")
-            parts.append(part + (f";dur={ms:.1f}" if ms >= 0 else ""))
+            parts.append(part + (f";dur={ms:.1f}" if ms is not None else ""))
         return ", ".join(parts)
 
 

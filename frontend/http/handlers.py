@@ -8,12 +8,21 @@ from typing import Any
 
 from aiohttp import web
 
-from maskserve.frontend.domain import Job, JobKind, JobStatus, Stages
+from maskserve.frontend.domain import EverythingOptions, Job, JobKind, JobStatus, Stages
 from maskserve.frontend.errors import BadRequest, InferenceUnavailable, NotFound, Unavailable, ValidationFailed
 from maskserve.frontend.http import parsing, retries, webhooks
 from maskserve.frontend.http.openapi import openapi_document
 from maskserve.frontend.http.state import FILES, JOBS, METRICS, SETTINGS, SIGNER, STORE, api_key
-from maskserve.frontend.services import BatchOutcome, Item, Later, Served, Upload, shapes
+from maskserve.frontend.services import (
+    BatchOutcome,
+    ExtractionOptions,
+    Item,
+    Later,
+    Prompts,
+    Served,
+    Upload,
+    shapes,
+)
 from maskserve.frontend.signing import valid_file_id, valid_job_id
 
 
@@ -58,6 +67,42 @@ async def _later(request: web.Request) -> Later | None:
         except webhooks.TargetRefused as exc:
             raise ValidationFailed.one("query", "webhook_url", str(exc)) from None
     return later
+
+
+async def _serve_one(
+    request: web.Request,
+    uploads: dict[str, list[Upload]],
+    kind: JobKind,
+    item: Item,
+    prompts: Prompts | None,
+    opts: ExtractionOptions | EverythingOptions | None,
+    later: Later | None,
+) -> web.Response:
+    """One image through the service, under the request's ``Idempotency-Key``."""
+
+    async def run() -> web.Response:
+        served = await request.app[JOBS].single(api_key(request), kind, item, prompts, opts, later)
+        return await _single_response(request, served)
+
+    return await _once(request, uploads, run)
+
+
+async def _serve_batch(
+    request: web.Request,
+    uploads: dict[str, list[Upload]],
+    kind: JobKind,
+    items: list[Item],
+    prompts: Prompts | None,
+    opts: ExtractionOptions | None,
+    later: Later | None,
+) -> web.Response:
+    """A batch through the service, under the request's ``Idempotency-Key``."""
+
+    async def run() -> web.Response:
+        outcome = await request.app[JOBS].batch(api_key(request), kind, items, prompts, opts, later)
+        return await _batch_response(request, outcome)
+
+    return await _once(request, uploads, run)
 
 
 async def _once(
@@ -121,14 +166,7 @@ async def segment(request: web.Request) -> web.Response:
     upload = _required(uploads, "file")
     if not prompts.given:
         raise BadRequest("Segmentation needs 'points' or 'box' (or 'objects')")
-
-    async def run() -> web.Response:
-        served = await request.app[JOBS].single(
-            api_key(request), JobKind.SEGMENTATION, Item(upload), prompts, None, later
-        )
-        return await _single_response(request, served)
-
-    return await _once(request, uploads, run)
+    return await _serve_one(request, uploads, JobKind.SEGMENTATION, Item(upload), prompts, None, later)
 
 
 async def segment_everything(request: web.Request) -> web.Response:
@@ -138,14 +176,7 @@ async def segment_everything(request: web.Request) -> web.Response:
     parsing.check_content_length(request, 1, request.app[SETTINGS].max_upload_bytes)
     uploads = await _uploads(request, {"file"})
     upload = _required(uploads, "file")
-
-    async def run() -> web.Response:
-        served = await request.app[JOBS].single(
-            api_key(request), JobKind.EVERYTHING, Item(upload), None, options, later
-        )
-        return await _single_response(request, served)
-
-    return await _once(request, uploads, run)
+    return await _serve_one(request, uploads, JobKind.EVERYTHING, Item(upload), None, options, later)
 
 
 async def extract(request: web.Request) -> web.Response:
@@ -160,14 +191,7 @@ async def extract(request: web.Request) -> web.Response:
     mask = _optional(uploads, "mask")
     _check_mask_source(mask is not None, prompts.given)
     item = Item(image, mask)
-
-    async def run() -> web.Response:
-        served = await request.app[JOBS].single(
-            api_key(request), JobKind.EXTRACTION, item, None if mask else prompts, opts, later
-        )
-        return await _single_response(request, served)
-
-    return await _once(request, uploads, run)
+    return await _serve_one(request, uploads, JobKind.EXTRACTION, item, None if mask else prompts, opts, later)
 
 
 def _check_mask_source(has_mask: bool, has_prompt: bool) -> None:
@@ -195,12 +219,7 @@ async def segment_batch(request: web.Request) -> web.Response:
     if not prompts.given:
         raise BadRequest("Segmentation needs 'points' or 'box' (or 'objects')")
     items = [Item(u) for u in uploads["files"]]
-
-    async def run() -> web.Response:
-        outcome = await request.app[JOBS].batch(api_key(request), JobKind.SEGMENTATION, items, prompts, None, later)
-        return await _batch_response(request, outcome)
-
-    return await _once(request, uploads, run)
+    return await _serve_batch(request, uploads, JobKind.SEGMENTATION, items, prompts, None, later)
 
 
 async def extract_batch(request: web.Request) -> web.Response:
@@ -217,14 +236,7 @@ async def extract_batch(request: web.Request) -> web.Response:
         raise BadRequest(f"Got {len(images)} images but {len(masks)} masks; send one mask per image or none")
     _check_mask_source(bool(masks), prompts.given)
     items = [Item(image, masks[i] if masks else None) for i, image in enumerate(images)]
-
-    async def run() -> web.Response:
-        outcome = await request.app[JOBS].batch(
-            api_key(request), JobKind.EXTRACTION, items, None if masks else prompts, opts, later
-        )
-        return await _batch_response(request, outcome)
-
-    return await _once(request, uploads, run)
+    return await _serve_batch(request, uploads, JobKind.EXTRACTION, items, None if masks else prompts, opts, later)
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -242,9 +254,9 @@ async def get_batch(request: web.Request) -> web.Response:
     if record is None or record.key_id != api_key(request).id:
         raise NotFound("Batch not found")
     jobs = await store.get_jobs(record.job_ids)
-    ends = [j.finished_at for j in jobs]
-    end = max(e for e in ends if e is not None) if all(e is not None for e in ends) and ends else time.time()
-    return web.json_response(_batch_body(request, record.id, jobs, (end - record.created_at) * 1000))
+    return web.json_response(
+        shapes.recorded_batch_body(_base_url(request), request.app[SIGNER], record, jobs, time.time())
+    )
 
 
 async def get_account(request: web.Request) -> web.Response:

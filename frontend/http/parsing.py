@@ -19,7 +19,6 @@ from maskserve.core.signatures import MAX_OBJECTS, MAX_PROMPT_POINTS
 from maskserve.frontend import imaging
 from maskserve.frontend.domain import MAX_POINTS_PER_SIDE, MIN_POINTS_PER_SIDE, EverythingOptions
 from maskserve.frontend.errors import BadRequest, FieldError, PayloadTooLarge, ValidationFailed
-from maskserve.frontend.http import webhooks
 from maskserve.frontend.services import ExtractionOptions, Later, Prompt, Prompts, Upload
 
 Query = MultiMapping[str]
@@ -228,7 +227,7 @@ def _flag(query: Query, name: str) -> bool:
 def parse_later(query: Query, base_url: str) -> Later | None:
     """``async=true`` (accept now, run in the background) and its optional ``webhook_url`` (API.md v1.1).
 
-    The URL's form is checked here; where it resolves to, by the handler (``webhooks.check_target``).
+    The URL itself (its form, and where it resolves to) is checked by the handler (``webhooks.check_target``).
     """
     later = _flag(query, "async")
     webhook_url = _unique(query, "webhook_url")
@@ -236,10 +235,6 @@ def parse_later(query: Query, base_url: str) -> Later | None:
         return Later(base_url=base_url) if later else None
     if not later:
         raise ValidationFailed.one("query", "webhook_url", "needs async=true")
-    try:
-        webhooks.parse_target(webhook_url)
-    except webhooks.TargetRefused as exc:
-        raise ValidationFailed.one("query", "webhook_url", str(exc)) from None
     return Later(webhook_url, base_url)
 
 

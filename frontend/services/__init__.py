@@ -320,6 +320,21 @@ class ImageJobs:
         prep.stages.add("decode", _ms(started))
         return prep
 
+    async def _read(self, location: str) -> bytes | None:
+        """A stored file's bytes (whichever storage holds it), or None when it is gone."""
+        found = await self.files.get(location)
+        if found is None or isinstance(found, bytes):
+            return found
+        return await asyncio.to_thread(found.read_bytes)
+
+    async def _prepared(self, key: ApiKey, kind: JobKind, item: Item, prompts: Prompts | None) -> _Prepared:
+        """One image checked (decoded where needed), the earlier mask it refines found, and routed: ready to reserve."""
+        prep = await self._prepare(kind, item, prompts)
+        if prompts is not None and prompts.previous_job_id is not None:
+            prep.mask_input = await self._previous_logits(key, prompts.previous_job_id, prep.digest)
+        prep.routed(None if item.mask is not None else await self.route(key, prep.digest))
+        return prep
+
     async def _previous_logits(self, key: ApiKey, job_id: str, digest: str) -> np.ndarray:
         """The logits of ``job_id``'s mask, if that job is this key's, refinable and on the same image."""
         job = await self.store.get_job(job_id) if valid_job_id(job_id) else None
@@ -332,10 +347,9 @@ class ImageJobs:
             raise NotFound("That job's results have expired")
         if job.input_digest != digest:
             raise ValidationFailed.one("query", "previous_job_id", "that job segmented a different image")
-        found = await self.files.get(files["logits"])
-        if found is None:
+        raw = await self._read(files["logits"])
+        if raw is None:
             raise NotFound("That job's results have expired")
-        raw = found if isinstance(found, bytes) else await asyncio.to_thread(found.read_bytes)
         return np.frombuffer(raw, np.float32).reshape(1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE).copy()
 
     # --- running one reserved image ---------------------------------------
@@ -556,10 +570,7 @@ class ImageJobs:
     ) -> Served:
         if item.mask is None:  # Triton away: 503 before decoding
             await self._models_known()
-        prep = await self._prepare(kind, item, prompts)
-        if prompts is not None and prompts.previous_job_id is not None:
-            prep.mask_input = await self._previous_logits(key, prompts.previous_job_id, prep.digest)
-        prep.routed(None if item.mask is not None else await self.route(key, prep.digest))
+        prep = await self._prepared(key, kind, item, prompts)
         with self.running(_versions([prep])):
             if not (await self.store.reserve_jobs(key.id, None, [prep.job]))[0]:
                 raise InsufficientCredits()
@@ -760,8 +771,7 @@ class ImageJobs:
         record = await self.store.get_batch(request.id)
         assert record is not None
         jobs = await self.store.get_jobs(record.job_ids)
-        end = max((j.finished_at or record.created_at) for j in jobs) if jobs else record.created_at
-        return shapes.batch_body(base, self.signer, record.id, jobs, (end - record.created_at) * 1000)
+        return shapes.recorded_batch_body(base, self.signer, record, jobs, time.time())
 
     async def sweep_deferred(self) -> None:
         """Forget the kept inputs of requests that ended elsewhere (failed by a sweep, or on another frontend)."""
@@ -773,10 +783,10 @@ class ImageJobs:
             if all(j.status is not JobStatus.PROCESSING for j in jobs):
                 await self._close_deferred(request)
 
-    async def resume_deferred(self) -> int:
-        """After a restart: run again every image of an accepted request still ``processing``; → images resumed."""
+    async def resume_deferred(self, requests: list[Deferred]) -> int:
+        """After a restart: run again every image of these accepted requests still ``processing``; → images resumed."""
         resumed = 0
-        for request in await self.store.list_deferred():
+        for request in requests:
             prompts, opts = params.decode(request.params)
             jobs = {j.id: j for j in await self.store.get_jobs([i["job_id"] for i in request.items])}
             key = await self.store.get_key(request.key_id)
@@ -804,23 +814,18 @@ class ImageJobs:
         async def load(kept: dict[str, Any] | None) -> Upload | None:
             if kept is None:
                 return None
-            found = await self.files.get(kept["location"])
-            if found is None:
+            data = await self._read(kept["location"])
+            if data is None:
                 raise FileNotFoundError(kept["location"])
-            data = found if isinstance(found, bytes) else await asyncio.to_thread(found.read_bytes)
             return Upload(kept["field"], kept["filename"], data)
 
         try:
-            image = await load(item["image"])
-            assert image is not None
-            upload = Item(image, await load(item["mask"]))
-            prep = await self._cpu(self._decode, request.kind, upload, prompts)
-            prep.job = replace(prep.job, id=job_id)
             if key is None:
                 raise NotFound("the API key is gone")
-            if prompts is not None and prompts.previous_job_id is not None:
-                prep.mask_input = await self._previous_logits(key, prompts.previous_job_id, prep.digest)
-            prep.routed(None if upload.mask is not None else await self.route(key, prep.digest))
+            image = await load(item["image"])
+            assert image is not None
+            prep = await self._prepared(key, request.kind, Item(image, await load(item["mask"])), prompts)
+            prep.job = replace(prep.job, id=job_id)
             return prep
         except Exception as exc:
             log.warning("async job %s cannot run again after the restart: %s", job_id, exc)

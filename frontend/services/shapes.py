@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from maskserve.frontend.domain import Job, JobStatus
+from maskserve.frontend.domain import BatchRecord, Job, JobStatus
 from maskserve.frontend.signing import UrlSigner
 
 
@@ -70,3 +70,13 @@ def batch_body(base_url: str, signer: UrlSigner, batch_id: str, jobs: list[Job],
         "total_credits_used": sum(j.credits_used for j in jobs),
         "error": f"All {failed} images failed" if status is JobStatus.FAILED else None,
     }
+
+
+def recorded_batch_body(
+    base_url: str, signer: UrlSigner, record: BatchRecord, jobs: list[Job], now: float
+) -> dict[str, Any]:
+    """A recorded batch as ``GET /v1/batches/{id}`` (and its webhook) answers it: the time is its wall time
+    so far, or until its last image ended."""
+    ends = [j.finished_at for j in jobs]
+    end = max(e for e in ends if e is not None) if ends and all(e is not None for e in ends) else now
+    return batch_body(base_url, signer, record.id, jobs, (end - record.created_at) * 1000)

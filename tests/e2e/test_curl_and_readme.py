@@ -112,17 +112,19 @@ def _doc_curls(section: str) -> list[str]:
     return [b.replace("\\\n", " ").strip() for b in blocks]
 
 
+def _doc_examples(section: str, api, key: str, tmp_path, seed: int) -> tuple[list[str], dict]:
+    """A docs section's curls aimed at this server, and what they expect: ``photo.jpg`` (1024×768) and ``$KEY``."""
+    (tmp_path / "photo.jpg").write_bytes(image_bytes(1024, 768, seed=seed))
+    commands = [c.replace("http://127.0.0.1:8080", api.url) for c in _doc_curls(section)]
+    return commands, {**os.environ, "KEY": key}
+
+
 def test_v11_examples_in_the_docs_run_as_written(api, key, tmp_path):
     """Each curl of docs/API.md's v1.1 section, with the shell variables the text names, against this server."""
-    (tmp_path / "photo.jpg").write_bytes(image_bytes(1024, 768, seed=8))
-    env = {**os.environ, "KEY": key}
+    commands, env = _doc_examples("Beyond one mask (v1.1)", api, key, tmp_path, seed=8)
     bodies = []
-    for command in _doc_curls("Beyond one mask (v1.1)"):
-        command = command.replace("http://127.0.0.1:8080", api.url)
-        out = subprocess.run(
-            ["bash", "-c", command], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
-        )
-        body = json.loads(out.stdout)
+    for command in commands:
+        body = json.loads(_shell(command, tmp_path, env))
         assert body["status"] == "completed", body
         bodies.append(body["result"])
         env["JOB"] = body["job_id"]  # the refinement example refines the previous example's job
@@ -142,11 +144,7 @@ def _shell(command: str, cwd, env: dict) -> str:
 
 def test_paying_client_examples_in_the_docs_run_as_written(api, key, tmp_path):
     """docs/API.md's retry and styling curls: the retry replays, the styled cut-out is a cropped JPEG."""
-    (tmp_path / "photo.jpg").write_bytes(image_bytes(1024, 768, seed=9))
-    env = {**os.environ, "KEY": key}
-    retry, styled = (
-        c.replace("http://127.0.0.1:8080", api.url) for c in _doc_curls("What paying clients rely on (v1.1)")
-    )
+    (retry, styled), env = _doc_examples("What paying clients rely on (v1.1)", api, key, tmp_path, seed=9)
 
     def run(command: str) -> str:
         return _shell(command, tmp_path, env)
@@ -166,11 +164,7 @@ def test_paying_client_examples_in_the_docs_run_as_written(api, key, tmp_path):
 
 def test_async_examples_in_the_docs_run_as_written(api, key, tmp_path):
     """docs/API.md's async batch: 202 at once, then GET /v1/batches/{id} until it completed."""
-    (tmp_path / "photo.jpg").write_bytes(image_bytes(1024, 768, seed=10))
-    env = {**os.environ, "KEY": key}
-    accept, poll = (
-        c.replace("http://127.0.0.1:8080", api.url) for c in _doc_curls("Asynchronous jobs and webhooks (v1.1)")
-    )
+    (accept, poll), env = _doc_examples("Asynchronous jobs and webhooks (v1.1)", api, key, tmp_path, seed=10)
 
     def run(command: str) -> dict:
         return json.loads(_shell(command, tmp_path, env))

@@ -57,12 +57,13 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT_S = 300.0
 
 
-def _settings(url: str | None, api_key: str | None) -> tuple[str, str]:
+def _http_options(url: str | None, api_key: str | None, timeout_s: float) -> dict[str, Any]:
+    """The httpx client's options, both clients alike: the URL and key (else from the environment), the timeout."""
     url = (url or os.environ.get("MASKSERVE_URL") or DEFAULT_URL).rstrip("/")
     key = api_key or os.environ.get("MASKSERVE_API_KEY")
     if not key:
         raise ValueError("an API key is needed: pass api_key or set MASKSERVE_API_KEY")
-    return url, key
+    return {"base_url": url, "headers": {"Authorization": f"Bearer {key}"}, "timeout": timeout_s}
 
 
 def _request(spec: Spec) -> dict[str, Any]:
@@ -124,12 +125,9 @@ class Client:
         backoff_s: float = 1.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        base, key = _settings(url, api_key)
         self.max_retries = max_retries
         self.backoff_s = backoff_s
-        self._http = httpx.Client(
-            base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=timeout_s, transport=transport
-        )
+        self._http = httpx.Client(**_http_options(url, api_key, timeout_s), transport=transport)
 
     def __enter__(self) -> Client:
         return self
@@ -228,12 +226,9 @@ class AsyncClient:
         backoff_s: float = 1.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        base, key = _settings(url, api_key)
         self.max_retries = max_retries
         self.backoff_s = backoff_s
-        self._http = httpx.AsyncClient(
-            base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=timeout_s, transport=transport
-        )
+        self._http = httpx.AsyncClient(**_http_options(url, api_key, timeout_s), transport=transport)
 
     async def __aenter__(self) -> AsyncClient:
         return self
