@@ -10,7 +10,7 @@ from aiohttp import web
 
 from maskserve.frontend.domain import EverythingOptions, Job, JobKind, JobStatus, Stages
 from maskserve.frontend.errors import BadRequest, InferenceUnavailable, NotFound, Unavailable, ValidationFailed
-from maskserve.frontend.http import parsing, retries, webhooks
+from maskserve.frontend.http import parsing, playground, retries, webhooks
 from maskserve.frontend.http.openapi import openapi_document
 from maskserve.frontend.http.state import FILES, JOBS, METRICS, SETTINGS, SIGNER, STORE, api_key
 from maskserve.frontend.services import (
@@ -346,3 +346,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/openapi.json", openapi, name="openapi")
     app.router.add_get("/metrics", metrics, name="metrics")
+    playground.add_routes(app)

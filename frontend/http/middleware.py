@@ -23,8 +23,9 @@ log = logging.getLogger("maskserve.frontend")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-PUBLIC_ROUTES = frozenset({"healthz", "readyz", "openapi", "metrics", "file"})
-"""Route names that need no API key: health, readiness, the OpenAPI document, metrics, signed files."""
+PUBLIC_ROUTES = frozenset({"healthz", "readyz", "openapi", "metrics", "file", "playground", "playground_asset"})
+"""Route names that need no API key: health, readiness, the OpenAPI document, metrics, signed files,
+and the playground page (which holds no secrets; it sends the visitor's key to the API routes)."""
 
 RATE_BUCKETS: dict[str, RateBucket] = {
     "segment": RateBucket.SINGLE,

@@ -37,7 +37,12 @@ async def test_every_route_needs_a_key_unless_it_is_public(client):
     private = 0
     for route in routes:
         info = route.resource.get_info()
-        path = info.get("path") or info["formatter"].replace("{job_id}", "0" * 32).replace("{batch_id}", "0" * 32)
+        path = info.get("path") or (
+            info["formatter"]
+            .replace("{job_id}", "0" * 32)
+            .replace("{batch_id}", "0" * 32)
+            .replace("{name}", "playground.js")
+        )
         response = await client.request(route.method, path)
         if route.resource.name in PUBLIC_ROUTES:
             assert response.status != 401, path
@@ -46,7 +51,7 @@ async def test_every_route_needs_a_key_unless_it_is_public(client):
             assert response.status == 401, (route.method, path, response.status)
             assert await response.json() == {"detail": "Invalid or missing API key"}
     assert private >= 6
-    assert {"healthz", "readyz", "openapi", "metrics", "file"} == PUBLIC_ROUTES
+    assert {"healthz", "readyz", "openapi", "metrics", "file", "playground", "playground_asset"} == PUBLIC_ROUTES
 
 
 async def test_a_route_added_later_is_private_by_default(client):
@@ -178,3 +183,24 @@ async def test_health_readiness_and_openapi(client):
     assert ready["status"] == "ready" and ready["random_weights"] is True
     spec = await (await client.get("/openapi.json")).json()
     assert SEG in spec["paths"]
+
+
+async def test_the_playground_is_public_self_contained_and_under_a_strict_policy(client):
+    page = await client.get("/playground")
+    assert page.status == 200 and page.content_type == "text/html"
+    csp = page.headers["Content-Security-Policy"]
+    for directive in ("default-src 'none'", "script-src 'self'", "style-src 'self'", "connect-src 'self'"):
+        assert directive in csp
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert page.headers["X-Frame-Options"] == "DENY" and page.headers["X-Content-Type-Options"] == "nosniff"
+    html = await page.text()
+    assert "<script>" not in html and " style=" not in html  # nothing inline for the policy to refuse
+    for name, kind in (("playground.js", "text/javascript"), ("playground.css", "text/css")):
+        asset = await client.get(f"/playground/{name}")
+        assert asset.status == 200 and asset.content_type == kind and asset.headers["Content-Security-Policy"] == csp
+        text = await asset.text()
+        assert "http://" not in text and "https://" not in text  # nothing from a CDN or anywhere else
+        assert "localStorage" not in text and "document.cookie" not in text  # the key stays in sessionStorage
+    for name in ("secret.txt", "..%2F..%2Fconfig.py", "index.htm"):
+        missing = await client.get(f"/playground/{name}")
+        assert missing.status == 404 and (await missing.json())["detail"]

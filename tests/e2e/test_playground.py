@@ -1,0 +1,287 @@
+"""The playground in a real browser: Debian's Chromium driven by Playwright, against the real service.
+
+It does what a person does (paste a key, upload, click, drag, extract, download) and checks
+what they would see against what the API itself returns for the same request. Set
+``MASKSERVE_SCREENSHOTS=DIR`` to keep the screenshots (the ones in ``docs/`` come from here).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from playwright import sync_api as playwright
+
+from tests.helpers import auth, image_bytes, ledger_state
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    # A missing browser is a failed setup, not a reason to skip the test.
+    assert CHROMIUM, "Debian's chromium is not installed (scripts/setup.sh installs it)"
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def page(browser):
+    context = browser.new_context(viewport={"width": 1360, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.problems = problems
+    yield page
+    context.close()
+
+
+def _screenshot(page, name: str) -> None:
+    folder = os.environ.get("MASKSERVE_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / name), full_page=True)
+
+
+def _overlay(page) -> np.ndarray:
+    """The overlay canvas as the person sees it: True where the mask colour is painted."""
+    bits = page.evaluate(
+        """() => {
+            const c = document.getElementById('overlay');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let s = '';
+            for (let i = 3; i < d.length; i += 4) s += d[i] > 0 ? '1' : '0';
+            return [c.width, c.height, s];
+        }"""
+    )
+    width, height, text = bits
+    return (np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")).reshape(height, width)
+
+
+def _click_image(page, x: int, y: int, button: str = "left") -> None:
+    box = page.locator("#marks").bounding_box()
+    scale = box["width"] / page.evaluate("document.getElementById('marks').width")
+    page.mouse.click(box["x"] + (x + 0.25) * scale, box["y"] + (y + 0.25) * scale, button=button)
+
+
+def _drag_box(page, x1: int, y1: int, x2: int, y2: int) -> None:
+    box = page.locator("#marks").bounding_box()
+    scale = box["width"] / page.evaluate("document.getElementById('marks').width")
+    page.mouse.move(box["x"] + (x1 + 0.25) * scale, box["y"] + (y1 + 0.25) * scale)
+    page.mouse.down()
+    page.mouse.move(box["x"] + (x2 + 0.25) * scale, box["y"] + (y2 + 0.25) * scale, steps=8)
+    page.mouse.up()
+
+
+def _wait_for_new_job(page, previous: str | None) -> str:
+    page.wait_for_function(
+        "prev => { const id = document.getElementById('overlay').dataset.jobId; return id && id !== prev; }",
+        arg=previous or "",
+        timeout=60_000,
+    )
+    return page.get_attribute("#overlay", "data-job-id")
+
+
+def _curl_url(page) -> tuple[str, dict[str, str]]:
+    text = page.inner_text("#curl")
+    url = re.search(r"'(http[^']+)'", text).group(1)
+    parts = urlsplit(url)
+    return parts.path, {k: v[0] for k, v in parse_qs(parts.query).items()}
+
+
+def _job_mask(api, secret: str, job_id: str) -> requests.Response:
+    job = requests.get(f"{api.url}/v1/jobs/{job_id}", headers=auth(secret)).json()
+    return requests.get(job["output_url"])
+
+
+def _png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def test_a_person_segments_refines_extracts_and_downloads(api, page, tmp_path):
+    key_id, secret = api.create_key(60)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(image_bytes(480, 360, seed=901))
+
+    response = page.goto(f"{api.url}/playground")
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp and "connect-src 'self'" in csp
+
+    # the key goes into this tab's sessionStorage only
+    page.fill("#api-key", secret)
+    page.click("#use-key")
+    page.wait_for_function("() => document.getElementById('credits').textContent === '60'")
+    assert page.evaluate("sessionStorage.getItem('maskserve.apiKey')") == secret
+    assert page.evaluate("localStorage.length") == 0 and page.context.cookies() == []
+    assert page.is_visible("#weights")  # the test service runs random weights and the page says so
+
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("#canvas-wrap", state="visible")
+
+    # 1. a left click: a foreground point, a new image (encoded), one credit
+    _click_image(page, 240, 180)
+    first = _wait_for_new_job(page, None)
+    path, query = _curl_url(page)
+    assert path == "/v1/services/image-segmentation" and json.loads(query["labels"]) == [1]
+    point = json.loads(query["points"])
+    assert "previous_job_id" not in query
+    seen = _overlay(page)
+    # what the page drew is the mask of its own job ...
+    own = _job_mask(api, secret, first)
+    assert np.array_equal(seen, _png(own.content) > 127)
+    # ... and the mask the API returns for the same prompt
+    page.wait_for_function("() => document.getElementById('credits').textContent === '59'")
+    again = requests.post(
+        f"{api.url}/v1/services/image-segmentation",
+        params={"points": json.dumps(point), "labels": "[1]"},
+        files={"file": ("photo.jpg", photo.read_bytes(), "image/jpeg")},
+        headers=auth(secret),
+    )
+    assert again.status_code == 200, again.text
+    api_mask = _png(requests.get(again.json()["result"]["output_url"]).content) > 127
+    assert seen.shape == (360, 480) and np.array_equal(seen, api_mask)
+    assert 0 < seen.sum() < seen.size  # a mask with both sides, so the comparison means something
+    _screenshot(page, "playground-click.png")
+
+    # 2. a right click refines the mask with a background point, from the cached embeddings
+    _click_image(page, 60, 40, button="right")
+    second = _wait_for_new_job(page, first)
+    _, query = _curl_url(page)
+    assert query["previous_job_id"] == first and json.loads(query["labels"]) == [1, 0]
+    assert "embeddings (cached)" in page.inner_text("#timing")
+    own = _job_mask(api, secret, second)
+    assert np.array_equal(_overlay(page), _png(own.content) > 127)
+
+    # 3. a drag draws a box, refined again
+    _drag_box(page, 100, 80, 380, 290)
+    third = _wait_for_new_job(page, second)
+    _, query = _curl_url(page)
+    assert json.loads(query["box"]) == [100, 80, 380, 290] and query["previous_job_id"] == second
+    assert third != second
+
+    # 4. undo goes back to the second mask without a request (and without a charge)
+    page.click("#undo")
+    assert page.get_attribute("#overlay", "data-job-id") == second
+    assert page.inner_text("#credits") == "56"
+
+    # 5. segment everything: a coloured overlay with one colour per mask
+    page.fill("#points-per-side", "4")
+    page.fill("#pred-iou", "0")
+    page.fill("#stability", "0")
+    page.click("#everything")
+    page.wait_for_function("() => document.getElementById('overlay').dataset.kind === 'everything'", timeout=120_000)
+    count = int(page.get_attribute("#overlay", "data-count"))
+    assert count >= 1 and page.inner_text("#credits") == "52"
+    _screenshot(page, "playground-everything.png")
+
+    # 6. back to prompting, then extraction with feather, crop and a background colour
+    everything_job = page.get_attribute("#overlay", "data-job-id")
+    _click_image(page, 240, 180)
+    fourth = _wait_for_new_job(page, everything_job)
+    assert page.get_attribute("#overlay", "data-kind") == "mask"
+    _, query = _curl_url(page)
+    assert query["previous_job_id"] == second  # refines the mask it showed before, not the everything run
+    seen = _overlay(page)
+    page.fill("#feather", "4")
+    page.check("#crop")
+    page.fill("#crop-margin", "10")
+    page.check("#use-bg")
+    page.fill("#bg-color", "#336699")
+    page.select_option("#output-format", "png")
+    page.click("#extract")
+    page.wait_for_selector("#cutout-figure", state="visible", timeout=60_000)
+    path, query = _curl_url(page)
+    assert path == "/v1/services/object-extraction"
+    assert query == {"feather": "4", "output_format": "png", "bg_color": "#336699", "crop": "true", "crop_margin": "10"}
+    assert page.inner_text("#credits") == str(52 - 1 - 2)
+    _screenshot(page, "playground.png")
+
+    with page.expect_download() as download_info:
+        page.click("#download-cutout")
+    download = download_info.value
+    assert download.suggested_filename == "photo-cutout.png"
+    cutout = tmp_path / "downloaded-cutout.png"
+    download.save_as(cutout)
+    with page.expect_download() as download_info:
+        page.click("#download-mask")
+    mask_file = tmp_path / "photo-mask.png"
+    download_info.value.save_as(mask_file)
+    assert np.array_equal(_png(mask_file.read_bytes()) > 127, seen)
+
+    # the cut-out is what the API makes from that image and mask with the same settings
+    reference = requests.post(
+        f"{api.url}/v1/services/object-extraction",
+        params=query,
+        files={"image": ("photo.jpg", photo.read_bytes()), "mask": ("m.png", mask_file.read_bytes())},
+        headers=auth(secret),
+    )
+    assert reference.status_code == 200, reference.text
+    expected = _png(requests.get(reference.json()["result"]["output_url"]).content)
+    got = _png(cutout.read_bytes())
+    ys, xs = np.nonzero(seen)
+    if len(xs):  # crop: the mask's box plus the margin on every side
+        assert got.shape[:2] == (ys.max() - ys.min() + 1 + 20, xs.max() - xs.min() + 1 + 20)
+    assert np.array_equal(got, expected)
+
+    # the curl command the page shows works as written (photo.jpg and photo-mask.png are here), key from the env
+    command = page.inner_text("#curl")
+    done = subprocess.run(
+        ["bash", "-c", command],
+        cwd=tmp_path,
+        env={**os.environ, "MASKSERVE_API_KEY": secret},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and json.loads(done.stdout)["status"] == "completed", done.stdout + done.stderr
+
+    # 4 clicks + 1 direct call, everything, 3 extractions (the page's, the reference, the curl)
+    assert ledger_state(api.settings.database_path, key_id)["balance"] == 60 - 5 - 4 - 3 * 2
+    assert fourth and page.problems == []
+
+    # the key survives a reload of this tab, and nothing else keeps it
+    page.reload()
+    assert page.input_value("#api-key") == secret
+
+
+def test_a_wrong_key_and_a_bad_file_get_clear_messages(api, page, tmp_path):
+    page.goto(f"{api.url}/playground")
+    page.fill("#api-key", "sk-live-not-a-real-key")
+    page.click("#use-key")
+    page.wait_for_selector("#status.error")
+    assert "401" in page.inner_text("#status") and "Invalid or missing API key" in page.inner_text("#status")
+    bogus = tmp_path / "notes.png"
+    bogus.write_bytes(b"not an image at all")
+    page.set_input_files("#file", str(bogus))
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('not an image')")
+    assert page.is_hidden("#canvas-wrap")
+    # 401s logged by the browser are the expected answers; nothing else went wrong in the page
+    assert all("401" in p for p in page.problems), page.problems
+
+
+def test_the_page_loads_nothing_from_elsewhere_and_keeps_its_policy(api, page):
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.goto(f"{api.url}/playground")
+    page.wait_for_load_state("networkidle")
+    assert requested and all(u.startswith(api.url) for u in requested), requested
+    # an inline script is refused by the Content-Security-Policy
+    page.evaluate(
+        """() => { const s = document.createElement('script'); s.textContent = 'window.injected = 1';
+                   document.body.append(s); }"""
+    )
+    assert page.evaluate("window.injected") is None
+    assert any("Content Security Policy" in p for p in page.problems)
