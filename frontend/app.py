@@ -159,6 +159,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(Exception):
             await store.forget_frontend(frontend_id)
         await triton.close()
+        await backends.files.close()
         await store.close()
         executor.shutdown(wait=False, cancel_futures=True)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 MB = 1024 * 1024
-FILES_BACKENDS = ("auto", "local", "database")
+FILES_BACKENDS = ("auto", "local", "database", "s3")
 
 
 class SettingsError(ValueError):
@@ -50,9 +50,43 @@ class Settings:
     files_backend: str = setting(
         "auto",
         "where output files live: `local` (the data directory, e.g. a shared mount), `database` (rows of the "
-        "database, readable by every frontend); `auto` = `database` with a database URL, else `local`",
+        "database, readable by every frontend), `s3` (an S3-compatible bucket: the choice for several "
+        "frontends); `auto` = `database` with a database URL, else `local`",
         choices=FILES_BACKENDS,
     )
+    s3_endpoint_url: str = setting(
+        "", "S3 endpoint the frontends use, e.g. `http://minio:9000` (empty: AWS S3 in `s3_region`)"
+    )
+    s3_public_endpoint_url: str = setting(
+        "", "S3 endpoint clients reach, when it differs from `s3_endpoint_url` (presigned links name it)"
+    )
+    s3_bucket: str = setting("", "bucket for output files (created if missing); required with `files_backend=s3`")
+    s3_region: str = setting("us-east-1", "S3 region (also the signing region)")
+    s3_prefix: str = setting("", "key prefix for our objects, e.g. `maskserve/` (letters, digits, `/._-`)")
+    s3_access_key_id: str = setting(
+        "", "S3 access key; empty: the standard AWS chain (`AWS_ACCESS_KEY_ID`, profiles, instance roles)"
+    )
+    s3_secret_access_key: str = setting(
+        "", "S3 secret key; empty: the standard AWS chain (`AWS_SECRET_ACCESS_KEY`, ...)", shown="(secret)"
+    )
+    s3_addressing_style: str = setting(
+        "path",
+        "bucket in the path (MinIO, Ceph) or in the host name (`virtual`, AWS)",
+        choices=("path", "virtual", "auto"),
+    )
+    s3_downloads: str = setting(
+        "redirect",
+        "valid file links answer 302 to a presigned URL (`redirect`: bytes flow from the store) or stream "
+        "the object through the frontend (`proxy`: for stores clients cannot reach)",
+        choices=("redirect", "proxy"),
+    )
+    s3_presign_ttl_s: int = setting(
+        300, "longest life of a presigned URL, seconds (never past the file link's own expiry)", min=1, max=604800
+    )
+    s3_multipart_mib: int = setting(
+        8, "outputs larger than this are sent as multipart uploads of this part size, MiB", min=5, max=512
+    )
+    s3_timeout_s: float = setting(10.0, "connect and read timeout of one S3 call, seconds", min=0.1)
     triton_url: str = setting(
         "127.0.0.1:8001",
         "Triton gRPC address HOST:PORT, or several separated by commas: each image goes to one replica by "
@@ -100,6 +134,10 @@ class Settings:
     def __post_init__(self) -> None:
         for f in fields(self):
             _check(f, getattr(self, f.name))
+        if self.files_backend == "s3" and not self.s3_bucket:
+            raise SettingsError("MASKSERVE_S3_BUCKET: required with MASKSERVE_FILES_BACKEND=s3")
+        if any(not (c.isalnum() or c in "/._-") for c in self.s3_prefix):
+            raise SettingsError(f"MASKSERVE_S3_PREFIX={self.s3_prefix!r}: letters, digits and /._- only")
         for url in self.triton_urls or [""]:
             host, _, port = url.rpartition(":")
             if not host or not port.isdigit():

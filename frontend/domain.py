@@ -73,6 +73,7 @@ class Failure(StrEnum):
     """Why a reserved job failed; decides what a single request answers."""
 
     UNAVAILABLE = "The inference server is unavailable"
+    STORAGE = "The output storage is unavailable"
     INTERNAL = "Internal error while processing this image"
     INTERRUPTED = "Interrupted: its frontend stopped"
     RESTARTED = "Interrupted by a server restart"

@@ -107,5 +107,9 @@ def rejection(exc: ImageRejected) -> ApiError:
     return ValidationFailed.one("body", exc.field, exc.message)
 
 
+class StorageUnavailable(RuntimeError):
+    """The output storage (an S3-compatible bucket) cannot be reached: 503, never charged."""
+
+
 class InferenceUnavailable(RuntimeError):
     """Triton (or one of its models) cannot be reached or is not ready: 503, never charged."""

@@ -3,12 +3,11 @@ and one real Triton server from the pip wheel serving that export."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import SEED, free_port, start_api
+from tests.helpers import SEED, PostgresCluster, S3Server, start_api
 
 FIGURES: list[str] = []
 
@@ -69,74 +68,42 @@ def key(api):
     return secret
 
 
-def _pg_bindir() -> Path | None:
-    import glob
-    import shutil
-
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(os.path.realpath(found)).parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-    return Path(candidates[-1]) if candidates else None
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A real PostgreSQL server on loopback, in a throw-away cluster (Debian's binaries)."""
+    try:
+        cluster = PostgresCluster().start()
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")
-def postgres_server():
-    """A real PostgreSQL server on loopback, in a throw-away cluster (Debian's binaries)."""
-    import pwd
-    import subprocess
-    import tempfile
-
-    bindir = _pg_bindir()
-    if bindir is None:
-        pytest.fail("PostgreSQL is not installed: scripts/setup.sh installs Debian's postgresql package")
-    root = Path(tempfile.mkdtemp(prefix="maskserve-pg-"))
-    run_as: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        user = pwd.getpwnam("postgres")
-        os.chmod(root, 0o755)
-        os.chown(root, user.pw_uid, user.pw_gid)
-        run_as = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", free_port()
-    subprocess.run(
-        [*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "maskserve", "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            *run_as,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-w",
-            "-l",
-            str(root / "log"),
-            "-o",
-            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    yield f"postgresql://maskserve@127.0.0.1:{port}"
-    subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+def postgres_server(postgres_cluster):
+    """The server's URL, without a database name."""
+    return postgres_cluster.url
 
 
 @pytest.fixture()
-def postgres_url(postgres_server):
+def postgres_url(postgres_cluster):
     """A fresh database for one test."""
-    import asyncio
     import uuid
 
-    import asyncpg
+    return postgres_cluster.create_database("t_" + uuid.uuid4().hex[:12])
 
-    name = "t_" + uuid.uuid4().hex[:12]
 
-    async def create() -> None:
-        conn = await asyncpg.connect(f"{postgres_server}/postgres")
-        await conn.execute(f"CREATE DATABASE {name}")
-        await conn.close()
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto's standalone server, a process) for the whole session."""
+    server = S3Server().start()
+    yield server
+    server.stop()
 
-    asyncio.run(create())
-    return f"{postgres_server}/{name}"
+
+@pytest.fixture()
+def s3_bucket():
+    """A fresh bucket name for one test (the frontend creates the bucket)."""
+    import uuid
+
+    return "maskserve-" + uuid.uuid4().hex[:12]

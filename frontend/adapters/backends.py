@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from maskserve.frontend.adapters.files import DatabaseFiles, LocalFiles
+from maskserve.frontend.adapters.objects import S3Files
 from maskserve.frontend.adapters.ratelimit import RateLimiter, SharedRateLimiter
 from maskserve.frontend.adapters.store import SqlStore, database_url
 from maskserve.frontend.config import Settings
@@ -47,5 +48,12 @@ async def build_backends(settings: Settings) -> Backends:
     else:
         secret = load_or_create_secret(settings.secret_path)
         rate = RateLimiter(limits)
-    files: OutputFiles = DatabaseFiles(store) if settings.files_in_database else LocalFiles(settings.files_dir)
+    files: OutputFiles
+    if settings.files_backend == "s3":
+        files = S3Files(settings)
+    elif settings.files_in_database:
+        files = DatabaseFiles(store)
+    else:
+        files = LocalFiles(settings.files_dir)
+    await files.open()
     return Backends(store, files, rate, UrlSigner(secret, settings.url_ttl_s))

@@ -1,4 +1,5 @@
-"""Output files: a local directory (the embedded default) or rows of the shared database.
+"""Output files: a local directory (the embedded default) or rows of the shared database
+(an S3-compatible bucket: ``objects.S3Files``).
 
 File names are the job id (a UUID we generated) or a file id derived from it
 (``<job id>_<n>`` for an object's mask, ``<job id>_logits`` for the logits a
@@ -18,7 +19,23 @@ from maskserve.frontend.signing import valid_file_id
 EXTENSIONS = ("png", "webp", "jpeg", "f32", "bin")  # images, refinement logits (raw float32), async inputs
 
 
-class LocalFiles:
+class _ServedHere:
+    """A backend whose files the frontend serves itself, with nothing to open or check."""
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> None:
+        return None
+
+    async def link(self, location: str, content_type: str, valid_until: float) -> str | None:
+        return None
+
+
+class LocalFiles(_ServedHere):
     """Output files under one directory, written atomically.
 
     Several frontends can share it when the directory is on shared storage
@@ -57,7 +74,7 @@ class LocalFiles:
         return target
 
 
-class DatabaseFiles:
+class DatabaseFiles(_ServedHere):
     """Output files as rows of the shared database, readable by every frontend on every host.
 
     Outputs are small (a mask PNG is tens of kB for a real object, a cut-out a

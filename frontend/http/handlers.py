@@ -9,7 +9,14 @@ from typing import Any
 from aiohttp import web
 
 from maskserve.frontend.domain import EverythingOptions, Job, JobKind, JobStatus, Stages
-from maskserve.frontend.errors import BadRequest, InferenceUnavailable, NotFound, Unavailable, ValidationFailed
+from maskserve.frontend.errors import (
+    BadRequest,
+    InferenceUnavailable,
+    NotFound,
+    StorageUnavailable,
+    Unavailable,
+    ValidationFailed,
+)
 from maskserve.frontend.http import parsing, playground, retries, webhooks
 from maskserve.frontend.http.openapi import openapi_document
 from maskserve.frontend.http.state import FILES, JOBS, METRICS, SETTINGS, SIGNER, STORE, api_key
@@ -280,11 +287,18 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     location = None
     if job is not None:
         location = _object_location(job, suffix) if suffix else job.output_path
-    found = await request.app[FILES].get(location) if location else None
-    if job is None or found is None:
+    if job is None or location is None:
+        raise NotFound("File not found")
+    content_type = (job.content_type if not suffix else "image/png") or "application/octet-stream"
+    # an object store in redirect mode: the bytes come from it, through a presigned URL no longer-lived than ours
+    elsewhere = await request.app[FILES].link(location, content_type, float(request.query["expires"]))
+    if elsewhere is not None:
+        raise web.HTTPFound(elsewhere, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+    found = await request.app[FILES].get(location)
+    if found is None:
         raise NotFound("File not found")
     headers = {
-        "Content-Type": (job.content_type if not suffix else "image/png") or "application/octet-stream",
+        "Content-Type": content_type,
         "Cache-Control": "private, max-age=300",
         "X-Content-Type-Options": "nosniff",
     }
@@ -303,6 +317,10 @@ async def readyz(request: web.Request) -> web.Response:
         await request.app[STORE].ping()
     except Exception as exc:  # any store failure means not ready
         problems.append(f"store: {exc}")
+    try:
+        await request.app[FILES].ping()
+    except StorageUnavailable as exc:
+        problems.append(f"files: {exc}")
     models = []
     try:
         models = await request.app[JOBS].refresh_models()

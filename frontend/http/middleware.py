@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from maskserve.frontend.domain import KEY_PREFIX, RateBucket
-from maskserve.frontend.errors import ApiError, RateLimited, Unauthorized
+from maskserve.frontend.domain import KEY_PREFIX, Failure, RateBucket
+from maskserve.frontend.errors import ApiError, RateLimited, StorageUnavailable, Unauthorized
 from maskserve.frontend.http.state import API_KEY, LIMITS, METRICS, RATE, STORE, rate_decision
 
 log = logging.getLogger("maskserve.frontend")
@@ -76,6 +76,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if isinstance(exc, RateLimited):
             headers["Retry-After"] = str(exc.retry_after)
         return _json_error(exc.status, exc.body(), headers)
+    except StorageUnavailable as exc:  # the output storage, met outside a job (file reads, refinement inputs)
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return _json_error(503, {"detail": Failure.STORAGE.value})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -56,6 +56,7 @@ from maskserve.frontend.errors import (
     InferenceUnavailable,
     InsufficientCredits,
     NotFound,
+    StorageUnavailable,
     Unavailable,
     ValidationFailed,
     rejection,
@@ -462,15 +463,29 @@ class ImageJobs:
 
     async def _store(self, job_id: str, rendered: outputs.Rendered) -> tuple[str, dict[str, Any]]:
         """Write the output and the job's further files; → the output's location and the job's details."""
-        location = await self.files.put(job_id, rendered.extension, rendered.data)
-        files: dict[str, Any] = {}
-        if rendered.objects:
-            files["objects"] = [
-                await self.files.put(f"{job_id}_{i}", "png", data) for i, data in enumerate(rendered.objects)
-            ]
-        if rendered.logits is not None:
-            files["logits"] = await self.files.put(f"{job_id}_logits", "f32", rendered.logits)
+        written: list[str] = []
+
+        async def put(file_id: str, extension: str, data: bytes) -> str:
+            written.append(await self.files.put(file_id, extension, data))
+            return written[-1]
+
+        try:
+            location = await put(job_id, rendered.extension, rendered.data)
+            files: dict[str, Any] = {}
+            if rendered.objects:
+                files["objects"] = [await put(f"{job_id}_{i}", "png", data) for i, data in enumerate(rendered.objects)]
+            if rendered.logits is not None:
+                files["logits"] = await put(f"{job_id}_logits", "f32", rendered.logits)
+        except StorageUnavailable:
+            await self._discard(written)
+            raise
         return location, {"result": rendered.result, "files": files}
+
+    async def _discard(self, locations: list[str]) -> None:
+        """Remove what a failed request wrote, as far as the storage lets us (its expiry takes the rest)."""
+        for location in locations:
+            with contextlib.suppress(StorageUnavailable):
+                await self.files.remove(location)
 
     async def _run(
         self,
@@ -513,13 +528,16 @@ class ImageJobs:
                 details=details,
             )
             if not await self.store.complete_job(job_id, done):
-                for stored in [location, *detail_files(details)]:
-                    await self.files.remove(stored)  # never a stored result without its charge
+                await self._discard([location, *detail_files(details)])  # never a stored result without its charge
                 raise RuntimeError(f"job {job_id} was no longer processing")
             prep.stages.add("store", _ms(storing))
         except InferenceUnavailable as exc:
             log.warning("job %s: %s", job_id, exc)
             failure = Failure.UNAVAILABLE
+            await self.store.fail_job(job_id, failure)
+        except StorageUnavailable as exc:  # no stored result without its file: failed, refunded
+            log.warning("job %s: %s", job_id, exc)
+            failure = Failure.STORAGE
             await self.store.fail_job(job_id, failure)
         except ImageRejected as exc:  # the model tier could not read the pixels the header promised
             failure = exc
@@ -580,7 +598,7 @@ class ImageJobs:
                 assert accepted is not None
                 return Served(accepted, prep.stages)
             job, failure = await self._run(kind, prep, prompts, opts)
-        if failure is Failure.UNAVAILABLE:
+        if failure in (Failure.UNAVAILABLE, Failure.STORAGE):
             raise Unavailable(failure)
         if isinstance(failure, ImageRejected):
             raise rejection(failure)
@@ -694,26 +712,26 @@ class ImageJobs:
         opts: ExtractionOptions | EverythingOptions | None,
         later: Later,
     ) -> None:
-        """Keep the inputs and the request durably, then run its images in the background."""
-        items = []
-        for prep in preps:
-            image, mask = prep.item.image, prep.item.mask
-            kept = {
-                "job_id": prep.job.id,
-                "image": {
-                    "field": image.field,
-                    "filename": image.filename,
-                    "location": await self.files.put(f"{prep.job.id}_input", "bin", image.data),
-                },
-                "mask": None,
-            }
-            if mask is not None:
-                kept["mask"] = {
-                    "field": mask.field,
-                    "filename": mask.filename,
-                    "location": await self.files.put(f"{prep.job.id}_inmask", "bin", mask.data),
-                }
-            items.append(kept)
+        """Keep the inputs and the request durably, then run its images in the background.
+
+        Output storage away: the reserved images fail and are refunded, and the request gets 503.
+        """
+        items: list[dict[str, Any]] = []
+        written: list[str] = []
+        try:
+            for prep in preps:
+                image, mask = prep.item.image, prep.item.mask
+                kept: dict[str, Any] = {"job_id": prep.job.id, "image": None, "mask": None}
+                for name, upload, suffix in (("image", image, "input"), ("mask", mask, "inmask")):
+                    if upload is not None:
+                        written.append(await self.files.put(f"{prep.job.id}_{suffix}", "bin", upload.data))
+                        kept[name] = {"field": upload.field, "filename": upload.filename, "location": written[-1]}
+                items.append(kept)
+        except StorageUnavailable:
+            for prep in preps:
+                await self.store.fail_job(prep.job.id, Failure.STORAGE)
+            await self._discard(written)
+            raise Unavailable(Failure.STORAGE) from None
         request = Deferred(
             request_id,
             key.id,
@@ -756,10 +774,9 @@ class ImageJobs:
             body = json.dumps(await self._final_body(request), separators=(",", ":"))
             webhook = (request.key_id, request.webhook_url, body)
         await self.store.forget_deferred(request.id, webhook)
-        for item in request.items:
-            for kept in (item["image"], item["mask"]):
-                if kept is not None:
-                    await self.files.remove(kept["location"])
+        await self._discard(
+            [kept["location"] for item in request.items for kept in (item["image"], item["mask"]) if kept]
+        )
 
     async def _final_body(self, request: Deferred) -> dict[str, Any]:
         """What ``GET`` answers for the request now that it ended: the job's shape, or the batch's."""

@@ -125,3 +125,15 @@ def test_several_triton_urls_are_one_setting():
     assert settings.triton_urls == ["10.0.0.1:8001", "10.0.0.2:8001"]
     with pytest.raises(SettingsError, match="not HOST:PORT"):
         Settings(triton_url="triton")
+
+
+def test_the_s3_backend_needs_a_bucket_and_a_safe_prefix():
+    with pytest.raises(SettingsError, match="MASKSERVE_S3_BUCKET: required"):
+        Settings(files_backend="s3")
+    with pytest.raises(SettingsError, match="MASKSERVE_S3_PREFIX"):
+        Settings(files_backend="s3", s3_bucket="b", s3_prefix="../x?")
+    with pytest.raises(SettingsError, match="MASKSERVE_S3_MULTIPART_MIB"):
+        Settings(files_backend="s3", s3_bucket="b", s3_multipart_mib=1)  # S3's smallest part is 5 MiB
+    env = {"MASKSERVE_FILES_BACKEND": "s3", "MASKSERVE_S3_BUCKET": "out", "MASKSERVE_S3_DOWNLOADS": "proxy"}
+    settings = Settings.from_env(env)
+    assert (settings.s3_bucket, settings.s3_downloads, settings.s3_presign_ttl_s) == ("out", "proxy", 300)

@@ -28,7 +28,7 @@ def _compose() -> dict:
 
 def test_compose_wires_export_triton_postgres_frontends_and_a_balancer():
     services = _compose()["services"]
-    assert set(services) == {"export", "triton-0", "triton-1", "postgres", "frontend", "lb"}
+    assert set(services) == {"export", "triton-0", "triton-1", "postgres", "minio", "frontend", "lb"}
     for name in ("triton-0", "triton-1"):  # replicas by name: affinity needs each one addressable
         triton = services[name]
         assert triton["image"] == TRITON_IMAGE and triton["build"]["dockerfile"] == "deploy/triton/Dockerfile"
@@ -41,11 +41,15 @@ def test_compose_wires_export_triton_postgres_frontends_and_a_balancer():
     assert "maskserve export" in export_cmd and "--target gpu" in export_cmd and "--out /models" in export_cmd
     front = services["frontend"]
     assert front["command"][0] == "frontend"
-    assert {"triton-0", "triton-1", "postgres"} <= set(front["depends_on"])
+    assert {"triton-0", "triton-1", "postgres", "minio"} <= set(front["depends_on"])
     assert "readyz" in " ".join(front["healthcheck"]["test"])
     env = front["environment"]
     assert set(env) <= SETTING_VARS and env["MASKSERVE_DATABASE_URL"].startswith("postgresql://")
     assert env["MASKSERVE_TRITON_URL"] == "triton-0:8001,triton-1:8001"
+    # output files in MinIO by default, reached by the frontends inside and by clients on the host
+    assert env["MASKSERVE_FILES_BACKEND"] == "s3" and env["MASKSERVE_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert env["MASKSERVE_S3_BUCKET"] and "9000:9000" in services["minio"]["ports"]
+    assert services["minio"]["image"].startswith("quay.io/minio/minio:RELEASE.")
     assert "frontend:8080" in (ROOT / "deploy/nginx/nginx.conf").read_text()
     for name in ("triton-0", "postgres", "frontend"):
         assert "healthcheck" in services[name]
@@ -91,6 +95,10 @@ def test_kubernetes_manifests():
                         assert var["name"] in SETTING_VARS
         if doc["kind"] == "Deployment":
             assert doc["spec"]["selector"]["matchLabels"] == doc["spec"]["template"]["metadata"]["labels"]
+            env = {v["name"]: v for v in doc["spec"]["template"]["spec"]["containers"][0]["env"]}
+            assert env["MASKSERVE_FILES_BACKEND"]["value"] == "s3"
+            for name in ("ENDPOINT_URL", "BUCKET", "REGION", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY"):
+                assert env[f"MASKSERVE_S3_{name}"]["valueFrom"]["secretKeyRef"]["name"] == "maskserve-s3"
 
 
 def test_docs_name_the_same_triton_image():
