@@ -254,7 +254,7 @@ def _errors(*codes: int) -> dict:
         413: "file or image too large",
         422: "validation failed",
         429: "rate limit exceeded",
-        503: "inference server unavailable",
+        503: "inference server or output storage unavailable",
     }
     return {str(c): _json("Validation" if c == 422 else "Error", texts[c]) for c in codes}
 
@@ -461,7 +461,44 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                 "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
                             },
                         },
-                        **_errors(403, 404),
+                        "302": {
+                            "description": "with the s3 files backend in redirect mode: the image is at a "
+                            "short-lived presigned URL on the object store",
+                            "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
+                        },
+                        **_errors(403, 404, 503),
+                    },
+                }
+            },
+            "/playground": {
+                "get": {
+                    "summary": "The click-to-segment playground page (HTML; it holds no secrets)",
+                    "responses": {
+                        "200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}
+                    },
+                }
+            },
+            "/playground/{name}": {
+                "get": {
+                    "summary": "The playground's script and style sheet",
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "enum": ["playground.js", "playground.css", "index.html"]},
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the file",
+                            "content": {
+                                "text/javascript": {"schema": {"type": "string"}},
+                                "text/css": {"schema": {"type": "string"}},
+                                "text/html": {"schema": {"type": "string"}},
+                            },
+                        },
+                        **_errors(404),
                     },
                 }
             },

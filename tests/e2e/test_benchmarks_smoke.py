@@ -69,3 +69,19 @@ def test_triton_configs_smoke(exported_repo, tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 1 and rows[0]["encoder_images_per_s"] > 0 and rows[0]["decoder_prompts_per_s"] > 0
     assert "vs PyTorch" in proc.stdout
+
+
+def test_output_file_backends_smoke(tmp_path):
+    out = tmp_path / "files.json"
+    proc = _run("benchmarks.files_backends", "--runs", "1", "--size", "320x240", "--json", str(out))
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"database", "s3"}
+    # the database backend writes every output byte to the WAL; s3 only the rows
+    assert results["database"]["wal_bytes"][0] > results["database"]["output_bytes"][0] > 0
+    assert results["s3"]["wal_bytes"][0] < results["database"]["wal_bytes"][0]
+    assert "PostgreSQL WAL written" in proc.stdout
+
+
+def test_s3_clients_smoke():
+    proc = _run("benchmarks.s3_clients", "--objects", "4", "--mib", "0.1", "--runs", "1")
+    assert "| put all |" in proc.stdout and "| get all |" in proc.stdout

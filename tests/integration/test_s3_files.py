@@ -48,7 +48,7 @@ def _keys(s3_server, bucket: str) -> list[str]:
 def _segment(api, secret: str, **params) -> requests.Response:
     return requests.post(
         f"{api.url}{SEG}",
-        params={**POINT, **params},
+        params={**({} if "objects" in params else POINT), **params},
         files={"file": ("../../etc/passwd.jpg", image_bytes(320, 240, seed=77), "image/jpeg")},
         headers=auth(secret),
         timeout=60,
@@ -61,10 +61,12 @@ def test_outputs_are_objects_named_by_job_id_and_links_redirect_to_presigned_url
     assert r.status_code == 200, r.text
     result = r.json()["result"]
     job_id = result["job_id"]
+    single = _segment(s3_api, secret)
+    assert single.status_code == 200, single.text
     keys = _keys(s3_server, s3_bucket)
     # the key is the job id we generated (with the prefix), never the client's file name
     assert f"outputs/{job_id}.png" in keys and f"outputs/{job_id}_0.png" in keys and f"outputs/{job_id}_1.png" in keys
-    assert f"outputs/{job_id}_logits.f32" in keys and not any("passwd" in k for k in keys)
+    assert f"outputs/{single.json()['job_id']}_logits.f32" in keys and not any("passwd" in k for k in keys)
     head = s3_server.client().head_object(Bucket=s3_bucket, Key=f"outputs/{job_id}.png")
     assert head["ContentType"] == "image/png"
 
@@ -93,14 +95,14 @@ def test_outputs_are_objects_named_by_job_id_and_links_redirect_to_presigned_url
     assert int(query["X-Amz-Expires"][0]) <= expires - started + 1
 
     # refinement reads the stored logits back from the bucket
-    refined = _segment(s3_api, secret, points="[[60,60]]", previous_job_id=job_id)
+    refined = _segment(s3_api, secret, points="[[60,60]]", previous_job_id=single.json()["job_id"])
     assert refined.status_code == 200, refined.text
 
     # the bucket carries the expiry rule on our prefix
     rules = s3_server.client().get_bucket_lifecycle_configuration(Bucket=s3_bucket)["Rules"]
     ours = [rule for rule in rules if rule["ID"] == LIFECYCLE_RULE_ID]
     assert ours and ours[0]["Filter"] == {"Prefix": "outputs/"} and ours[0]["Expiration"]["Days"] == 1
-    assert ledger_state(s3_api.settings.database_path, key_id)["balance"] == 18
+    assert ledger_state(s3_api.settings.database_path, key_id)["balance"] == 17
 
 
 def test_extraction_batch_and_async_inputs_live_in_the_bucket(s3_api, s3_server, s3_bucket):
