@@ -116,6 +116,7 @@ class S3Files:
             if not self._ready:
                 await self._ensure_bucket()
                 await self._ensure_lifecycle()
+                await self._ensure_cors()
                 self._ready = True
             else:
                 await self._client.head_bucket(Bucket=self.bucket)
@@ -164,6 +165,27 @@ class S3Files:
                 self.bucket,
                 _code(exc),
             )
+
+    async def _ensure_cors(self) -> None:
+        """Let pages read what their presigned links grant (the playground follows a link's 302 with fetch).
+
+        Only a bucket without a CORS configuration gets ours (GET and HEAD from any origin: the
+        presigned signature, not the origin, is what grants access); an existing one is left alone.
+        """
+        try:
+            await self._client.get_bucket_cors(Bucket=self.bucket)
+            return
+        except ClientError as exc:
+            if _code(exc) != "NoSuchCORSConfiguration":
+                if _code(exc) in _UNSUPPORTED or _code(exc) == "AccessDenied":
+                    return  # e.g. MinIO, which answers every origin by default
+                raise
+        rule = {"AllowedMethods": ["GET", "HEAD"], "AllowedOrigins": ["*"], "MaxAgeSeconds": 3600}
+        try:
+            await self._client.put_bucket_cors(Bucket=self.bucket, CORSConfiguration={"CORSRules": [rule]})
+        except ClientError as exc:
+            if _code(exc) not in _UNSUPPORTED and _code(exc) != "AccessDenied":
+                raise
 
     def key(self, location: str) -> str | None:
         if not location.startswith(self.PREFIX):

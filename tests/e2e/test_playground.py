@@ -285,3 +285,39 @@ def test_the_page_loads_nothing_from_elsewhere_and_keeps_its_policy(api, page):
     )
     assert page.evaluate("window.injected") is None
     assert any("Content Security Policy" in p for p in page.problems)
+
+
+def test_the_playground_works_when_files_come_from_an_object_store(
+    tmp_path_factory, triton_server, s3_server, s3_bucket, page, tmp_path
+):
+    """With the s3 backend, file links answer 302 to another origin: the page's policy and the bucket let it follow."""
+    from tests.helpers import start_api
+
+    api = start_api(tmp_path_factory, triton_server.opts.grpc_url, **s3_server.settings(s3_bucket))
+    try:
+        _, secret = api.create_key(10)
+        photo = tmp_path / "shop.png"
+        Image.open(io.BytesIO(image_bytes(240, 180, seed=902))).save(photo)
+        response = page.goto(f"{api.url}/playground")
+        assert s3_server.url in response.headers["content-security-policy"]
+        page.fill("#api-key", secret)
+        page.click("#use-key")
+        page.wait_for_function("() => document.getElementById('credits').textContent === '10'")
+        page.set_input_files("#file", str(photo))
+        page.wait_for_selector("#canvas-wrap", state="visible")
+        _click_image(page, 120, 90)
+        job = _wait_for_new_job(page, None)
+        page.click("#extract")  # fetches the shown mask through its link: a 302 to the store
+        page.wait_for_selector("#cutout-figure", state="visible", timeout=60_000)
+        cut_job = page.get_attribute("#cutout", "data-job-id")
+        with page.expect_download() as download_info:
+            page.click("#download-cutout")
+        saved = tmp_path / "cut.png"
+        download_info.value.save_as(saved)
+        stored = s3_server.client().get_object(Bucket=s3_bucket, Key=f"{cut_job}.png")["Body"].read()
+        assert saved.read_bytes() == stored and job != cut_job
+        assert page.problems == []
+        cors = s3_server.client().get_bucket_cors(Bucket=s3_bucket)["CORSRules"]
+        assert cors == [{"AllowedMethods": ["GET", "HEAD"], "AllowedOrigins": ["*"], "MaxAgeSeconds": 3600}]
+    finally:
+        api.stop()

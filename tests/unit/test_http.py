@@ -204,3 +204,17 @@ async def test_the_playground_is_public_self_contained_and_under_a_strict_policy
     for name in ("secret.txt", "..%2F..%2Fconfig.py", "index.htm"):
         missing = await client.get(f"/playground/{name}")
         assert missing.status == 404 and (await missing.json())["detail"]
+
+
+def test_the_playground_policy_allows_the_object_store_only_when_links_redirect_there():
+    from maskserve.frontend.config import Settings
+    from maskserve.frontend.http.playground import content_security_policy
+
+    s3 = {"files_backend": "s3", "s3_bucket": "b", "s3_endpoint_url": "http://minio:9000"}
+    assert "minio" not in content_security_policy(Settings())
+    redirect = content_security_policy(Settings(**s3, s3_public_endpoint_url="https://files.example.com/x"))
+    assert "connect-src 'self' https://files.example.com;" in redirect and "minio" not in redirect
+    assert "connect-src 'self' http://minio:9000;" in content_security_policy(Settings(**s3))
+    assert "minio" not in content_security_policy(Settings(**s3, s3_downloads="proxy"))
+    aws = content_security_policy(Settings(files_backend="s3", s3_bucket="b"))
+    assert "img-src 'self' blob: data: https://*.amazonaws.com;" in aws
