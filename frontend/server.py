@@ -82,6 +82,7 @@ async def _supervise(server: TritonServer, stop: asyncio.Event) -> None:
         if proc is None or proc.poll() is None or stop.is_set():
             continue
         log.error("tritonserver exited with code %s; restarting it", proc.returncode)
+        await asyncio.to_thread(server.reap)  # its stubs and shared memory, before a new one takes their place
         try:
             await asyncio.to_thread(server.start)
             await asyncio.to_thread(server.wait_ready)

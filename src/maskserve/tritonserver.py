@@ -10,6 +10,7 @@ so the backend stub sees the same packages we do.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -178,6 +179,54 @@ def server_command(dist: TritonDistribution, opts: TritonOptions, backends: Path
     return cmd
 
 
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "triton_python_backend_shm_region_"
+
+
+def _mapped_regions(pids: list[str] | None = None) -> set[str]:
+    """The python-backend regions these processes (default: all) map."""
+    names: set[str] = set()
+    for pid in pids if pids is not None else [p.name for p in Path("/proc").glob("[0-9]*")]:
+        with contextlib.suppress(OSError):
+            lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+            names.update(line.rsplit("/", 1)[-1].split()[0] for line in lines if SHM_PREFIX in line)
+    return names
+
+
+def _group_members(pgid: int) -> list[str]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":  # a zombie holds no memory any more
+                members.append(stat.parent.name)
+    return members
+
+
+def release_leaked_shm(only: set[str] | None = None, min_age_s: float = 30.0) -> int:
+    """Remove python-backend shared-memory regions that no live process maps; → how many.
+
+    ``only``: just these regions (those of a server that just ended), whatever their age.
+    Otherwise a region younger than ``min_age_s`` is kept: a server starting now may not have
+    mapped it yet.
+    """
+    if not SHM_DIR.is_dir():
+        return 0
+    mapped = _mapped_regions()
+    removed = 0
+    now = time.time()
+    for region in SHM_DIR.glob(SHM_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            if region.name in mapped:
+                continue
+            if (only is not None and region.name in only) or (
+                only is None and now - region.stat().st_mtime > min_age_s
+            ):
+                region.unlink()
+                removed += 1
+    return removed
+
+
 class TritonServer:
     """One supervised ``tritonserver`` process with its logs forwarded to ours."""
 
@@ -249,7 +298,29 @@ class TritonServer:
                 proc.wait()
         if self._log_thread is not None:
             self._log_thread.join(timeout=5)
+        self.reap()
         return proc.returncode
+
+    def reap(self) -> None:
+        """After the server ended, however it ended: end what it left behind.
+
+        A tritonserver killed with SIGKILL leaves its python-backend stubs running
+        (they hold the models' memory) and its shared-memory regions in /dev/shm.
+        The stubs are in the server's session (``start_new_session``), so one
+        signal to its process group ends them; then every python-backend region
+        that no live process maps any more is removed.
+        """
+        proc = self.process
+        if proc is None or proc.poll() is None:
+            return
+        members = _group_members(proc.pid)
+        regions = _mapped_regions(members)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _group_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        release_leaked_shm(only=regions)
 
     def __enter__(self) -> TritonServer:
         self.start()

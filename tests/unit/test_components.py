@@ -137,3 +137,24 @@ def test_the_s3_backend_needs_a_bucket_and_a_safe_prefix():
     env = {"MASKSERVE_FILES_BACKEND": "s3", "MASKSERVE_S3_BUCKET": "out", "MASKSERVE_S3_DOWNLOADS": "proxy"}
     settings = Settings.from_env(env)
     assert (settings.s3_bucket, settings.s3_downloads, settings.s3_presign_ttl_s) == ("out", "proxy", 300)
+
+
+def test_shared_memory_a_killed_triton_left_is_released_unless_mapped_or_new(tmp_path, monkeypatch):
+    import mmap
+    import os
+    import time
+
+    from maskserve import tritonserver
+
+    monkeypatch.setattr(tritonserver, "SHM_DIR", tmp_path)
+    old = time.time() - 3600
+    leaked, mapped, fresh = (tmp_path / (tritonserver.SHM_PREFIX + n) for n in ("leaked", "mapped", "fresh"))
+    for region in (leaked, mapped, fresh):
+        region.write_bytes(b"\0" * 4096)
+    for region in (leaked, mapped):
+        os.utime(region, (old, old))
+    (tmp_path / "PostgreSQL.1").write_bytes(b"x")  # not ours
+    os.utime(tmp_path / "PostgreSQL.1", (old, old))
+    with open(mapped, "r+b") as fh, mmap.mmap(fh.fileno(), 4096):  # a live server still maps it
+        assert tritonserver.release_leaked_shm() == 1
+    assert not leaked.exists() and mapped.exists() and fresh.exists() and (tmp_path / "PostgreSQL.1").exists()
