@@ -19,7 +19,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import requests
 
 from benchmarks.images import photo
+from benchmarks.stack import CLI, create_key, wait_until_up
 from maskserve.tritonserver import free_port
 from tests.helpers import PostgresCluster, S3Server, png_mask
 
@@ -48,7 +48,6 @@ def _wal_lsn(url: str) -> int:
 
 
 def _frontend(work: Path, name: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, str]:
-    cli = [sys.executable, "-m", "maskserve.cli"]
     full = {
         **os.environ,
         "MASKSERVE_RATE_BATCH": "100000",
@@ -56,19 +55,12 @@ def _frontend(work: Path, name: str, env: dict[str, str]) -> tuple[subprocess.Po
         "MASKSERVE_RATE_SINGLE": "100000",
         **env,
     }
-    created = subprocess.run(
-        [*cli, "keys", "create", "--name", "bench", "--credits", str(10**9)],
-        env=full,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    key = next(line.split()[-1] for line in created.stdout.splitlines() if line.startswith("api key:"))
+    key = create_key([], full)
     port = free_port()
-    # no Triton: extraction with uploaded masks needs none, and readiness is not waited for
+    # no Triton: extraction with uploaded masks needs none, so liveness (not readiness) is waited for
     proc = subprocess.Popen(
         [
-            *cli,
+            *CLI,
             "frontend",
             "--port",
             str(port),
@@ -82,14 +74,8 @@ def _frontend(work: Path, name: str, env: dict[str, str]) -> tuple[subprocess.Po
         stderr=open(work / f"{name}.log", "w"),  # noqa: SIM115 (the process keeps it)
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"{url}/healthz", timeout=2)
-            return proc, url, key
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    raise RuntimeError(f"frontend {name} did not start; see {work / name}.log")
+    wait_until_up(proc, f"{url}/healthz", work / f"{name}.log", timeout=60)
+    return proc, url, key
 
 
 def _batch(url: str, key: str, images: list[bytes], masks: list[bytes]) -> tuple[float, list[str]]:

@@ -45,6 +45,35 @@ def export_default(work: Path, session_cache_bytes: int | None = None) -> Path:
     return repo
 
 
+CLI = [sys.executable, "-m", "maskserve.cli"]
+
+
+def create_key(args: list[str], env: dict[str, str] | None = None) -> str:
+    """A new API key with plenty of credits, made by ``maskserve keys create`` (``args``: where its store is)."""
+    created = subprocess.run(
+        [*CLI, "keys", "create", "--name", "bench", "--credits", str(10**9), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return next(line.split()[-1] for line in created.stdout.splitlines() if line.startswith("api key:"))
+
+
+def wait_until_up(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 120.0) -> None:
+    """Until ``url`` answers 200; the process ending or the timeout first is an error naming its log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not come up; see {log}")
+        time.sleep(0.3)
+
+
 @contextlib.contextmanager
 def running_stack(
     repo: Path | None = None, env: dict[str, str] | None = None, session_cache_bytes: int | None = None
@@ -55,14 +84,7 @@ def running_stack(
     repo = repo or export_default(work, session_cache_bytes)
     opts = TritonOptions.on_free_ports(repo, work / "triton")
     data = work / "data"
-    cli = [sys.executable, "-m", "maskserve.cli"]
-    created = subprocess.run(
-        [*cli, "keys", "create", "--name", "bench", "--credits", str(10**9), "--data-dir", str(data)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    key = next(line.split()[-1] for line in created.stdout.splitlines() if line.startswith("api key:"))
+    key = create_key(["--data-dir", str(data)])
     port = free_port()
     frontend_env = {
         **os.environ,
@@ -75,23 +97,14 @@ def running_stack(
     }
     with TritonServer(opts):
         proc = subprocess.Popen(
-            [*cli, "frontend", "--triton-url", opts.grpc_url, "--port", str(port), "--data-dir", str(data)],
+            [*CLI, "frontend", "--triton-url", opts.grpc_url, "--port", str(port), "--data-dir", str(data)],
             env=frontend_env,
             stdout=subprocess.DEVNULL,
             stderr=open(work / "frontend.log", "w"),  # noqa: SIM115 (the process keeps it)
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"frontend did not become ready; see {work / 'frontend.log'}")
-                time.sleep(0.3)
+            wait_until_up(proc, f"{url}/readyz", work / "frontend.log")
             yield Stack(url, key, opts.grpc_url, proc.pid, repo, f"http://127.0.0.1:{opts.metrics_port}/metrics")
         finally:
             proc.terminate()

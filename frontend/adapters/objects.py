@@ -32,19 +32,14 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
+from maskserve.frontend.adapters.files import EXTENSIONS
 from maskserve.frontend.config import MB, Settings
 from maskserve.frontend.errors import StorageUnavailable
 from maskserve.frontend.signing import valid_file_id
 
 log = logging.getLogger("maskserve.frontend")
 
-CONTENT_TYPES = {
-    "png": "image/png",
-    "webp": "image/webp",
-    "jpeg": "image/jpeg",
-    "f32": "application/octet-stream",
-    "bin": "application/octet-stream",
-}
+IMAGE_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}  # the rest are octet streams
 LIFECYCLE_RULE_ID = "maskserve-output-expiry"
 PARALLEL_PARTS = 4
 _MISSING = {"NoSuchKey", "404", "NotFound"}
@@ -54,6 +49,11 @@ _UNSUPPORTED = {"NotImplemented", "MethodNotAllowed", "InvalidRequest", "XNotImp
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _declined(exc: ClientError) -> bool:
+    """The store does not offer this bucket-level call, or our credentials may not make it."""
+    return _code(exc) in _UNSUPPORTED or _code(exc) == "AccessDenied"
 
 
 class S3Files:
@@ -73,6 +73,9 @@ class S3Files:
         self._client: Any = None
         self._signer: Any = None  # presigns for the endpoint clients reach, when that differs
         self._ready = False
+
+    def _away(self, exc: BaseException) -> StorageUnavailable:
+        return StorageUnavailable(f"S3 bucket {self.bucket!r}: {exc}")
 
     def _config(self) -> AioConfig:
         return AioConfig(
@@ -121,7 +124,7 @@ class S3Files:
             else:
                 await self._client.head_bucket(Bucket=self.bucket)
         except _AWAY as exc:
-            raise StorageUnavailable(f"S3 bucket {self.bucket!r}: {exc}") from exc
+            raise self._away(exc) from exc
 
     async def _ensure_bucket(self) -> None:
         try:
@@ -158,7 +161,7 @@ class S3Files:
                 Bucket=self.bucket, LifecycleConfiguration={"Rules": [*rules, rule]}
             )
         except ClientError as exc:
-            if _code(exc) not in _UNSUPPORTED and _code(exc) != "AccessDenied":
+            if not _declined(exc):
                 raise
             log.warning(
                 "bucket %s takes no lifecycle rule (%s): the sweep alone deletes expired outputs",
@@ -177,14 +180,14 @@ class S3Files:
             return
         except ClientError as exc:
             if _code(exc) != "NoSuchCORSConfiguration":
-                if _code(exc) in _UNSUPPORTED or _code(exc) == "AccessDenied":
+                if _declined(exc):
                     return  # e.g. MinIO, which answers every origin by default
                 raise
         rule = {"AllowedMethods": ["GET", "HEAD"], "AllowedOrigins": ["*"], "MaxAgeSeconds": 3600}
         try:
             await self._client.put_bucket_cors(Bucket=self.bucket, CORSConfiguration={"CORSRules": [rule]})
         except ClientError as exc:
-            if _code(exc) not in _UNSUPPORTED and _code(exc) != "AccessDenied":
+            if not _declined(exc):
                 raise
 
     def key(self, location: str) -> str | None:
@@ -193,18 +196,17 @@ class S3Files:
         return location.removeprefix(self.PREFIX)
 
     async def put(self, job_id: str, extension: str, data: bytes) -> str:
-        if not valid_file_id(job_id) or extension not in CONTENT_TYPES:
+        if not valid_file_id(job_id) or extension not in EXTENSIONS:
             raise ValueError("bad output file name")
         key = f"{self.prefix}{job_id}.{extension}"
+        content_type = IMAGE_TYPES.get(extension, "application/octet-stream")
         try:
             if len(data) > self.part_bytes:
-                await self._multipart(key, data, CONTENT_TYPES[extension])
+                await self._multipart(key, data, content_type)
             else:
-                await self._client.put_object(
-                    Bucket=self.bucket, Key=key, Body=data, ContentType=CONTENT_TYPES[extension]
-                )
+                await self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
         except _AWAY as exc:
-            raise StorageUnavailable(f"S3 bucket {self.bucket!r}: {exc}") from exc
+            raise self._away(exc) from exc
         return self.PREFIX + key
 
     async def _multipart(self, key: str, data: bytes, content_type: str) -> None:
@@ -245,12 +247,10 @@ class S3Files:
             async with response["Body"] as body:
                 data: bytes = await body.read()
             return data
-        except ClientError as exc:
-            if _code(exc) in _MISSING:
+        except _AWAY as exc:
+            if isinstance(exc, ClientError) and _code(exc) in _MISSING:
                 return None
-            raise StorageUnavailable(f"S3 bucket {self.bucket!r}: {exc}") from exc
-        except (BotoCoreError, OSError, TimeoutError) as exc:
-            raise StorageUnavailable(f"S3 bucket {self.bucket!r}: {exc}") from exc
+            raise self._away(exc) from exc
 
     async def link(self, location: str, content_type: str, valid_until: float) -> str | None:
         """A presigned GET for the object (redirect mode), valid until our link expires at the latest."""
@@ -272,4 +272,4 @@ class S3Files:
         try:
             await self._client.delete_object(Bucket=self.bucket, Key=key)
         except _AWAY as exc:
-            raise StorageUnavailable(f"S3 bucket {self.bucket!r}: {exc}") from exc
+            raise self._away(exc) from exc
