@@ -42,7 +42,7 @@ def ours(url: str, key: str, data: bytes, per_side: int) -> tuple[float, int]:
 
 
 def theirs(model, data: bytes, per_side: int) -> tuple[float, int]:
-    from tests.torchvision_standin import meta_mask_generator
+    from maskserve.devtools.torchvision_standin import meta_mask_generator
 
     rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     generator = meta_mask_generator(

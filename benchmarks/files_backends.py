@@ -27,8 +27,10 @@ import requests
 
 from benchmarks.images import photo
 from benchmarks.stack import CLI, create_key, wait_until_up
-from maskserve.tritonserver import free_port
-from tests.helpers import PostgresCluster, S3Server, png_mask
+from maskserve.devtools.pictures import png_mask
+from maskserve.devtools.postgres import PostgresCluster
+from maskserve.devtools.s3 import S3Server
+from maskserve.triton.server import free_port
 
 BATCH = 50
 

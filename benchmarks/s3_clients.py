@@ -15,7 +15,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 
-from tests.helpers import S3Server
+from maskserve.devtools.s3 import S3Server
 
 BUCKET = "maskserve-clients"
 Operation = Callable[[str, bytes | None], Awaitable[bytes | None]]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from maskserve.tritonserver import free_port
+from maskserve.triton.server import free_port
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def wait_until_up(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: f
 def running_stack(
     repo: Path | None = None, env: dict[str, str] | None = None, session_cache_bytes: int | None = None
 ) -> Iterator[Stack]:
-    from maskserve.tritonserver import TritonOptions, TritonServer
+    from maskserve.triton.server import TritonOptions, TritonServer
 
     work = Path(tempfile.mkdtemp(prefix="maskserve-bench-"))
     repo = repo or export_default(work, session_cache_bytes)

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 from maskserve.frontend.adapters.store import SqlStore, database_url
-from maskserve.frontend.domain import Completion, JobKind, NewJob
+from maskserve.frontend.domain.jobs import Completion, JobKind, NewJob
 
 
 async def measure(requests: int) -> list[float]:

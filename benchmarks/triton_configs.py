@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks.reference import TorchPeer
-    from maskserve.tritonserver import TritonOptions, TritonServer
+    from maskserve.triton.server import TritonOptions, TritonServer
 
     work = Path(tempfile.mkdtemp(prefix="maskserve-configs-"))
     source = args.repo or export_default(work)

@@ -7,7 +7,7 @@ Both models of one export share one version number, so version N of the
 decoder always belongs to version N of the encoder.
 
 The model-level ``config.pbtxt`` (what Triton reads at start) is composed from
-the versions' own files (``maskserve.core.model_config``): the newest version's
+the versions' own files (``maskserve.triton.config``): the newest version's
 model-wide settings, and every version's parameters under ``_v<version>``.
 """
 
@@ -19,12 +19,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from maskserve.core import model_config
+from maskserve import session
 from maskserve.core import signatures as sig
 from maskserve.export.checkpoints import sha256_of
+from maskserve.triton import config as model_config
 
-BACKEND_SOURCE = Path(__file__).with_name("backend") / "model.py"
-SESSION_SOURCE = Path(__file__).with_name("backend") / "session.py"
+# The python-backend models live in maskserve.session (they import Triton's python-backend utilities,
+# which exist only inside Triton, so they are located as files rather than imported here).
+BACKEND_SOURCE = Path(session.__file__).with_name("triton_graph.py")  # runs one ONNX graph (the cpu target)
+SESSION_SOURCE = Path(session.__file__).with_name("triton_session.py")  # the session model
 TARGETS = ("cpu", "gpu")
 
 

@@ -113,3 +113,11 @@ class StorageUnavailable(RuntimeError):
 
 class InferenceUnavailable(RuntimeError):
     """Triton (or one of its models) cannot be reached or is not ready: 503, never charged."""
+
+
+class WebhookUnreachable(RuntimeError):
+    """A webhook target could not be reached (connection, DNS, timeout): the delivery is retried later."""
+
+
+class LifecycleRefused(RuntimeError):
+    """A model-lifecycle change that cannot be made as asked (``maskserve models`` says why, exit status 1)."""

@@ -14,6 +14,7 @@ from PIL import Image, ImageFilter
 from maskserve.core.images import ImageRejected, has_alpha, open_oriented, probe
 from maskserve.core.masks import upsample_logits
 from maskserve.core.signatures import IMAGE_SIZE
+from maskserve.frontend.domain.requests import ExtractionOptions
 
 OUTPUT_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
 JPEG_QUALITY = 95
@@ -110,20 +111,6 @@ class NothingToCrop(ValueError):
     """``crop=true`` on a mask with no kept pixel."""
 
 
-@dataclass(frozen=True)
-class Styling:
-    """Extraction styling (API.md, v1.1): background, crop, alpha only."""
-
-    bg_color: tuple[int, int, int, int] | None = None  # RGBA 0-255: fill the removed background
-    crop: bool = False
-    crop_margin: int = 0  # pixels around the kept region's box; the canvas grows past the image's edges
-    channels: str = "rgba"  # or "alpha": the final alpha as a grayscale image
-
-    @property
-    def opaque(self) -> bool:
-        return self.channels == "rgba" and self.bg_color is not None and self.bg_color[3] == 255
-
-
 def crop_box(alpha: np.ndarray, margin: int) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1), end exclusive: the nonzero pixels' bounding box grown by ``margin`` on every side."""
     rows = np.flatnonzero(alpha.any(axis=1))
@@ -143,7 +130,7 @@ def _window(array: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return out
 
 
-def styled_cutout(image: DecodedImage, alpha: np.ndarray, style: Styling) -> Image.Image:
+def styled_cutout(image: DecodedImage, alpha: np.ndarray, style: ExtractionOptions) -> Image.Image:
     """The cut-out (``cutout``), then cropped, put on its background colour, or reduced to its alpha."""
     if image.alpha is not None:
         alpha = (alpha.astype(np.uint16) * image.alpha // 255).astype(np.uint8)
@@ -153,15 +140,16 @@ def styled_cutout(image: DecodedImage, alpha: np.ndarray, style: Styling) -> Ima
         rgb, alpha = _window(rgb, box), _window(alpha, box)
     if style.channels == "alpha":
         return Image.fromarray(np.ascontiguousarray(alpha), "L")
-    if style.bg_color is None:
+    background = style.background
+    if background is None:
         return cutout(DecodedImage(np.ascontiguousarray(rgb), None, image.format), alpha)
     a = alpha.astype(np.float32)[..., None] / 255.0
-    colour = np.array(style.bg_color[:3], np.float32)
-    under = style.bg_color[3] / 255.0 * (1.0 - a)  # how much background shows through
+    colour = np.array(background[:3], np.float32)
+    under = background[3] / 255.0 * (1.0 - a)  # how much background shows through
     out_alpha = a + under
     blended = (rgb.astype(np.float32) * a + colour * under) / np.maximum(out_alpha, 1e-6)
     pixels = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    if style.bg_color[3] == 255:
+    if background[3] == 255:
         return Image.fromarray(pixels, "RGB")
     out_a = np.clip(np.rint(out_alpha[..., 0] * 255.0), 0, 255).astype(np.uint8)
     pixels[out_a == 0] = 0

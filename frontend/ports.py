@@ -1,39 +1,26 @@
 """The interfaces the services depend on; the adapters implement them.
 
 ``Store`` (accounts, the credit ledger, jobs, service state), ``OutputFiles``
-(where output images live), ``RateCounter`` (the shared rate-limit window) and
-``InferenceClient`` (the model tier). Services and handlers are typed against
-these, so a fake can stand in for the unit tier and every real adapter is
-checked against the same contract by mypy.
+(where output images live), ``RateCounter`` (the shared rate-limit window),
+``InferenceClient`` (the model tier), ``ModelAdmin`` (the model tier's
+versions, for the lifecycle) and ``WebhookSender`` (outbound HTTP). Services
+are typed against these and never import an adapter (an import contract), so
+a fake can stand in for the unit tier and every real adapter is checked
+against the same contract by mypy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from maskserve.core.prompts import PackedPrompt
-from maskserve.frontend.domain import (
-    ApiKey,
-    BatchRecord,
-    Claim,
-    Completion,
-    Deferred,
-    Delivery,
-    EverythingJob,
-    FrontendReport,
-    Job,
-    ModelInfo,
-    NewJob,
-    RateBucket,
-    RateDecision,
-    RateWindow,
-    Routing,
-    Segmentation,
-    ShadowResult,
-    StoredResponse,
-)
+from maskserve.core.session_io import SessionAnswer
+from maskserve.frontend.domain.accounts import ApiKey, Claim, RateBucket, RateDecision, RateWindow, StoredResponse
+from maskserve.frontend.domain.everything import EverythingJob
+from maskserve.frontend.domain.jobs import BatchRecord, Completion, Deferred, Delivery, Job, NewJob
+from maskserve.frontend.domain.models import FrontendReport, ModelInfo, Routing, ShadowResult
 
 
 class RateCounter(Protocol):
@@ -153,11 +140,11 @@ class InferenceClient(Protocol):
     Every failure to reach it is ``InferenceUnavailable``.
     """
 
-    async def segment(self, digest: str, image: bytes, prompts: list[PackedPrompt], version: str) -> Segmentation:
+    async def segment(self, digest: str, image: bytes, prompts: list[PackedPrompt], version: str) -> SessionAnswer:
         """Each prompt object's mask; ``image`` travels only when the replica does not hold the embeddings."""
         ...
 
-    async def everything(self, digest: str, image: bytes, job: EverythingJob, version: str) -> Segmentation:
+    async def everything(self, digest: str, image: bytes, job: EverythingJob, version: str) -> SessionAnswer:
         """Segment-everything's masks (RLE), filtered and suppressed by the model tier."""
         ...
 
@@ -166,4 +153,38 @@ class InferenceClient(Protocol):
         ...
 
     async def model_info(self, version: str) -> list[ModelInfo]: ...
+    async def close(self) -> None: ...
+
+
+class ModelAdmin(Protocol):
+    """The model versions of a deployment (every Triton replica), as ``maskserve models`` changes them.
+
+    A change that cannot be made as asked raises ``LifecycleRefused``.
+    """
+
+    urls: list[str]
+
+    async def indexes(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """Per replica: every model version it knows, with its state."""
+        ...
+
+    async def loaded(self) -> set[str]:
+        """Versions READY in every model on every replica."""
+        ...
+
+    async def load(self, version: str) -> list[str]:
+        """Load ``version`` beside the loaded ones with its export's configuration and warm it up."""
+        ...
+
+    async def unload(self, versions: set[str]) -> None: ...
+    async def close(self) -> None: ...
+
+
+class WebhookSender(Protocol):
+    """Outbound POSTs of webhook deliveries; a target that cannot be reached raises ``WebhookUnreachable``."""
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        """→ the HTTP status the target answered."""
+        ...
+
     async def close(self) -> None: ...

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from maskserve.frontend.app import create_app
 from maskserve.frontend.config import Settings
-from maskserve.tritonserver import TritonOptions, TritonServer
+from maskserve.triton.server import TritonOptions, TritonServer
 
 log = logging.getLogger("maskserve.serve")
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from maskserve.frontend.domain import SIGNING_SECRET
+from maskserve.frontend.domain.accounts import SIGNING_SECRET
 from maskserve.frontend.errors import Forbidden
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")

@@ -57,7 +57,7 @@ fi
 "$PY" - <<'PY'
 import torch, sam2.build_sam, tritonclient.grpc, openvino, onnxruntime
 import maskserve.frontend.app, maskserve.export.command
-from maskserve.tritonserver import find_distribution
+from maskserve.triton.server import find_distribution
 find_distribution()
 assert torch.__version__.startswith("2.13.0"), torch.__version__
 print(f"[setup] ok: torch {torch.__version__}, openvino {openvino.__version__}, onnxruntime {onnxruntime.__version__}")

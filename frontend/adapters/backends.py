@@ -9,7 +9,7 @@ from maskserve.frontend.adapters.objects import S3Files
 from maskserve.frontend.adapters.ratelimit import RateLimiter, SharedRateLimiter
 from maskserve.frontend.adapters.store import SqlStore, database_url
 from maskserve.frontend.config import Settings
-from maskserve.frontend.domain import RateBucket
+from maskserve.frontend.domain.accounts import RateBucket
 from maskserve.frontend.ports import OutputFiles, RateLimits, Store
 from maskserve.frontend.signing import UrlSigner, load_or_create_secret, shared_secret
 

@@ -7,7 +7,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from maskserve.frontend.domain import RateBucket, RateDecision
+from maskserve.frontend.domain.accounts import RateBucket, RateDecision
 from maskserve.frontend.ports import RateCounter
 
 WINDOW_S = 60.0

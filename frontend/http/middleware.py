@@ -15,29 +15,15 @@ from typing import Any
 
 from aiohttp import web
 
-from maskserve.frontend.domain import KEY_PREFIX, Failure, RateBucket
-from maskserve.frontend.errors import ApiError, RateLimited, StorageUnavailable, Unauthorized
-from maskserve.frontend.http.state import API_KEY, LIMITS, METRICS, RATE, STORE, rate_decision
+from maskserve.frontend.domain.accounts import RateBucket
+from maskserve.frontend.domain.jobs import Failure
+from maskserve.frontend.errors import ApiError, RateLimited, StorageUnavailable
+from maskserve.frontend.http.routes import PUBLIC_ROUTES, RATE_BUCKETS
+from maskserve.frontend.http.state import API_KEY, METRICS, RATE, rate_decision, services
 
 log = logging.getLogger("maskserve.frontend")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-PUBLIC_ROUTES = frozenset({"healthz", "readyz", "openapi", "metrics", "file", "playground", "playground_asset"})
-"""Route names that need no API key: health, readiness, the OpenAPI document, metrics, signed files,
-and the playground page (which holds no secrets; it sends the visitor's key to the API routes)."""
-
-RATE_BUCKETS: dict[str, RateBucket] = {
-    "segment": RateBucket.SINGLE,
-    "extract": RateBucket.SINGLE,
-    "segment_everything": RateBucket.SINGLE,
-    "segment_batch": RateBucket.BATCH,
-    "extract_batch": RateBucket.BATCH,
-    "job": RateBucket.READ,
-    "batch": RateBucket.READ,
-    "account": RateBucket.READ,
-}
-"""The rate limit each private route counts against; one not listed counts as a single request."""
 
 
 def _json_error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -102,15 +88,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     name = route_name(request)
     if name in PUBLIC_ROUTES:
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, secret = header.partition(" ")
-    secret = secret.strip()
-    if scheme.lower() != "bearer" or not secret.startswith(KEY_PREFIX) or len(secret) > 128:
-        raise Unauthorized()
-    key = await request.app[STORE].authenticate(secret)
-    if key is None:
-        raise Unauthorized()
-    decision = await request.app[LIMITS].check(key.id, RATE_BUCKETS.get(name or "", RateBucket.SINGLE))
+    access = services(request).access
+    key = await access.authenticate(request.headers.get("Authorization", ""))
+    decision = await access.rate(key, RATE_BUCKETS.get(name or "", RateBucket.SINGLE))
     request[RATE] = decision
     if not decision.allowed:
         raise RateLimited(decision.reset_s)

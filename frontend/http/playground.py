@@ -84,9 +84,3 @@ async def asset(request: web.Request) -> web.Response:
     if name not in ASSETS:
         raise NotFound("Not found")
     return _serve(request, name)
-
-
-def add_routes(app: web.Application) -> None:
-    """``/playground`` and its assets; both route names are public (the page holds no secrets)."""
-    app.router.add_get("/playground", page, name="playground")
-    app.router.add_get("/playground/{name}", asset, name="playground_asset")

@@ -5,23 +5,24 @@ from __future__ import annotations
 from aiohttp import web
 
 from maskserve.frontend.config import Settings
-from maskserve.frontend.domain import ApiKey, RateDecision
+from maskserve.frontend.domain.accounts import ApiKey, RateDecision
 from maskserve.frontend.metrics import Metrics
-from maskserve.frontend.ports import InferenceClient, OutputFiles, RateLimits, Store
-from maskserve.frontend.services import ImageJobs
-from maskserve.frontend.signing import UrlSigner
+from maskserve.frontend.ports import InferenceClient, Store
+from maskserve.frontend.services.container import Services
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
+SERVICES = web.AppKey("services", Services)
 STORE = web.AppKey("store", Store)
-FILES = web.AppKey("files", OutputFiles)
-LIMITS = web.AppKey("limits", RateLimits)
-SIGNER = web.AppKey("signer", UrlSigner)
+"""The store the services use, for the admin side of tests and tools (handlers go through the services)."""
 TRITON = web.AppKey("triton", InferenceClient)
-JOBS = web.AppKey("jobs", ImageJobs)
 
 API_KEY = web.RequestKey("api_key", ApiKey)
 RATE = web.RequestKey("rate", RateDecision)
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
 
 
 def api_key(request: web.Request) -> ApiKey:
@@ -31,3 +32,9 @@ def api_key(request: web.Request) -> ApiKey:
 
 def rate_decision(request: web.Request) -> RateDecision | None:
     return request.get(RATE)
+
+
+def base_url(request: web.Request) -> str:
+    """Where the response's links point: ``public_url`` when set, else the origin the request came in on."""
+    configured = request.app[SETTINGS].public_url
+    return configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"

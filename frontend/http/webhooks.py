@@ -1,83 +1,19 @@
-"""Webhooks (API.md v1.1): where they may go, how they are signed, and how they are delivered.
+"""Sending webhooks over HTTP (aiohttp), connecting only to addresses its own resolver checked.
 
-A target must be ``http``/``https`` and resolve only to public addresses:
-loopback, private, link-local, multicast and reserved ones are refused (422 on
-``webhook_url``) unless ``webhook_allow_private`` is set. The check runs when
-the request is accepted and again on every delivery, and the delivery connects
-only to addresses its own resolver checked, so a DNS answer that changes in
-between (rebinding) cannot reach an internal service.
-
-Each delivery is a POST of the job's or batch's JSON with
-``Maskserve-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">``
-under the API key's webhook secret. A non-2xx answer or a timeout is retried
-with exponential backoff (``webhook_backoff_s`` × 2ⁿ) up to
-``webhook_attempts`` attempts; the deliveries live in the database, so a
-restart does not lose them and only one frontend sends each attempt.
+What to send, when, signed how, and which targets are allowed is the
+services' (``services/webhooks.py``); this is the client that carries it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import hmac
-import ipaddress
-import logging
 import socket
-import time
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from maskserve.frontend.config import Settings
-from maskserve.frontend.domain import Delivery
-from maskserve.frontend.ports import Store
-
-log = logging.getLogger("maskserve.frontend")
-
-SIGNATURE_HEADER = "Maskserve-Signature"
-MAX_URL = 2048
-
-
-class TargetRefused(ValueError):
-    """A webhook target this server will not call."""
-
-
-def _allowed(address: str, allow_private: bool) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return allow_private or (ip.is_global and not ip.is_multicast)
-
-
-def parse_target(url: str) -> tuple[str, int]:
-    """(host, port) of an acceptable webhook URL, or ``TargetRefused``."""
-    if len(url) > MAX_URL:
-        raise TargetRefused(f"at most {MAX_URL} characters")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise TargetRefused(f"not a URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise TargetRefused("must be an http or https URL with a host")
-    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
-
-
-async def check_target(url: str, allow_private: bool) -> None:
-    """Refuse a URL that is not http(s), does not resolve, or resolves to a non-public address."""
-    host, port = parse_target(url)
-    try:
-        answers = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise TargetRefused(f"{host} does not resolve ({exc})") from None
-    for *_, sockaddr in answers:
-        if not _allowed(str(sockaddr[0]), allow_private):
-            raise TargetRefused(
-                f"{host} resolves to {sockaddr[0]}, a loopback, private or link-local address "
-                "(refused unless the server allows private webhook targets)"
-            )
+from maskserve.frontend.errors import WebhookUnreachable
+from maskserve.frontend.services.webhooks import address_allowed
 
 
 class GuardedResolver(AbstractResolver):
@@ -92,7 +28,7 @@ class GuardedResolver(AbstractResolver):
     ) -> list[ResolveResult]:
         found = await self._inner.resolve(host, port, family)
         for entry in found:
-            if not _allowed(entry["host"], self._allow_private):
+            if not address_allowed(entry["host"], self._allow_private):
                 raise OSError(f"{host} resolves to {entry['host']}, which webhooks may not reach")
         return found
 
@@ -100,73 +36,29 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
-def signature(secret: str, timestamp: int, body: str) -> str:
-    """The ``Maskserve-Signature`` value: a client checks it with ``hmac`` and ``hashlib`` alone."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.{body}".encode(), hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
+class HttpSender:
+    """The ``WebhookSender`` port over one aiohttp session (opened on first use)."""
 
-
-def retry_delay(settings: Settings, attempts: int) -> float | None:
-    """Seconds until the next attempt after ``attempts`` failed ones; None when they are used up."""
-    if attempts >= settings.webhook_attempts:
-        return None
-    return settings.webhook_backoff_s * 2 ** (attempts - 1)
-
-
-class Deliverer:
-    """Sends the store's due deliveries; one per frontend, ``run`` as a background task."""
-
-    def __init__(self, settings: Settings, store: Store) -> None:
-        self.settings = settings
-        self.store = store
+    def __init__(self, allow_private: bool, timeout_s: float) -> None:
+        self._allow_private = allow_private
+        self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(resolver=GuardedResolver(self.settings.webhook_allow_private))
-            timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
+            connector = aiohttp.TCPConnector(resolver=GuardedResolver(self._allow_private))
+            timeout = aiohttp.ClientTimeout(total=self._timeout_s)
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
         return self._session
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        try:
+            async with self._client().post(url, data=body, headers=headers, allow_redirects=False) as resp:
+                await resp.read()
+                return resp.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise WebhookUnreachable(f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
-
-    async def _attempt(self, delivery: Delivery) -> str | None:
-        """One POST; the error that makes it count as failed, or None."""
-        secret = await self.store.webhook_secret(delivery.key_id)
-        if not secret:
-            return "the API key has no webhook secret"
-        try:
-            await check_target(delivery.url, self.settings.webhook_allow_private)
-            headers = {
-                "Content-Type": "application/json",
-                "User-Agent": "maskserve-webhooks",
-                SIGNATURE_HEADER: signature(secret, int(time.time()), delivery.body),
-            }
-            async with self._client().post(
-                delivery.url, data=delivery.body.encode(), headers=headers, allow_redirects=False
-            ) as resp:
-                await resp.read()
-                return None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
-        except (TargetRefused, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            return f"{type(exc).__name__}: {exc}"
-
-    async def deliver(self, delivery: Delivery) -> None:
-        error = await self._attempt(delivery)
-        attempts = delivery.attempts + 1
-        delay = None if error is None else retry_delay(self.settings, attempts)
-        if error is not None:
-            log.warning("webhook %d to %s, attempt %d: %s", delivery.id, delivery.url, attempts, error)
-        await self.store.delivery_done(delivery.id, attempts, error, None if delay is None else time.time() + delay)
-
-    async def run(self) -> None:
-        while True:
-            try:
-                due = await self.store.claim_deliveries(lease_s=self.settings.webhook_timeout_s * 3)
-                await asyncio.gather(*(self.deliver(d) for d in due))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("webhook deliveries failed")
-            await asyncio.sleep(self.settings.webhook_poll_s)

@@ -9,8 +9,10 @@ import time
 
 import requests
 
-from tests.e2e.test_commands import _start, _wait_for
-from tests.helpers import free_port, image_bytes, ledger_state
+from maskserve.devtools.pictures import image_bytes
+from maskserve.triton.server import free_port
+from tests.plugins.calls import ledger_state
+from tests.plugins.processes import start_cli, wait_for_line
 
 IMAGES = 8
 
@@ -20,11 +22,11 @@ def test_sigkill_after_202_resumes_the_batch_after_restart(triton_server, tmp_pa
     data = tmp_path / "d"
     args = ["frontend", "--triton-url", triton_server.opts.grpc_url, "--port", str(port), "--data-dir", str(data)]
     url = f"http://127.0.0.1:{port}"
-    first = _start(args, tmp_path, tmp_path)
+    first = start_cli(args, tmp_path, tmp_path)
     try:
-        _wait_for(first, "maskserve is listening", timeout=60)
+        wait_for_line(first, "maskserve is listening", timeout=60)
         create = ["keys", "create", "--name", "k", "--credits", "100", "--data-dir", str(data)]
-        created = _start(create, tmp_path, tmp_path)
+        created = start_cli(create, tmp_path, tmp_path)
         out, _ = created.communicate(timeout=60)
         key = next(line.split()[-1] for line in out.splitlines() if line.startswith("api key:"))
         key_id = next(line.split()[-1] for line in out.splitlines() if line.strip().startswith("key id:"))
@@ -48,9 +50,9 @@ def test_sigkill_after_202_resumes_the_batch_after_restart(triton_server, tmp_pa
         done_before = db.execute("SELECT count(*) FROM jobs WHERE status = 'completed'").fetchone()[0]
         kept = db.execute("SELECT count(*) FROM deferred").fetchone()[0]
     assert kept == 1 and done_before < IMAGES  # the kill came while the work was under way
-    second = _start(args, tmp_path, tmp_path)
+    second = start_cli(args, tmp_path, tmp_path)
     try:
-        _wait_for(second, "maskserve is listening", timeout=60)
+        wait_for_line(second, "maskserve is listening", timeout=60)
         restarted_at = time.monotonic()
         while True:
             batch = requests.get(

@@ -2,48 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import requests
 
-from tests.helpers import free_port
-
-
-def _start(args: list[str], cwd, home) -> subprocess.Popen:
-    env = {**os.environ, "HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "maskserve.cli", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 240) -> list[str]:
-    lines = []
-    deadline = time.monotonic() + timeout
-    for line in proc.stdout:
-        lines.append(line)
-        if text in line:
-            return lines
-        assert time.monotonic() < deadline, "".join(lines[-30:])
-    raise AssertionError("exited early:\n" + "".join(lines[-40:]))
-
-
-def _stop(proc: subprocess.Popen) -> tuple[int, str]:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        rest, _ = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return proc.returncode, rest
+from maskserve.triton.server import free_port
+from tests.plugins.processes import start_cli, stop_cli, wait_for_line
 
 
 def test_serve_runs_triton_and_the_api_then_stops_cleanly(exported_repo, tmp_path):
@@ -61,15 +23,15 @@ def test_serve_runs_triton_and_the_api_then_stops_cleanly(exported_repo, tmp_pat
         "--triton-metrics-port",
         str(free_port()),
     ]
-    proc = _start(args, tmp_path, tmp_path)
+    proc = start_cli(args, tmp_path, tmp_path)
     try:
-        lines = _wait_for(proc, "maskserve is listening")
+        lines = wait_for_line(proc, "maskserve is listening")
         assert any("RANDOM WEIGHTS" in line for line in lines)
         assert "keys create" in proc.stdout.readline()
         ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=30)
         assert ready.status_code == 200 and ready.json()["random_weights"] is True
     finally:
-        code, rest = _stop(proc)
+        code, rest = stop_cli(proc)
     assert code == 0, rest[-3000:]
     assert "tritonserver stopped (exit code 0)" in rest
     assert (tmp_path / "data" / "maskserve.db").is_file()  # the default data dir, where the admin commands look
@@ -77,7 +39,7 @@ def test_serve_runs_triton_and_the_api_then_stops_cleanly(exported_repo, tmp_pat
 
 def test_frontend_alone_against_an_existing_triton(triton_server, tmp_path):
     port = free_port()
-    proc = _start(
+    proc = start_cli(
         [
             "frontend",
             "--triton-url",
@@ -91,8 +53,8 @@ def test_frontend_alone_against_an_existing_triton(triton_server, tmp_path):
         tmp_path,
     )
     try:
-        _wait_for(proc, "maskserve is listening", timeout=60)
+        wait_for_line(proc, "maskserve is listening", timeout=60)
         assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=30).status_code == 200
     finally:
-        code, rest = _stop(proc)
+        code, rest = stop_cli(proc)
     assert code == 0, rest[-3000:]

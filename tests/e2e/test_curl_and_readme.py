@@ -15,7 +15,8 @@ import time
 import requests
 from PIL import Image
 
-from tests.helpers import ROOT, image_bytes, png_mask
+from maskserve.devtools.pictures import image_bytes, png_mask
+from tests.plugins.stack import ROOT
 
 
 def fetch(url: str) -> requests.Response:

@@ -31,8 +31,10 @@ import pytest
 import requests
 
 from maskserve.core import signatures as sig
-from maskserve.frontend.domain import traffic_bucket
-from tests.helpers import ROOT, SEED, Served, auth, image_bytes
+from maskserve.devtools.pictures import image_bytes
+from maskserve.frontend.domain.models import traffic_bucket
+from tests.plugins.calls import auth
+from tests.plugins.stack import ROOT, SEED, Served
 
 RUNBOOK_MARK = "<!-- runbook: release -->"
 CANARY_PERCENT = 20

@@ -22,7 +22,8 @@ import requests
 from PIL import Image
 from playwright import sync_api as playwright
 
-from tests.helpers import auth, image_bytes, ledger_state
+from maskserve.devtools.pictures import image_bytes
+from tests.plugins.calls import auth, ledger_state
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -291,7 +292,7 @@ def test_the_playground_works_when_files_come_from_an_object_store(
     tmp_path_factory, triton_server, s3_server, s3_bucket, page, tmp_path
 ):
     """With the s3 backend, file links answer 302 to another origin: the page's policy and the bucket let it follow."""
-    from tests.helpers import start_api
+    from tests.plugins.stack import start_api
 
     api = start_api(tmp_path_factory, triton_server.opts.grpc_url, **s3_server.settings(s3_bucket))
     try:

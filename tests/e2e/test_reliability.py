@@ -19,7 +19,9 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.helpers import Served, auth, image_bytes, ledger_state, start_api
+from maskserve.devtools.pictures import image_bytes
+from tests.plugins.calls import auth, ledger_state
+from tests.plugins.stack import Served, start_api
 
 SEG = "/v1/services/image-segmentation"
 POINT = quote(json.dumps([[100, 100]]))
@@ -268,7 +270,7 @@ def test_secrets_at_rest_and_on_disk(tmp_path):
 
 def test_triton_and_admin_stay_on_loopback(exported_repo, tmp_path):
     from maskserve.cli import build_parser
-    from maskserve.tritonserver import TritonOptions, find_distribution, server_command
+    from maskserve.triton.server import TritonOptions, find_distribution, server_command
 
     cmd = server_command(find_distribution(), TritonOptions(model_repository=exported_repo), tmp_path)
     for flag in ("--grpc-address=127.0.0.1", "--http-address=127.0.0.1", "--metrics-address=127.0.0.1"):

@@ -13,7 +13,7 @@ import requests
 from benchmarks.images import photo
 from maskserve.core import signatures as sig
 from maskserve.frontend.adapters.routing import rendezvous_score
-from tests.helpers import start_api
+from tests.plugins.stack import start_api
 
 SEG = "/v1/services/image-segmentation"
 
@@ -29,7 +29,7 @@ def _encodes(url: str) -> int:
 
 
 def test_affinity_and_a_replica_killed_under_load(exported_repo, tmp_path, tmp_path_factory, report):
-    from maskserve.tritonserver import TritonOptions, TritonServer
+    from maskserve.triton.server import TritonOptions, TritonServer
 
     replicas = [TritonServer(TritonOptions.on_free_ports(exported_repo, tmp_path / f"triton{i}")) for i in range(2)]
     urls = [r.opts.grpc_url for r in replicas]

@@ -14,7 +14,8 @@ import aiohttp
 import asyncpg
 import requests
 
-from tests.helpers import free_port, image_bytes
+from maskserve.devtools.pictures import image_bytes
+from maskserve.triton.server import free_port
 
 CLI = [sys.executable, "-m", "maskserve.cli"]
 

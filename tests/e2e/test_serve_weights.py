@@ -14,9 +14,8 @@ import torch
 from maskserve.export import checkpoints
 from maskserve.export.command import ExportRequest, run_export
 from maskserve.export.variants import get_variant
-from tests.e2e.test_commands import _stop, _wait_for
-from tests.helpers import free_port
-from tests.integration.test_weights_download import NAME, Cdn
+from maskserve.triton.server import free_port
+from tests.plugins.processes import NAME, Cdn, stop_cli, wait_for_line
 
 ROOT = Path(__file__).parents[2]
 
@@ -46,10 +45,10 @@ def serve(tmp_path: Path, repo: Path, env: dict[str, str]) -> tuple[subprocess.P
 def ready_then_stop(proc: subprocess.Popen, port: int) -> tuple[str, dict]:
     """Wait until the service listens, read /readyz, stop it cleanly; → (its output so far, /readyz)."""
     try:
-        lines = _wait_for(proc, "maskserve is listening")
+        lines = wait_for_line(proc, "maskserve is listening")
         ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=30).json()
     finally:
-        code, rest = _stop(proc)
+        code, rest = stop_cli(proc)
     assert code == 0, rest[-3000:]
     return "".join(lines), ready
 

@@ -14,39 +14,10 @@ import requests
 from PIL import Image
 
 from maskserve.core import signatures as sig
+from maskserve.devtools.pictures import image_bytes, png_mask
 from maskserve.frontend.signing import UrlSigner, load_or_create_secret
-from tests.helpers import image_bytes, png_mask, start_api
-
-SEG = "/v1/services/image-segmentation"
-EXT = "/v1/services/object-extraction"
-
-
-def q(value) -> str:
-    return quote(json.dumps(value))
-
-
-def auth(secret: str) -> dict:
-    return {"Authorization": f"Bearer {secret}"}
-
-
-def post(api, path: str, secret: str | None, files, **params) -> requests.Response:
-    query = "&".join(f"{k}={q(v) if not isinstance(v, str) else quote(v)}" for k, v in params.items())
-    return requests.post(
-        f"{api.url}{path}{'?' + query if query else ''}",
-        files=files,
-        headers=auth(secret) if secret else {},
-        timeout=120,
-    )
-
-
-def schema(api, name: str) -> dict:
-    doc = requests.get(f"{api.url}/openapi.json", timeout=10).json()
-    return {**doc["components"]["schemas"][name], "components": doc["components"]}
-
-
-def fetch(url: str) -> requests.Response:
-    return requests.get(url, timeout=30)
-
+from tests.plugins.calls import EXT, SEG, auth, fetch, post, q, schema
+from tests.plugins.stack import start_api
 
 # --- happy paths: every field of both response shapes ----------------------------------
 
@@ -275,7 +246,7 @@ def test_429_with_retry_after(api):
 
 
 def test_503_when_triton_is_unreachable_and_nothing_is_charged(tmp_path_factory):
-    from tests.helpers import free_port
+    from maskserve.triton.server import free_port
 
     api = start_api(tmp_path_factory, f"127.0.0.1:{free_port()}", triton_timeout_s=5)
     try:

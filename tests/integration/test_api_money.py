@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from tests.helpers import image_bytes
+from maskserve.devtools.pictures import image_bytes
 
 SEG = "/v1/services/image-segmentation"
 

@@ -21,11 +21,12 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from maskserve.core.images import encoder_input
+from maskserve.devtools import torchvision_standin
+from maskserve.devtools.pictures import image_bytes
+from maskserve.devtools.torchvision_standin import meta_mask_generator
 from maskserve.export import reference
-from tests import torchvision_standin
-from tests.helpers import image_bytes, ledger_state, start_api
-from tests.integration.test_api import EXT, SEG, fetch, post, schema
-from tests.torchvision_standin import meta_mask_generator
+from tests.plugins.calls import EXT, SEG, fetch, ledger_state, post, schema
+from tests.plugins.stack import start_api
 
 EVERYTHING = f"{SEG}/everything"
 OBJECTS = [

@@ -8,7 +8,9 @@ import sys
 
 from PIL import Image
 
-from tests.helpers import free_port, image_bytes, ledger_state
+from maskserve.devtools.pictures import image_bytes
+from maskserve.triton.server import free_port
+from tests.plugins.calls import ledger_state
 
 
 def maskserve(args: list[str], env: dict[str, str], cwd) -> subprocess.CompletedProcess:

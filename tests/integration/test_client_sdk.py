@@ -18,7 +18,9 @@ from maskserve.client import (
     Unauthorized,
     ValidationError,
 )
-from tests.helpers import image_bytes, ledger_state, png_mask, start_api
+from maskserve.devtools.pictures import image_bytes, png_mask
+from tests.plugins.calls import ledger_state
+from tests.plugins.stack import start_api
 
 
 def test_sync_client_covers_the_calls(api, tmp_path):

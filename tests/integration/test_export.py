@@ -17,11 +17,12 @@ from tritonclient.grpc import model_config_pb2
 
 from maskserve.cli import main as cli_main
 from maskserve.core import signatures as sig
+from maskserve.devtools.pictures import make_image
 from maskserve.export import checkpoints, reference
 from maskserve.export.command import ExportError, ExportRequest, run_export
 from maskserve.export.repository import render_config
 from maskserve.export.variants import VARIANTS, get_variant
-from tests.helpers import SEED, make_image
+from tests.plugins.stack import SEED
 
 
 def test_every_variant_builds_from_the_packages_configs():
@@ -92,7 +93,7 @@ def test_download_verifies_sha256(http_dir, tmp_path):
 
 
 def test_download_offline_names_the_alternatives(tmp_path):
-    from tests.helpers import free_port
+    from maskserve.triton.server import free_port
 
     offline = dataclasses.replace(get_variant("sam2.1_hiera_tiny"), url=f"http://127.0.0.1:{free_port()}/x.pt")
     with pytest.raises(checkpoints.WeightsError) as info:

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from maskserve.core import signatures as sig
 from maskserve.core.masks import select_mask
 from maskserve.core.prompts import is_multimask, pack_prompt
+from maskserve.devtools.pictures import make_image
 from maskserve.export import reference
-from tests.helpers import make_image
 
 MIN_AGREEMENT = 0.999
 FULL_SIZE = (1080, 1920)  # masks are also compared after the predictor's upsampling

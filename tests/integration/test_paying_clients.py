@@ -20,8 +20,9 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.helpers import image_bytes, ledger_state, png_mask, start_api
-from tests.integration.test_api import EXT, SEG, fetch, post
+from maskserve.devtools.pictures import image_bytes, png_mask
+from tests.plugins.calls import EXT, SEG, fetch, ledger_state, post
+from tests.plugins.stack import start_api
 
 W, H = 320, 240
 BOX = (40, 60, 200, 150)  # x1, y1, x2, y2 (end exclusive) of the white mask
@@ -220,7 +221,7 @@ def test_hostile_styling_gets_422(api, key, params, name):
 
 def test_an_async_job_through_triton_ends_in_a_signed_webhook(triton_server, tmp_path_factory, report):
     """The real path end to end: 202, the job runs on Triton, the webhook arrives signed and verifiable."""
-    from tests.unit.test_webhooks import documented_verify
+    from tests.plugins.calls import documented_verify
 
     got: list[tuple[str, bytes]] = []
 

@@ -20,11 +20,15 @@ import pytest
 import requests
 from PIL import Image
 
+from maskserve.devtools.pictures import image_bytes, png_mask
+from maskserve.devtools.s3 import S3Server
 from maskserve.frontend.adapters.objects import LIFECYCLE_RULE_ID, S3Files
 from maskserve.frontend.config import Settings
 from maskserve.frontend.errors import StorageUnavailable
-from maskserve.frontend.http.state import SIGNER
-from tests.helpers import S3Server, auth, free_port, image_bytes, ledger_state, png_mask, start_api
+from maskserve.frontend.http.state import SERVICES
+from maskserve.triton.server import free_port
+from tests.plugins.calls import auth, ledger_state
+from tests.plugins.stack import start_api
 
 SEG = "/v1/services/image-segmentation"
 EXT = "/v1/services/object-extraction"
@@ -164,7 +168,7 @@ def test_signed_link_rules_are_unchanged(s3_api):
     assert tampered.status_code == 403
     missing = requests.get(base, allow_redirects=False)
     assert missing.status_code == 403
-    signer = s3_api.app[SIGNER]
+    signer = s3_api.app[SERVICES].deps.signer
     other = "f" * 32
     expires = signer.expiry()
     sig = signer.sign(other, expires)

@@ -13,14 +13,14 @@ import pytest
 import requests
 
 from benchmarks.images import photo
-from maskserve.core import model_config
 from maskserve.core import signatures as sig
 from maskserve.core.images import encoder_input
 from maskserve.core.prompts import PackedPrompt, is_multimask, pack_prompt
 from maskserve.frontend import imaging
 from maskserve.session.engine import SessionEngine
 from maskserve.session.store import EmbeddingStore
-from tests.helpers import start_api
+from maskserve.triton import config as model_config
+from tests.plugins.stack import start_api
 
 SEG = "/v1/services/image-segmentation"
 POINTS = ((480, 270), (960, 540), (1500, 800))  # the benchmark's prompts on its 1920x1080 photos
@@ -136,7 +136,7 @@ def test_two_frontends_encode_each_image_once_and_move_small_messages(triton_ser
 
 def test_session_store_keeps_its_bound_and_reports_on_the_metrics_port(exported_repo, tmp_path, tmp_path_factory):
     """A 20 MiB store holds two fp16 images: the third evicts the least recently used, which is encoded again."""
-    from maskserve.tritonserver import TritonOptions, TritonServer
+    from maskserve.triton.server import TritonOptions, TritonServer
 
     repo = tmp_path / "repo"
     shutil.copytree(exported_repo, repo)

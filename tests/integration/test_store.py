@@ -10,7 +10,8 @@ import pytest
 
 from maskserve.frontend.adapters.backends import build_store
 from maskserve.frontend.config import Settings
-from maskserve.frontend.domain import Completion, JobKind, NewJob, RateBucket
+from maskserve.frontend.domain.accounts import RateBucket
+from maskserve.frontend.domain.jobs import Completion, JobKind, NewJob
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

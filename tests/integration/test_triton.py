@@ -19,7 +19,8 @@ from tritonclient.utils import InferenceServerException
 
 from maskserve.core import signatures as sig
 from maskserve.core.prompts import pack_prompt
-from tests.helpers import free_port, make_image
+from maskserve.devtools.pictures import make_image
+from maskserve.triton.server import free_port
 
 NP_TO_TRITON = {np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32"}
 

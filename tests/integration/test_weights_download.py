@@ -7,11 +7,8 @@ without them), and can break a response off part-way, as a flaky network does.
 from __future__ import annotations
 
 import dataclasses
-import http.server
 import json
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,57 +17,8 @@ from maskserve.core import signatures as sig
 from maskserve.export import checkpoints
 from maskserve.export.command import ExportRequest, run_export
 from maskserve.export.variants import get_variant
-from tests.helpers import free_port
-
-NAME = "sam2.1_hiera_tiny.pt"
-
-
-class Cdn:
-    """A loopback HTTP server for one directory; ``cut_after`` breaks each full response off after that many bytes."""
-
-    def __init__(self, root: Path, ranges: bool = True) -> None:
-        self.root = root
-        self.ranges = ranges
-        self.cut_after: int | None = None
-        self.requests: list[str | None] = []  # the Range header of every GET
-        cdn = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                cdn.requests.append(self.headers.get("Range"))
-                path = cdn.root / self.path.lstrip("/")
-                if not path.is_file():
-                    self.send_error(404)
-                    return
-                data = path.read_bytes()
-                start = 0
-                wanted = self.headers.get("Range")
-                if cdn.ranges and wanted and wanted.startswith("bytes="):
-                    start = int(wanted[6:].split("-")[0])
-                    if start >= len(data):
-                        self.send_error(416)
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                body = data[start:]
-                if cdn.cut_after is not None and start == 0:
-                    body = body[: cdn.cut_after]  # the promised length never arrives
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+from maskserve.triton.server import free_port
+from tests.plugins.processes import NAME, Cdn
 
 
 @pytest.fixture()

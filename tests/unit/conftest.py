@@ -17,7 +17,9 @@ from maskserve.core.prompts import PackedPrompt
 from maskserve.core.signatures import LOW_RES_MASK_SIZE
 from maskserve.frontend.app import create_app
 from maskserve.frontend.config import Settings
-from maskserve.frontend.domain import EverythingJob, ModelInfo, Segmentation
+from maskserve.core.session_io import SessionAnswer
+from maskserve.frontend.domain.everything import EverythingJob
+from maskserve.frontend.domain.models import ModelInfo
 from maskserve.frontend.errors import InferenceUnavailable
 from maskserve.frontend.http.state import STORE
 
@@ -44,13 +46,13 @@ class FakeInference:
         if self.down:
             raise InferenceUnavailable("fake Triton is down")
 
-    async def segment(self, digest: str, image: bytes, prompts: list[PackedPrompt], version: str) -> Segmentation:
+    async def segment(self, digest: str, image: bytes, prompts: list[PackedPrompt], version: str) -> SessionAnswer:
         self._check()
         if version not in self.versions:
             raise InferenceUnavailable(f"version {version} is not loaded")
         self.calls.append(version)
         if self.reject:
-            return Segmentation(rejected=self.reject)
+            return SessionAnswer(rejected=self.reject)
         encoded = digest not in self.seen
         if encoded:
             self.encodes += 1
@@ -66,22 +68,22 @@ class FakeInference:
             if prompt.mask_input is not None:  # a refinement: the earlier mask grows by the new disc
                 disc = np.maximum(disc, prompt.mask_input.reshape(disc.shape))
             discs.append(disc)
-        return Segmentation(logits=np.stack(discs), scores=[0.9] * len(discs), encoded=encoded)
+        return SessionAnswer(logits=np.stack(discs), scores=[0.9] * len(discs), encoded=encoded)
 
-    async def everything(self, digest: str, image: bytes, job: EverythingJob, version: str) -> Segmentation:
+    async def everything(self, digest: str, image: bytes, job: EverythingJob, version: str) -> SessionAnswer:
         """Two nested squares and one apart, as the model tier would send them (RLE, boxes, scores)."""
         self._check()
         self.calls.append(version)
         points = job.options.points_per_side**2
         if self.per_point_s and 0.5 + self.per_point_s * points > job.budget_s:
-            return Segmentation(overrun=(0.5, self.per_point_s), encoded=digest not in self.seen)
+            return SessionAnswer(overrun=(0.5, self.per_point_s), encoded=digest not in self.seen)
         masks = []
         for i, (x0, y0, size) in enumerate([(0, 0, 40), (5, 5, 10), (50, 50, 8)]):
             mask = np.zeros((job.height, job.width), bool)
             mask[y0 : y0 + size, x0 : x0 + size] = True
             box = [x0, y0, min(x0 + size, job.width) - 1, min(y0 + size, job.height) - 1]
-            masks.append(Candidate(encodings.rle_encode(mask), box, 0.9 - i / 10, 0.95, i).to_json())
-        return Segmentation(masks=masks, encoded=digest not in self.seen)
+            masks.append(Candidate(encodings.rle_encode(mask), box, 0.9 - i / 10, 0.95, i))
+        return SessionAnswer(masks=masks, encoded=digest not in self.seen)
 
     async def ready_versions(self) -> set[str]:
         self._check()

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from maskserve.core import encodings, everything
+from maskserve.devtools.pictures import image_bytes
 from maskserve.frontend.http.state import STORE
-from tests.helpers import image_bytes
-from tests.unit.test_http import SEG, auth, form
+from tests.plugins.calls import SEG, auth, form
 
 EVERYTHING = f"{SEG}/everything"
 

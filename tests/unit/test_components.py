@@ -7,24 +7,31 @@ from multidict import MultiDict
 
 from maskserve.frontend.adapters.ratelimit import RateLimiter
 from maskserve.frontend.config import Settings, SettingsError, settings_table
-from maskserve.frontend.domain import JobKind, RateBucket
+from maskserve.frontend.domain.accounts import RateBucket
+from maskserve.frontend.domain.jobs import JobKind
 from maskserve.frontend.errors import Forbidden, Unavailable, ValidationFailed
-from maskserve.frontend.http.parsing import check_query, parse_extraction_options, parse_prompt
-from maskserve.frontend.services import Admission
+from maskserve.frontend.domain.requests import ExtractQuery, SegmentQuery
+from maskserve.frontend.http.parsing import parse_query
+from maskserve.frontend.services.admission import Admission
 from maskserve.frontend.signing import UrlSigner
-from tests.helpers import ROOT
+from tests.plugins.stack import ROOT
 
 
 def query(**values: str) -> MultiDict[str]:
     return MultiDict(values)
 
 
+def parse_prompt(values: MultiDict[str]):
+    prompts = parse_query(values, SegmentQuery).segmentation()
+    return prompts.objects[0] if prompts.objects else None
+
+
 def test_prompts_parse_into_arrays():
     prompt = parse_prompt(query(points="[[1, 2], [3.5, 4]]", labels="[1, 0]", box="[0, 0, 10, 10]"))
-    assert prompt.points.tolist() == [[1, 2], [3.5, 4]] and prompt.labels.tolist() == [1, 0]
-    assert prompt.box.tolist() == [0, 0, 10, 10] and prompt.given
-    assert parse_prompt(query(points="[[1, 2]]")).labels.tolist() == [1]
-    assert not parse_prompt(query()).given
+    assert prompt.point_array().tolist() == [[1, 2], [3.5, 4]] and prompt.label_array().tolist() == [1, 0]
+    assert prompt.box_array().tolist() == [0, 0, 10, 10] and prompt.given
+    assert parse_prompt(query(points="[[1, 2]]")).label_array().tolist() == [1]
+    assert parse_prompt(query()) is None
 
 
 @pytest.mark.parametrize(
@@ -49,12 +56,12 @@ def test_bad_prompts_name_their_field(values, name):
 
 
 def test_extraction_options_and_unaccepted_parameters():
-    assert parse_extraction_options(query(feather="50", output_format="PNG")).output_format == "png"
+    assert parse_query(query(feather="50", output_format="PNG"), ExtractQuery).extraction().output_format == "png"
     for bad in ({"feather": "51"}, {"feather": "x"}, {"output_format": "gif"}):
         with pytest.raises(ValidationFailed):
-            parse_extraction_options(query(**bad))
+            parse_query(query(**bad), ExtractQuery)
     with pytest.raises(ValidationFailed):
-        check_query(query(feather="3"), {"points"})
+        parse_query(query(feather="3"), SegmentQuery)  # another endpoint's parameter
     dup = MultiDict([("points", "[[1,1]]"), ("points", "[[2,2]]")])
     with pytest.raises(ValidationFailed):
         parse_prompt(dup)
@@ -144,7 +151,7 @@ def test_shared_memory_a_killed_triton_left_is_released_unless_mapped_or_new(tmp
     import os
     import time
 
-    from maskserve import tritonserver
+    from maskserve.triton import server as tritonserver
 
     monkeypatch.setattr(tritonserver, "SHM_DIR", tmp_path)
     old = time.time() - 3600

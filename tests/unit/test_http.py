@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from urllib.parse import quote
-
 import aiohttp
 import numpy as np
 import pytest
 from PIL import Image
 
+from maskserve.devtools.pictures import image_bytes, png_mask
 from maskserve.frontend.http.middleware import PUBLIC_ROUTES
 from maskserve.frontend.http.state import STORE
-from tests.helpers import image_bytes, png_mask
-
-SEG = "/v1/services/image-segmentation"
-EXT = "/v1/services/object-extraction"
-POINT = quote(json.dumps([[320, 240]]))
-
-
-def form(field: str = "file", *images: bytes) -> aiohttp.FormData:
-    data = aiohttp.FormData()
-    for i, image in enumerate(images or (image_bytes(),)):
-        data.add_field(field, image, filename=f"p{i}.jpg", content_type="image/jpeg")
-    return data
-
-
-def auth(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
+from tests.plugins.calls import EXT, POINT, SEG, auth, form
 
 
 async def test_every_route_needs_a_key_unless_it_is_public(client):

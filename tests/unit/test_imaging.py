@@ -13,8 +13,9 @@ from PIL import Image
 from maskserve.core import images
 from maskserve.core.images import ImageRejected
 from maskserve.core.signatures import PIXEL_MEAN, PIXEL_STD
+from maskserve.devtools.pictures import image_bytes
 from maskserve.frontend import imaging
-from tests.helpers import image_bytes
+from maskserve.frontend.domain.requests import ExtractionOptions
 
 
 def _torch_preprocess(rgb: np.ndarray) -> np.ndarray:
@@ -151,13 +152,13 @@ def test_styled_cutout_crops_pads_and_fills():
     image = imaging.DecodedImage(rgb, None, "PNG")
     alpha = np.zeros((20, 30), np.uint8)
     alpha[0:5, 10:20] = 255
-    cropped = np.asarray(imaging.styled_cutout(image, alpha, imaging.Styling(crop=True, crop_margin=3)))
+    cropped = np.asarray(imaging.styled_cutout(image, alpha, ExtractionOptions(crop=True, crop_margin=3)))
     assert cropped.shape == (11, 16, 4)  # 5 + 2*3 rows, 10 + 2*3 columns
     assert (cropped[:3, :, 3] == 0).all() and (cropped[3:8, 3:13, :3] == rgb[0:5, 10:20]).all()
-    filled = np.asarray(imaging.styled_cutout(image, alpha, imaging.Styling(bg_color=(1, 2, 3, 255))))
+    filled = np.asarray(imaging.styled_cutout(image, alpha, ExtractionOptions(bg_color="#010203")))
     assert filled.shape == (20, 30, 3) and (filled[alpha == 0] == [1, 2, 3]).all()
     assert (filled[alpha == 255] == rgb[alpha == 255]).all()
-    only = np.asarray(imaging.styled_cutout(image, alpha, imaging.Styling(crop=True, channels="alpha")))
+    only = np.asarray(imaging.styled_cutout(image, alpha, ExtractionOptions(crop=True, channels="alpha")))
     assert only.shape == (5, 10) and (only == 255).all()
     with pytest.raises(imaging.NothingToCrop):
-        imaging.styled_cutout(image, np.zeros_like(alpha), imaging.Styling(crop=True))
+        imaging.styled_cutout(image, np.zeros_like(alpha), ExtractionOptions(crop=True))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import sys
 import time
 from urllib.parse import quote, urlsplit
 
@@ -12,12 +13,13 @@ import aiohttp
 import pytest
 
 from maskserve.cli import build_parser
-from maskserve.cli.models import drain
+from maskserve.devtools.pictures import image_bytes
 from maskserve.frontend.adapters.store import SqlStore
-from maskserve.frontend.app import FOLLOW_INTERVAL_S
-from maskserve.frontend.domain import Canary, FrontendReport, Route, Routing, now, traffic_bucket
-from maskserve.frontend.http.state import JOBS, STORE
-from tests.helpers import image_bytes
+from maskserve.frontend.domain.accounts import now
+from maskserve.frontend.domain.models import Canary, FrontendReport, Route, Routing, traffic_bucket
+from maskserve.frontend.services.lifecycle import Lifecycle, Say
+from maskserve.frontend.services.routing import FOLLOW_INTERVAL_S
+from maskserve.frontend.http.state import SERVICES, STORE
 
 SEG = "/v1/services/image-segmentation"
 POINT = quote(json.dumps([[32, 24]]))
@@ -49,7 +51,7 @@ async def _follow(client, change) -> Routing:
     """Change the routing in the store, and wait until the frontend follows it (within its interval)."""
     routing = await client.app[STORE].update_routing(change)
     deadline = time.monotonic() + FOLLOW_INTERVAL_S * 4
-    while client.app[JOBS].routing.generation < routing.generation:
+    while client.app[SERVICES].routing.routing.generation < routing.generation:
         assert time.monotonic() < deadline, "the frontend did not follow the routing"
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.05)  # its report to the store follows
@@ -149,14 +151,16 @@ async def test_the_drain_waits_for_every_frontend_to_follow_and_finish(tmp_path,
             await asyncio.sleep(0.5)
             await store.report_frontend(FrontendReport("b", routing.generation, {"2": 7}, now()))
 
+        say = Say(print, lambda line: print(line, file=sys.stderr))
+        lifecycle = Lifecycle(store, admin=None, say=say)  # the drain asks only the store
         started = time.monotonic()
-        await asyncio.gather(drain(store, routing, {"1"}, 30), finish())
+        await asyncio.gather(lifecycle.drain(routing, {"1"}, 30), finish())
         took = time.monotonic() - started
         assert 0.9 < took < 5, took
         assert "no request in flight on version 1" in capsys.readouterr().out
         await store.report_frontend(FrontendReport("b", routing.generation, {"1": 1}, now()))
         started = time.monotonic()
-        await drain(store, routing, {"1"}, 0.5)  # bounded: gives up after --drain-seconds, and says so
+        await lifecycle.drain(routing, {"1"}, 0.5)  # bounded: gives up after --drain-seconds, and says so
         assert time.monotonic() - started < 3
         assert "drain bound of 0 s reached: 1 request(s) still on version 1" in capsys.readouterr().err
     finally:

@@ -8,8 +8,8 @@ import re
 import aiohttp
 import pytest
 
-from tests.helpers import image_bytes, png_mask
-from tests.unit.test_http import EXT, POINT, SEG, auth, form
+from maskserve.devtools.pictures import image_bytes, png_mask
+from tests.plugins.calls import EXT, POINT, SEG, auth, form
 
 STAGE = re.compile(r"^[a-z]+(;desc=[a-z]+)?(;dur=[0-9]+\.[0-9])?$")
 
@@ -197,7 +197,7 @@ async def test_an_idempotency_key_is_kept_24_hours(client, new_key, tmp_path):
 
 def test_webhook_retries_span_about_an_hour_by_default():
     from maskserve.frontend.config import Settings
-    from maskserve.frontend.http.webhooks import retry_delay
+    from maskserve.frontend.services.webhooks import retry_delay
 
     settings = Settings()
     delays = [retry_delay(settings, n) for n in range(1, settings.webhook_attempts + 1)]

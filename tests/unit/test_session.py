@@ -10,9 +10,10 @@ import pytest
 from maskserve.core import everything
 from maskserve.core.images import ImageRejected, encoder_input
 from maskserve.core.prompts import PackedPrompt, pack_prompt
-from maskserve.session.engine import EverythingRequest, SessionEngine
+from maskserve.devtools.pictures import image_bytes
+from maskserve.core.session_io import EverythingParams
+from maskserve.session.engine import SessionEngine
 from maskserve.session.store import EmbeddingStore, Entry
-from tests.helpers import image_bytes
 
 SHAPES = ((1, 256, 64, 64), (1, 32, 256, 256), (1, 64, 128, 128))
 
@@ -138,8 +139,8 @@ async def test_everything_filters_and_suppresses_next_to_the_embeddings():
     session = SessionEngine(EmbeddingStore(10**9), fakes.preprocess, fakes.encode, fakes.decode, points_per_batch=4)
     grid = (everything.point_grid(4) * 1024).astype(np.float32)
     prompts = [PackedPrompt(*pack_prompt(p[None], np.ones(1, np.int32), None), None, True) for p in grid]
-    request = EverythingRequest(prompts, pred_iou_thresh=0.8, stability_thresh=0.9, height=512, width=512)
-    outcome = await session.everything("d6", image_bytes(64, 48), request)
+    params = EverythingParams(0.8, 0.9, height=512, width=512, budget_s=float("inf"))
+    outcome = await session.everything("d6", image_bytes(64, 48), prompts, params)
     assert fakes.batches == [4, 4, 4, 4] and outcome.encoded and outcome.masks is not None
     # per point: tokens 2 (0.9) and 3 (0.85) pass the IoU filter; their boxes overlap (IoU 0.83), NMS keeps 0.9
     assert len(outcome.masks) == len(grid)
@@ -153,13 +154,13 @@ async def test_a_grid_that_would_pass_its_budget_stops_after_its_first_batches()
     session = SessionEngine(EmbeddingStore(10**9), fakes.preprocess, fakes.encode, fakes.decode, points_per_batch=4)
     grid = (everything.point_grid(16) * 1024).astype(np.float32)
     prompts = [PackedPrompt(*pack_prompt(p[None], np.ones(1, np.int32), None), None, True) for p in grid]
-    request = EverythingRequest(prompts, 0.8, 0.9, height=512, width=512, budget_s=1.0)
-    outcome = await session.everything("d7", image_bytes(64, 48), request)
+    params = EverythingParams(0.8, 0.9, height=512, width=512, budget_s=1.0)
+    outcome = await session.everything("d7", image_bytes(64, 48), prompts, params)
     assert outcome.masks is None and outcome.overrun is not None and outcome.encoded
     before_s, per_point_s = outcome.overrun
     assert before_s >= 0.05 and per_point_s == pytest.approx(0.05 / 4, rel=0.5)
     await asyncio.sleep(0.2)  # the batches not yet started were cancelled, not run
     assert len(fakes.batches) <= 4
-    generous = EverythingRequest(prompts[:16], 0.8, 0.9, height=512, width=512, budget_s=10.0)
-    done = await session.everything("d7", None, generous)
+    generous = EverythingParams(0.8, 0.9, height=512, width=512, budget_s=10.0)
+    done = await session.everything("d7", None, prompts[:16], generous)
     assert done.overrun is None and done.masks is not None and len(done.masks) == 16

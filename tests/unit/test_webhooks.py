@@ -6,17 +6,15 @@ import asyncio
 import hashlib
 import hmac
 import json
-import re
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from aiohttp import web
 
+from maskserve.devtools.pictures import image_bytes
 from maskserve.frontend.http import webhooks
 from maskserve.frontend.http.state import STORE
-from tests.helpers import image_bytes
-from tests.unit.test_http import POINT, SEG, auth, form
+from tests.plugins.calls import POINT, SEG, auth, documented_verify, form
 
 
 @pytest.mark.parametrize(
@@ -83,16 +81,6 @@ async def _until(condition, seconds: float = 10.0) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("timed out")
-
-
-def documented_verify():
-    """docs/API.md's verification code, run as written."""
-    text = (Path(__file__).parents[2] / "docs" / "API.md").read_text()
-    part = text.split("## Asynchronous jobs and webhooks (v1.1)", 1)[1].split("\n## ", 1)[0]
-    (code,) = re.findall(r"```python\n(.*?)```", part, re.S)
-    namespace: dict = {}
-    exec(code, namespace)
-    return namespace["verify"]
 
 
 def verify(secret: str, header: str, body: bytes) -> bool:

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from maskserve.tritonserver import TritonOptions, TritonSetupError, run_forever
+from maskserve.triton.server import TritonOptions, TritonSetupError, run_forever
 
 
 def _add_triton_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -21,40 +20,13 @@ from maskserve.core import everything
 from maskserve.core.images import ImageRejected
 from maskserve.core.masks import select_mask
 from maskserve.core.prompts import PackedPrompt
+from maskserve.core.session_io import EverythingParams, SessionAnswer
 from maskserve.session.store import EmbeddingStore, Entry
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What the model tier answers: a mask, or that it needs the image, or why the image was refused."""
-
-    needs_image: bool = False
-    rejected: str = ""
-    logits: np.ndarray | None = None  # [P, 256, 256] float32, the chosen mask of each prompt object
-    scores: np.ndarray | None = None  # [P] their predicted IoU
-    encoded: bool = False  # this call ran the encoder
-    masks: list[everything.Candidate] | None = None  # segment-everything's masks
-    overrun: tuple[float, float] | None = None  # stopped for its budget: (seconds before the grid, seconds/point)
-
-
-NEEDS_IMAGE = Outcome(needs_image=True)
 
 Preprocess = Callable[[bytes], np.ndarray]
 Encode = Callable[[np.ndarray], Awaitable[list[np.ndarray]]]
 Decode = Callable[[Entry, list[PackedPrompt]], Awaitable[tuple[np.ndarray, np.ndarray]]]
 """Prompts on one image's embeddings → [P, 4, 256, 256] logits and [P, 4] predicted IoU."""
-
-
-@dataclass(frozen=True)
-class EverythingRequest:
-    """Segment-everything's grid (one single-point prompt per point) and filters, and the image's size."""
-
-    prompts: list[PackedPrompt]
-    pred_iou_thresh: float
-    stability_thresh: float
-    height: int
-    width: int
-    budget_s: float = float("inf")  # the call's time budget: a grid projected to take longer is stopped
 
 
 JUDGE_AFTER = 2
@@ -117,20 +89,21 @@ class SessionEngine:
             return None, False, exc.message
         return entry, encoded, ""
 
-    async def segment(self, digest: str, image: bytes | None, prompts: list[PackedPrompt]) -> Outcome:
+    async def segment(self, digest: str, image: bytes | None, prompts: list[PackedPrompt]) -> SessionAnswer:
         """Each prompt object's chosen mask, from one batched decoder call."""
         entry, encoded, rejected = await self._entry(digest, image)
         if rejected:
-            return Outcome(rejected=rejected)
+            return SessionAnswer(rejected=rejected)
         if entry is None:
-            return NEEDS_IMAGE
+            return SessionAnswer(needs_image=True)
         masks, iou = await self._decode(entry, prompts)
         chosen = [select_mask(m, s, p.multimask) for m, s, p in zip(masks, iou, prompts, strict=True)]
         logits = np.stack([np.clip(c[0], -32.0, 32.0) for c in chosen]).astype(np.float32)
-        scores = np.array([c[1] for c in chosen], np.float32)
-        return Outcome(logits=logits, scores=scores, encoded=encoded)
+        return SessionAnswer(logits=logits, scores=[float(c[1]) for c in chosen], encoded=encoded)
 
-    async def everything(self, digest: str, image: bytes | None, request: EverythingRequest) -> Outcome:
+    async def everything(
+        self, digest: str, image: bytes | None, prompts: list[PackedPrompt], params: EverythingParams
+    ) -> SessionAnswer:
         """SAM's automatic mask generation up to its box NMS, next to the embeddings.
 
         The grid goes to the decoder ``points_per_batch`` points at a time, two
@@ -138,21 +111,21 @@ class SessionEngine:
         candidates of the last batch are filtered at the image's size. After
         each batch the grid's duration is projected from the measured speed;
         one that would pass the request's budget is stopped there, and the
-        answer says how fast this deployment went (``Outcome.overrun``).
+        answer says how fast this deployment went (``SessionAnswer.overrun``).
         """
         started = time.monotonic()
         entry, encoded, rejected = await self._entry(digest, image)
         if rejected:
-            return Outcome(rejected=rejected)
+            return SessionAnswer(rejected=rejected)
         if entry is None:
-            return NEEDS_IMAGE
+            return SessionAnswer(needs_image=True)
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(2)
         size = self.points_per_batch
 
         async def batch(start: int) -> tuple[int, list[everything.Candidate]]:
             async with slots:
-                masks, iou = await self._decode(entry, request.prompts[start : start + size])
+                masks, iou = await self._decode(entry, prompts[start : start + size])
             found = await loop.run_in_executor(
                 self._executor,
                 partial(
@@ -160,15 +133,15 @@ class SessionEngine:
                     masks[:, 1:],
                     iou[:, 1:],
                     start,
-                    request.height,
-                    request.width,
-                    request.pred_iou_thresh,
-                    request.stability_thresh,
+                    params.height,
+                    params.width,
+                    params.pred_iou_thresh,
+                    params.stability_score_thresh,
                 ),
             )
             return len(masks), found
 
-        total = len(request.prompts)
+        total = len(prompts)
         grid_start = time.monotonic()
         before = grid_start - started
         tasks = [asyncio.ensure_future(batch(s)) for s in range(0, total, size)]
@@ -180,11 +153,11 @@ class SessionEngine:
                 found.extend(part)
                 done_points += points
                 per_point = (time.monotonic() - grid_start) / done_points
-                if done_points < total and finished >= JUDGE_AFTER and before + per_point * total > request.budget_s:
-                    return Outcome(encoded=encoded, overrun=(before, per_point))
+                if done_points < total and finished >= JUDGE_AFTER and before + per_point * total > params.budget_s:
+                    return SessionAnswer(encoded=encoded, overrun=(before, per_point))
         finally:
             for task in tasks:
                 task.cancel()
         found.sort(key=lambda c: c.prompt)  # grid order, whichever batch finished first
         kept = await loop.run_in_executor(self._executor, everything.suppress, found)
-        return Outcome(masks=kept, encoded=encoded)
+        return SessionAnswer(masks=kept, encoded=encoded)

@@ -1,4 +1,10 @@
-"""Image embeddings kept in a compact precision, bounded in bytes, least recently used first out."""
+"""Image embeddings kept in a compact precision, bounded in bytes, least recently used first out.
+
+The same store keeps the decoder's fp32 copies of the last few images used
+(``hot``): widening 8 MiB of fp16 costs about 9 ms, and interactive use sends
+many prompts on the image just used. Those copies are bounded by a count of
+images, outside the byte bound, and go with their entry when it is evicted.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 STORAGE_DTYPES = {"fp16": np.float16, "fp32": np.float32}
+HOT_IMAGES = 2
+"""Images whose fp32 copies stay ready for the decoder (32 MiB for SAM 2's three tensors)."""
 
 
 @dataclass(frozen=True)
@@ -31,12 +39,14 @@ class StoreStats:
 class EmbeddingStore:
     """An LRU map from image digest to embeddings, holding at most ``max_bytes``."""
 
-    def __init__(self, max_bytes: int, storage: str = "fp16") -> None:
+    def __init__(self, max_bytes: int, storage: str = "fp16", hot_images: int = HOT_IMAGES) -> None:
         if storage not in STORAGE_DTYPES:
             raise ValueError(f"storage must be one of {sorted(STORAGE_DTYPES)}")
         self.max_bytes = max_bytes
         self.dtype = STORAGE_DTYPES[storage]
+        self.hot_images = hot_images
         self._items: OrderedDict[str, Entry] = OrderedDict()
+        self._hot: OrderedDict[int, tuple[Entry, list[np.ndarray]]] = OrderedDict()
         self._bytes = 0
         self.stats = StoreStats()
 
@@ -76,10 +86,29 @@ class EmbeddingStore:
         while self._bytes > self.max_bytes:
             _, dropped = self._items.popitem(last=False)
             self._bytes -= dropped.nbytes
+            self._hot.pop(id(dropped), None)
             evicted += 1
         self.stats.evictions += evicted
         return evicted
 
+    def hot(self, entry: Entry) -> list[np.ndarray] | None:
+        """The decoder's fp32 copies of ``entry`` if they are kept, else None (then ``keep_hot`` them)."""
+        found = self._hot.get(id(entry))
+        if found is None or found[0] is not entry:
+            return None
+        self._hot.move_to_end(id(entry))
+        return found[1]
+
+    def keep_hot(self, entry: Entry, arrays: list[np.ndarray]) -> None:
+        self._hot[id(entry)] = (entry, arrays)
+        while len(self._hot) > self.hot_images:
+            self._hot.popitem(last=False)
+
+    @property
+    def hot_nbytes(self) -> int:
+        return sum(int(a.nbytes) for _, arrays in self._hot.values() for a in arrays)
+
     def clear(self) -> None:
         self._items.clear()
+        self._hot.clear()
         self._bytes = 0

@@ -1,11 +1,11 @@
-"""What a job keeps from the model tier's answer: its output image, further files and the result's JSON extras.
+"""What a job keeps from the model tier's answer: its output image, further files and the result's extras.
 
 Pure CPU work (run in an executor): masks at the image's size from the
 low-res logits, the union of several objects, inline RLE or polygons,
-segment-everything's clean-up, ordering and label map. A job's ``details``
-hold ``{"result": <extras merged into its result object>, "files": {...}}``;
-the files (objects' masks, the logits a refinement reuses) live in the output
-storage next to the output and expire with it.
+segment-everything's clean-up, ordering and label map, and the cut-out. The
+extras (``ResultExtras``) are merged into the job's result object; the
+further files (objects' masks, the logits a refinement reuses) live in the
+output storage next to the output and expire with it.
 """
 
 from __future__ import annotations
@@ -16,15 +16,19 @@ from typing import Any
 import numpy as np
 
 from maskserve.core import encodings, everything
+from maskserve.core.everything import Candidate
 from maskserve.frontend import imaging
-from maskserve.frontend.domain import EverythingJob
+from maskserve.frontend.domain.everything import EverythingJob
+from maskserve.frontend.domain.jobs import EverythingMask, ResultExtras
+from maskserve.frontend.domain.requests import ExtractionOptions
+from maskserve.frontend.errors import ValidationFailed
 
 
 @dataclass
 class Rendered:
     data: bytes  # the output image
     extension: str
-    result: dict[str, Any] = field(default_factory=dict)  # public extras of the result object
+    result: ResultExtras = field(default_factory=ResultExtras)  # public extras of the result object
     objects: list[bytes] = field(default_factory=list)  # each object's mask PNG (``objects`` given)
     logits: bytes | None = None  # the chosen mask's low-res logits, for ``previous_job_id``
     width: int | None = None  # the output's size when it differs from the image's (a cropped cut-out)
@@ -66,25 +70,27 @@ def render_segmentation(
     """
     masks = object_masks(logits, height, width)
     if not several:
-        result = _described(masks[0], scores[0], mask_format)
+        result = ResultExtras.model_validate(_described(masks[0], scores[0], mask_format))
         raw = np.ascontiguousarray(logits[0], np.float32).tobytes()
         return Rendered(imaging.encode_mask_png(masks[0]), "png", result, logits=raw)
     combined = union(masks)
-    result = _described(combined, float(np.mean(scores)), mask_format)
-    result["objects"] = [
+    objects = [
         {"index": i, **_described(mask, score, mask_format)}
         for i, (mask, score) in enumerate(zip(masks, scores, strict=True))
     ]
+    result = ResultExtras.model_validate(
+        {**_described(combined, float(np.mean(scores)), mask_format), "objects": objects}
+    )
     return Rendered(imaging.encode_mask_png(combined), "png", result, [imaging.encode_mask_png(m) for m in masks])
 
 
-def render_everything(found: list[dict[str, Any]], job: EverythingJob) -> Rendered:
+def render_everything(found: list[Candidate], job: EverythingJob) -> Rendered:
     """The model tier's masks → clean-up, the ``max_masks`` best by predicted IoU, ordered by area; the label map.
 
     Where masks overlap, the smaller one's label wins (it is painted later).
     """
     opts = job.options
-    finals = everything.clean_up([everything.Candidate.from_json(c) for c in found], opts.min_mask_region_area)
+    finals = everything.clean_up(found, opts.min_mask_region_area)
     finals = sorted(finals, key=lambda f: -f.score)[: opts.max_masks]
     areas = [encodings.area(f.mask) for f in finals]
     order = sorted(range(len(finals)), key=lambda i: -areas[i])
@@ -94,14 +100,31 @@ def render_everything(found: list[dict[str, Any]], job: EverythingJob) -> Render
     for i in order:
         final = finals[i]
         x, y = grid[final.prompt]
-        masks.append(
-            {
-                "mask": encodings.inline_rle(final.rle, opts.mask_format, final.mask),
-                "bbox": encodings.bbox(final.mask),
-                "area": areas[i],
-                "score": round(final.score, 6),
-                "stability_score": round(final.stability, 6),
-                "point": [round(float(x), 2), round(float(y), 2)],
-            }
-        )
-    return Rendered(imaging.encode_mask_png(labels), "png", {"masks": masks})
+        mask = {
+            "mask": encodings.inline_rle(final.rle, opts.mask_format, final.mask),
+            "bbox": encodings.bbox(final.mask),
+            "area": areas[i],
+            "score": round(final.score, 6),
+            "stability_score": round(final.stability, 6),
+            "point": [round(float(x), 2), round(float(y), 2)],
+        }
+        masks.append(EverythingMask.model_validate(mask))
+    return Rendered(imaging.encode_mask_png(labels), "png", ResultExtras(masks=masks))
+
+
+def render_cutout(
+    image: imaging.DecodedImage, logits: np.ndarray | None, mask: np.ndarray | None, opts: ExtractionOptions
+) -> Rendered:
+    """The cut-out: the objects' union (or the uploaded mask) as alpha, feathered and styled."""
+    if logits is not None:
+        alpha = union(object_masks(logits, image.height, image.width))
+    else:
+        assert mask is not None
+        alpha = mask
+    soft = imaging.feather(alpha, opts.feather)
+    try:
+        styled = imaging.styled_cutout(image, soft, opts)
+    except imaging.NothingToCrop as exc:
+        raise ValidationFailed.one("query", "crop", str(exc)) from None
+    data = imaging.encode_cutout(styled, opts.output_format)
+    return Rendered(data, opts.output_format, width=styled.width, height=styled.height)

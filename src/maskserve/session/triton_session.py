@@ -1,6 +1,7 @@
 """Triton python-backend model ``sam2_session``: image embeddings resident next to the models.
 
-Copied into every version directory of the ``sam2_session`` model. It is
+The exporter copies this file into every version directory of the
+``sam2_session`` model as its ``model.py``. It is
 decoupled with an ``async`` execute, so one instance serves many requests at
 once: a prompt on a cached image is decoded while another request waits for
 its image to be encoded. For each request it takes an image digest and its
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -39,17 +39,17 @@ import triton_python_backend_utils as pb_utils
 from maskserve.core import signatures as sig
 from maskserve.core.images import encoder_input
 from maskserve.core.prompts import PackedPrompt, stack_prompts
-from maskserve.session.engine import EverythingRequest, Outcome, SessionEngine
+from maskserve.core.session_io import SessionRequest
+from maskserve.session.engine import SessionEngine
 from maskserve.session.store import EmbeddingStore, Entry
 
 EMBEDDINGS = tuple(spec.name for spec in sig.ENCODER_OUTPUTS)
-HOT_IMAGES = 2  # images whose fp32 copies stay ready for the decoder
+MASK_INPUT = (1, sig.LOW_RES_MASK_SIZE, sig.LOW_RES_MASK_SIZE)
 DECODER_OUTPUTS = tuple(spec.name for spec in sig.DECODER_OUTPUTS)
-MAX_PROMPTS = 64 * 64  # segment-everything's largest grid
 
 
 def _param(config: dict[str, Any], key: str, default: str, version: str) -> str:
-    """This version's own value (``key_v<version>``, see maskserve.core.model_config), else the model's."""
+    """This version's own value (``key_v<version>``, see maskserve.triton.config), else the model's."""
     params = config.get("parameters", {})
     value = params.get(f"{key}_v{version}", params.get(key, {})).get("string_value")
     return value if value not in (None, "") else default
@@ -58,13 +58,6 @@ def _param(config: dict[str, Any], key: str, default: str, version: str) -> str:
 def _optional(request: Any, name: str) -> np.ndarray | None:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else tensor.as_numpy()
-
-
-def _input(request: Any, name: str) -> np.ndarray:
-    found = _optional(request, name)
-    if found is None:
-        raise ValueError(f"input {name!r} is missing")
-    return found
 
 
 class _Metrics:
@@ -113,7 +106,6 @@ class TritonPythonModel:
         threads = int(_param(config, "preprocess_threads", "2", version))
         self.decoder_batch = int(_param(config, "decoder_batch", "16", version))
         self.pool = ThreadPoolExecutor(threads, "session")
-        self._hot: OrderedDict[int, tuple[Entry, list[np.ndarray]]] = OrderedDict()
         self.engine = SessionEngine(
             self.store, encoder_input, self._encode, self._decode, self.pool, points_per_batch=self.decoder_batch
         )
@@ -141,20 +133,11 @@ class TritonPythonModel:
         return await self._call(sig.ENCODER_MODEL, [pb_utils.Tensor("image", image)], EMBEDDINGS)
 
     async def _widened(self, entry: Entry) -> list[np.ndarray]:
-        """The decoder's fp32 inputs: widening 8 MiB of fp16 costs ~9 ms, so the last images' stay ready.
-
-        Interactive use sends many prompts on the image just used; the two most
-        recently used images keep their fp32 copies (32 MiB), off the store's bound.
-        """
-        key = id(entry)
-        found = self._hot.get(key)
-        if found is not None and found[0] is entry:
-            self._hot.move_to_end(key)
-            return found[1]
-        arrays = await asyncio.get_running_loop().run_in_executor(self.pool, _as_fp32, entry.arrays)
-        self._hot[key] = (entry, arrays)
-        while len(self._hot) > HOT_IMAGES:
-            self._hot.popitem(last=False)
+        """The decoder's fp32 inputs, kept by the store for the last images used (see ``EmbeddingStore.hot``)."""
+        arrays = self.store.hot(entry)
+        if arrays is None:
+            arrays = await asyncio.get_running_loop().run_in_executor(self.pool, _as_fp32, entry.arrays)
+            self.store.keep_hot(entry, arrays)
         return arrays
 
     async def _decode(self, entry: Entry, prompts: list[PackedPrompt]) -> tuple[np.ndarray, np.ndarray]:
@@ -176,40 +159,20 @@ class TritonPythonModel:
         inputs += [
             pb_utils.Tensor("point_coords", coords),
             pb_utils.Tensor("point_labels", labels),
-            pb_utils.Tensor("mask_input", masks if masks is not None else np.zeros((count, 1, 256, 256), np.float32)),
+            pb_utils.Tensor("mask_input", masks if masks is not None else np.zeros((count, *MASK_INPUT), np.float32)),
             pb_utils.Tensor("has_mask_input", has_mask),
         ]
         return await self._call(sig.DECODER_MODEL, inputs, DECODER_OUTPUTS)
 
     async def _answer(self, request: Any) -> Any:
-        digest = bytes(_input(request, "digest").reshape(-1)[0]).decode()
-        upload = _optional(request, "image")
-        image = None if upload is None else bytes(upload.reshape(-1)[0])
-        coords = _input(request, "point_coords").reshape(-1, sig.DECODER_POINTS, 2)
-        labels = _input(request, "point_labels").reshape(-1, sig.DECODER_POINTS)
-        multimask = _input(request, "multimask").reshape(-1)
-        mask_input = _optional(request, "mask_input")
-        masks = None if mask_input is None else mask_input.reshape(-1, 1, 256, 256)
-        if not 1 <= len(coords) <= MAX_PROMPTS or len(labels) != len(coords) or len(multimask) != len(coords):
-            raise ValueError(f"1 to {MAX_PROMPTS} prompts, with as many labels and multimask flags")
-        if masks is not None and len(masks) != len(coords):
-            raise ValueError("one mask_input per prompt")
-        prompts = [
-            PackedPrompt(coords[i], labels[i], None if masks is None else masks[i], bool(multimask[i]))
-            for i in range(len(coords))
-        ]
-        params = _optional(request, "everything")
-        if params is not None:
-            values = [float(v) for v in params.reshape(-1)]
-            if len(values) != sig.EVERYTHING_PARAMS or not values[4] > 0:
-                raise ValueError(f"everything takes {sig.EVERYTHING_PARAMS} values, the last a positive budget")
-            iou_thresh, stability_thresh, height, width, budget_s = values
-            job = EverythingRequest(prompts, iou_thresh, stability_thresh, int(height), int(width), budget_s)
-            outcome = await self.engine.everything(digest, image, job)
+        call = SessionRequest.from_tensors(lambda name: _optional(request, name))
+        if call.everything is not None:
+            answer = await self.engine.everything(call.digest, call.image, call.prompts, call.everything)
         else:
-            outcome = await self.engine.segment(digest, image, prompts)
-        self.metrics.update(self.store, int(outcome.encoded))
-        return pb_utils.InferenceResponse(output_tensors=_outputs(outcome))
+            answer = await self.engine.segment(call.digest, call.image, call.prompts)
+        self.metrics.update(self.store, int(answer.encoded))
+        tensors = answer.tensors()
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, a) for n, a in tensors.items()])
 
     async def _handle(self, request: Any) -> None:
         sender = request.get_response_sender()
@@ -229,25 +192,9 @@ class TritonPythonModel:
         that create it, and deleting it would drop the other versions' series.
         """
         self.store.clear()
-        self._hot.clear()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.metrics.emptied()
 
 
 def _as_fp32(arrays: tuple[np.ndarray, ...]) -> list[np.ndarray]:
     return [np.asarray(array, np.float32) for array in arrays]
-
-
-def _outputs(outcome: Outcome) -> list[Any]:
-    logits = outcome.logits if outcome.logits is not None else np.zeros((0, 256, 256), np.float32)
-    scores = outcome.scores if outcome.scores is not None else np.zeros((0,), np.float32)
-    masks = "" if outcome.masks is None else json.dumps([m.to_json() for m in outcome.masks], separators=(",", ":"))
-    overrun = outcome.overrun if outcome.overrun is not None else (0.0, 0.0)
-    return [
-        pb_utils.Tensor("needs_image", np.array([outcome.needs_image], np.bool_)),
-        pb_utils.Tensor("rejected", np.array([outcome.rejected.encode()], np.object_)),
-        pb_utils.Tensor("low_res_logits", logits),
-        pb_utils.Tensor("score", scores),
-        pb_utils.Tensor("masks", np.array([masks.encode()], np.object_)),
-        pb_utils.Tensor("overrun", np.array(overrun, np.float32)),
-    ]

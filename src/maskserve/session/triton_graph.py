@@ -27,7 +27,7 @@ import triton_python_backend_utils as pb_utils
 
 
 def _param(config: dict, key: str, default: str, version: str) -> str:
-    """This version's own value (``key_v<version>``, see maskserve.core.model_config), else the model's."""
+    """This version's own value (``key_v<version>``, see maskserve.triton.config), else the model's."""
     params = config.get("parameters", {})
     value = params.get(f"{key}_v{version}", params.get(key, {})).get("string_value")
     return value if value not in (None, "") else default

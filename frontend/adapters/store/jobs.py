@@ -1,0 +1,316 @@
+"""The store's jobs: reservations, completion and failure (each with its ledger row, exactly once), batches,
+accepted asynchronous requests, webhook deliveries, output-file rows and service state."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+
+from maskserve.frontend.adapters.store.accounts import add_ledger_row
+from maskserve.frontend.adapters.store.engine import COMPLETED, FAILED, PROCESSING, Database
+from maskserve.frontend.adapters.tables import (
+    api_keys,
+    batches,
+    deferred,
+    deliveries,
+    jobs,
+    output_files,
+    service_state,
+)
+from maskserve.frontend.domain.accounts import LedgerReason, now
+from maskserve.frontend.domain.jobs import (
+    INSUFFICIENT_CREDITS,
+    BatchRecord,
+    Completion,
+    Deferred,
+    Delivery,
+    Job,
+    JobDetails,
+    JobKind,
+    JobStatus,
+    KeptItem,
+    NewJob,
+)
+from maskserve.frontend.domain.requests import RequestParams
+
+
+def _job(row: sa.Row[Any]) -> Job:
+    values = dict(row._mapping)
+    for name in ("reserved", "credits_used", "input_bytes", "output_bytes"):
+        if values[name] is not None:
+            values[name] = int(values[name])
+    values["kind"], values["status"] = JobKind(values["kind"]), JobStatus(values["status"])
+    values["details"] = JobDetails.model_validate_json(values["details"]) if values["details"] else JobDetails()
+    return Job(**values)
+
+
+def _insert_job(
+    conn: sa.Connection,
+    key_id: str,
+    batch_id: str | None,
+    job: NewJob,
+    created: float,
+    status: JobStatus,
+    reserved: int,
+    error: str | None,
+) -> None:
+    conn.execute(
+        jobs.insert().values(
+            id=job.id,
+            key_id=key_id,
+            batch_id=batch_id,
+            kind=job.kind.value,
+            status=status.value,
+            input_filename=job.input_filename,
+            created_at=created,
+            started_at=created if status is JobStatus.PROCESSING else None,
+            finished_at=created if status is JobStatus.FAILED else None,
+            reserved=reserved,
+            error=error,
+            original_width=job.original_width,
+            original_height=job.original_height,
+            input_bytes=job.input_bytes,
+            model_version=job.model_version,
+            input_digest=job.input_digest,
+        )
+    )
+
+
+def _reserve(conn: sa.Connection, key_id: str, batch_id: str | None, new_jobs: list[NewJob]) -> list[bool]:
+    results = []
+    created = now()
+    for job in new_jobs:
+        taken = conn.execute(
+            api_keys.update()
+            .where(api_keys.c.id == key_id, api_keys.c.credits >= job.cost)
+            .values(credits=api_keys.c.credits - job.cost)
+        )
+        ok = taken.rowcount == 1
+        status = JobStatus.PROCESSING if ok else JobStatus.FAILED
+        _insert_job(
+            conn, key_id, batch_id, job, created, status, job.cost if ok else 0, None if ok else INSUFFICIENT_CREDITS
+        )
+        if ok:
+            add_ledger_row(conn, key_id, -job.cost, LedgerReason.RESERVE, job.id, created)
+        results.append(ok)
+    return results
+
+
+def _complete(conn: sa.Connection, job_id: str, done: Completion) -> bool:
+    result = conn.execute(
+        jobs.update()
+        .where(jobs.c.id == job_id, jobs.c.status == PROCESSING)
+        .values(
+            status=COMPLETED,
+            credits_used=jobs.c.reserved,
+            finished_at=now(),
+            processing_ms=done.processing_ms,
+            output_path=done.output_path,
+            content_type=done.content_type,
+            output_width=done.output_width,
+            output_height=done.output_height,
+            output_bytes=done.output_bytes,
+            expires_at=done.expires_at,
+            model_version=done.model_version,
+            details=done.details.to_json(),
+        )
+    )
+    return result.rowcount == 1
+
+
+def _fail(conn: sa.Connection, job_id: str, error: str) -> bool:
+    stamp = now()
+    row = conn.execute(
+        jobs.update()
+        .where(jobs.c.id == job_id, jobs.c.status == PROCESSING)
+        .values(status=FAILED, error=error, credits_used=0, finished_at=stamp)
+        .returning(jobs.c.key_id, jobs.c.reserved)
+    ).first()
+    if row is None:
+        return False
+    if row.reserved:
+        conn.execute(
+            api_keys.update().where(api_keys.c.id == row.key_id).values(credits=api_keys.c.credits + row.reserved)
+        )
+        add_ledger_row(conn, row.key_id, int(row.reserved), LedgerReason.RELEASE, job_id, stamp)
+    return True
+
+
+def _fail_all(conn: sa.Connection, job_ids: list[str], error: str) -> int:
+    return sum(_fail(conn, job_id, error) for job_id in job_ids)
+
+
+class JobRows(Database):
+    async def reserve_jobs(self, key_id: str, batch_id: str | None, new_jobs: list[NewJob]) -> list[bool]:
+        """In order: reserve each job's cost if the balance covers it, else record it failed."""
+        return await self._tx(_reserve, key_id, batch_id, new_jobs)
+
+    async def record_failed(self, key_id: str, batch_id: str | None, job: NewJob, error: str) -> None:
+        await self._tx(_insert_job, key_id, batch_id, job, now(), JobStatus.FAILED, 0, error)
+
+    async def complete_job(self, job_id: str, done: Completion) -> bool:
+        return await self._tx(_complete, job_id, done)
+
+    async def fail_job(self, job_id: str, error: str) -> bool:
+        return await self._tx(_fail, job_id, error)
+
+    async def fail_stale_processing(
+        self, error: str, older_than_s: float = 0.0, keep: frozenset[str] = frozenset()
+    ) -> int:
+        """Refund jobs left ``processing``; with other frontends running, only those older than any request can be.
+
+        ``keep``: jobs that will run again (accepted asynchronous requests whose inputs are kept).
+        """
+        rows = await self._read(
+            sa.select(jobs.c.id).where(jobs.c.status == PROCESSING, jobs.c.started_at <= now() - older_than_s)
+        )
+        return await self._tx(_fail_all, [row.id for row in rows if row.id not in keep], error)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        row = await self._one(sa.select(jobs).where(jobs.c.id == job_id))
+        return None if row is None else _job(row)
+
+    async def expired_outputs(self, before: float) -> list[Job]:
+        rows = await self._read(sa.select(jobs).where(jobs.c.output_path.is_not(None), jobs.c.expires_at < before))
+        return [_job(r) for r in rows]
+
+    async def forget_output(self, job_id: str) -> None:
+        await self._execute(jobs.update().where(jobs.c.id == job_id).values(output_path=None))
+
+    async def get_state(self, name: str) -> str | None:
+        row = await self._one(sa.select(service_state.c.value).where(service_state.c.name == name))
+        return None if row is None else str(row.value)
+
+    async def set_state(self, name: str, value: str) -> None:
+        insert = self._insert(service_state).values(name=name, value=value, updated_at=now())
+        await self._execute(
+            insert.on_conflict_do_update(
+                index_elements=[service_state.c.name],
+                set_={"value": insert.excluded.value, "updated_at": insert.excluded.updated_at},
+            )
+        )
+
+    async def set_state_if_absent(self, name: str, value: str) -> None:
+        insert = self._insert(service_state).values(name=name, value=value, updated_at=now())
+        await self._execute(insert.on_conflict_do_nothing(index_elements=[service_state.c.name]))
+
+    async def put_file(self, job_id: str, data: bytes) -> None:
+        insert = self._insert(output_files).values(job_id=job_id, data=data, created_at=now())
+        await self._execute(
+            insert.on_conflict_do_update(index_elements=[output_files.c.job_id], set_={"data": insert.excluded.data})
+        )
+
+    async def get_file(self, job_id: str) -> bytes | None:
+        row = await self._one(sa.select(output_files.c.data).where(output_files.c.job_id == job_id))
+        return None if row is None else bytes(row.data)
+
+    async def delete_file(self, job_id: str) -> None:
+        await self._execute(output_files.delete().where(output_files.c.job_id == job_id))
+
+    # --- batches and asynchronous requests --------------------------------------
+
+    async def record_batch(self, record: BatchRecord) -> None:
+        await self._execute(
+            batches.insert().values(
+                id=record.id, key_id=record.key_id, job_ids=json.dumps(record.job_ids), created_at=record.created_at
+            )
+        )
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        row = await self._one(sa.select(batches).where(batches.c.id == batch_id))
+        if row is None:
+            return None
+        return BatchRecord(row.id, row.key_id, json.loads(row.job_ids), float(row.created_at))
+
+    async def get_jobs(self, job_ids: list[str]) -> list[Job]:
+        """The jobs, in the order given (missing ones left out)."""
+        rows = {r.id: _job(r) for r in await self._read(sa.select(jobs).where(jobs.c.id.in_(job_ids)))}
+        return [rows[i] for i in job_ids if i in rows]
+
+    async def save_deferred(self, request: Deferred) -> None:
+        await self._execute(
+            deferred.insert().values(
+                id=request.id,
+                key_id=request.key_id,
+                kind=request.kind.value,
+                batch=request.batch,
+                items=json.dumps([item.public() for item in request.items]),
+                params=request.params.model_dump_json(),
+                webhook_url=request.webhook_url,
+                created_at=request.created_at,
+                base_url=request.base_url,
+            )
+        )
+
+    async def list_deferred(self) -> list[Deferred]:
+        rows = await self._read(sa.select(deferred).order_by(deferred.c.created_at))
+        return [
+            Deferred(
+                r.id,
+                r.key_id,
+                JobKind(r.kind),
+                bool(r.batch),
+                [KeptItem.model_validate(item) for item in json.loads(r.items)],
+                RequestParams.model_validate_json(r.params),
+                r.webhook_url,
+                float(r.created_at),
+                r.base_url,
+            )
+            for r in rows
+        ]
+
+    async def forget_deferred(self, request_id: str, webhook: tuple[str, str, str] | None = None) -> bool:
+        """Forget an ended request and, in the same transaction, owe its webhook (key id, URL, body).
+
+        Only the caller that removed the row owes the webhook: two frontends closing one request send one.
+        """
+
+        def forget(conn: sa.Connection) -> bool:
+            if not conn.execute(deferred.delete().where(deferred.c.id == request_id)).rowcount:
+                return False
+            if webhook is not None:
+                at = now()
+                key_id, url, body = webhook
+                conn.execute(
+                    deliveries.insert().values(
+                        key_id=key_id, url=url, body=body, attempts=0, state="pending", next_at=at, created_at=at
+                    )
+                )
+            return True
+
+        return await self._tx(forget)
+
+    async def claim_deliveries(self, lease_s: float, limit: int = 16) -> list[Delivery]:
+        """Due deliveries, each claimed for ``lease_s`` by a conditional update (one frontend sends each)."""
+        at = now()
+        rows = await self._read(
+            sa.select(deliveries)
+            .where(deliveries.c.state == "pending", deliveries.c.next_at <= at)
+            .order_by(deliveries.c.next_at)
+            .limit(limit)
+        )
+
+        def claim(conn: sa.Connection) -> list[Delivery]:
+            mine = []
+            for r in rows:
+                taken = conn.execute(
+                    deliveries.update()
+                    .where(deliveries.c.id == r.id, deliveries.c.next_at == r.next_at, deliveries.c.state == "pending")
+                    .values(next_at=at + lease_s)
+                )
+                if taken.rowcount:
+                    mine.append(Delivery(int(r.id), r.key_id, r.url, r.body, int(r.attempts)))
+            return mine
+
+        return await self._tx(claim) if rows else []
+
+    async def delivery_done(self, delivery_id: int, attempts: int, error: str | None, retry_at: float | None) -> None:
+        """After an attempt: delivered (no error), pending again at ``retry_at``, or failed for good."""
+        state = "delivered" if error is None else ("pending" if retry_at is not None else "failed")
+        await self._execute(
+            deliveries.update()
+            .where(deliveries.c.id == delivery_id)
+            .values(attempts=attempts, state=state, last_error=error, next_at=retry_at if retry_at else now())
+        )

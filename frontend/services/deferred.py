@@ -1,0 +1,191 @@
+"""Asynchronous requests (``async=true``): accepted now, run in the background, resumed after a restart.
+
+Accepting keeps the inputs in the output storage and the request in the
+store (``Deferred``, with its typed parameters); when every image has ended,
+the webhook is owed in the same transaction that forgets the request, and
+the kept inputs go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import replace
+
+from maskserve.frontend.domain.accounts import ApiKey
+from maskserve.frontend.domain.jobs import Deferred, Failure, JobKind, JobStatus, KeptItem, KeptUpload
+from maskserve.frontend.domain.requests import (
+    EverythingOptions,
+    ExtractionOptions,
+    Later,
+    Prompts,
+    RequestParams,
+)
+from maskserve.frontend.errors import NotFound, StorageUnavailable, Unavailable
+from maskserve.frontend.services import shapes
+from maskserve.frontend.services.base import Deps, Service
+from maskserve.frontend.services.preparation import Item, Preparation, Prepared, Upload, versions
+from maskserve.frontend.services.routing import ModelRouting
+from maskserve.frontend.services.running import Options, Runner
+
+log = logging.getLogger("maskserve.frontend")
+
+
+def request_params(prompts: Prompts | None, opts: Options) -> RequestParams:
+    return RequestParams(
+        prompts=prompts,
+        extraction=opts if isinstance(opts, ExtractionOptions) else None,
+        everything=opts if isinstance(opts, EverythingOptions) else None,
+    )
+
+
+class AsyncRequests(Service):
+    def __init__(self, deps: Deps, routing: ModelRouting, preparation: Preparation, runner: Runner) -> None:
+        super().__init__(deps)
+        self.routing = routing
+        self.preparation = preparation
+        self.runner = runner
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def _keep(self, prep: Prepared, written: list[str]) -> KeptItem:
+        kept: dict[str, KeptUpload] = {}
+        for name, upload, suffix in (("image", prep.item.image, "input"), ("mask", prep.item.mask, "inmask")):
+            if upload is not None:
+                written.append(await self.files.put(f"{prep.job.id}_{suffix}", "bin", upload.data))
+                kept[name] = KeptUpload(field=upload.field, filename=upload.filename, location=written[-1])
+        return KeptItem(job_id=prep.job.id, **kept)
+
+    async def accept(
+        self,
+        key: ApiKey,
+        kind: JobKind,
+        request_id: str,
+        batch: bool,
+        preps: list[Prepared],
+        prompts: Prompts | None,
+        opts: Options,
+        later: Later,
+    ) -> None:
+        """Keep the inputs and the request durably, then run its images in the background.
+
+        Output storage away: the reserved images fail and are refunded, and the request gets 503.
+        """
+        written: list[str] = []
+        try:
+            items = [await self._keep(prep, written) for prep in preps]
+        except StorageUnavailable:
+            for prep in preps:
+                await self.store.fail_job(prep.job.id, Failure.STORAGE)
+            await self.discard(written)
+            raise Unavailable(Failure.STORAGE) from None
+        params = request_params(prompts, opts)
+        request = Deferred(
+            request_id, key.id, kind, batch, items, params, later.webhook_url, time.time(), later.base_url
+        )
+        await self.store.save_deferred(request)
+        self._in_background(request, preps, prompts, opts)
+
+    def _in_background(self, request: Deferred, preps: list[Prepared], prompts: Prompts | None, opts: Options) -> None:
+        running = versions(preps)
+        self.routing.in_flight.update(running)  # counted from now: a promotion's drain waits for these images
+
+        async def finish() -> None:
+            try:
+                await asyncio.gather(*(self.runner.run(request.kind, prep, prompts, opts) for prep in preps))
+                await self._close(request)
+            finally:
+                self.routing.in_flight.subtract(running)
+
+        task = asyncio.ensure_future(finish())
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _close(self, request: Deferred) -> None:
+        """Every image of the request has ended: its webhook is owed, its kept inputs go."""
+        webhook = None
+        if request.webhook_url:
+            body = json.dumps(await self._final_body(request), separators=(",", ":"))
+            webhook = (request.key_id, request.webhook_url, body)
+        await self.store.forget_deferred(request.id, webhook)
+        await self.discard([location for item in request.items for location in item.locations])
+
+    async def _final_body(self, request: Deferred) -> dict[str, object]:
+        """What ``GET`` answers for the request now that it ended: the job's shape, or the batch's."""
+        base = request.base_url or self.settings.public_url.rstrip("/")
+        signer = self.deps.signer
+        if not request.batch:
+            job = await self.store.get_job(request.id)
+            assert job is not None
+            return shapes.single_body(base, signer, job)
+        record = await self.store.get_batch(request.id)
+        assert record is not None
+        jobs = await self.store.get_jobs(record.job_ids)
+        return shapes.recorded_batch_body(base, signer, record, jobs, time.time())
+
+    async def sweep(self) -> None:
+        """Forget the kept inputs of requests that ended elsewhere (failed by a sweep, or on another frontend)."""
+        if any(not t.done() for t in self._running):
+            return  # this frontend's own requests close themselves
+        for request in await self.store.list_deferred():
+            jobs = await self.store.get_jobs(request.job_ids)
+            if all(j.status is not JobStatus.PROCESSING for j in jobs):
+                await self._close(request)
+
+    async def resume(self, requests: list[Deferred]) -> int:
+        """After a restart: run again every image of these accepted requests still ``processing``; → images resumed."""
+        resumed = 0
+        for request in requests:
+            params = request.params
+            prompts, opts = params.prompts, params.extraction or params.everything
+            jobs = {j.id: j for j in await self.store.get_jobs(request.job_ids)}
+            key = await self.store.get_key(request.key_id)
+            preps = []
+            for item in request.items:
+                job = jobs.get(item.job_id)
+                if job is None or job.status is not JobStatus.PROCESSING:
+                    continue
+                prep = await self._revive(request, item, key, prompts)
+                if prep is not None:
+                    preps.append(prep)
+            if preps:
+                resumed += len(preps)
+                self._in_background(request, preps, prompts, opts)
+            else:
+                await self._close(request)
+        return resumed
+
+    async def _revive(
+        self, request: Deferred, item: KeptItem, key: ApiKey | None, prompts: Prompts | None
+    ) -> Prepared | None:
+        """One kept image, prepared again under its job id; a job that cannot run any more fails (refunded)."""
+
+        async def load(kept: KeptUpload | None) -> Upload | None:
+            if kept is None:
+                return None
+            data = await self.read_file(kept.location)
+            if data is None:
+                raise FileNotFoundError(kept.location)
+            return Upload(kept.field, kept.filename, data)
+
+        try:
+            if key is None:
+                raise NotFound("the API key is gone")
+            image = await load(item.image)
+            assert image is not None
+            prep = await self.preparation.prepared(key, request.kind, Item(image, await load(item.mask)), prompts)
+            prep.job = replace(prep.job, id=item.job_id)
+            return prep
+        except Exception as exc:
+            log.warning("async job %s cannot run again after the restart: %s", item.job_id, exc)
+            await self.store.fail_job(item.job_id, Failure.RESTARTED)
+            return None
+
+    async def close(self) -> None:
+        """Accepted work gets the shutdown's grace, then ends (its jobs are refunded at the next start)."""
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=self.settings.shutdown_timeout_s)
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)

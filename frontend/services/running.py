@@ -1,0 +1,186 @@
+"""Running one reserved image to its end: the model tier's answer, the output rendered and stored, then the
+job completed and charged, or failed and refunded (and why)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from maskserve.core.images import ImageRejected
+from maskserve.core.prompts import PackedPrompt, is_multimask, pack_prompt
+from maskserve.core.session_io import SessionAnswer
+from maskserve.frontend import imaging
+from maskserve.frontend.domain.everything import EverythingJob
+from maskserve.frontend.domain.jobs import Completion, Failure, Job, JobDetails, JobFiles, JobKind, JobStatus
+from maskserve.frontend.domain.requests import EverythingOptions, ExtractionOptions, Prompts
+from maskserve.frontend.errors import InferenceUnavailable, StorageUnavailable, ValidationFailed
+from maskserve.frontend.services import rendering
+from maskserve.frontend.services.base import Deps, Service, ms_since
+from maskserve.frontend.services.preparation import Prepared
+from maskserve.frontend.services.shadow import Shadows
+
+log = logging.getLogger("maskserve.frontend")
+
+Options = ExtractionOptions | EverythingOptions | None
+Outcome = Failure | ImageRejected | ValidationFailed | None
+"""Why a run failed (what a single request answers), or None when it completed."""
+
+
+def pack(prep: Prepared, prompts: Prompts | None) -> list[PackedPrompt]:
+    """Each prompt object in the model frame, with the earlier mask it refines."""
+    if prompts is None or not prompts.objects:
+        raise ValueError("segmenting needs a prompt")
+    packed = []
+    for prompt in prompts.objects:
+        points, box = prompt.point_array(), prompt.box_array()
+        in_frame = None if points is None else imaging.to_model_frame(points, prep.width, prep.height)
+        box_frame = None if box is None else imaging.to_model_frame(box, prep.width, prep.height).reshape(4)
+        coords, labels = pack_prompt(in_frame, prompt.label_array(), box_frame)
+        packed.append(PackedPrompt(coords, labels, prep.mask_input, is_multimask(points, box)))
+    return packed
+
+
+class Runner(Service):
+    def __init__(self, deps: Deps, shadows: Shadows) -> None:
+        super().__init__(deps)
+        self.inference = deps.inference
+        self.shadows = shadows
+        self._slots = asyncio.Semaphore(deps.settings.inflight_images)
+
+    async def _ask(
+        self, prep: Prepared, version: str, packed: list[PackedPrompt], job: EverythingJob | None
+    ) -> SessionAnswer:
+        """The model tier's answer: each object's mask, or segment-everything's masks."""
+        started = time.perf_counter()
+        with self.metrics.triton.labels("session").time():
+            if job is None:
+                answer = await self.inference.segment(prep.digest, prep.item.image.data, packed, version)
+            else:
+                answer = await self.inference.everything(prep.digest, prep.item.image.data, job, version)
+        self.metrics.encodes.labels("yes" if answer.encoded else "no").inc()
+        if answer.encoded:  # the encoder ran, and the decoder after it, in one call
+            prep.stages.add("encode", ms_since(started))
+        else:
+            prep.stages.add("embeddings", note="cached")
+            prep.stages.add("mask", ms_since(started))
+        if answer.rejected:
+            raise ImageRejected(prep.item.image.field, answer.rejected)
+        if job is None and (answer.logits is None or len(answer.logits) != len(packed)):
+            raise InferenceUnavailable("the model tier answered without a mask per prompt object")
+        if job is not None and answer.overrun is not None:
+            raise ValidationFailed.one("query", "points_per_side", job.overrun_message(*answer.overrun))
+        if job is not None and answer.masks is None:
+            raise InferenceUnavailable("the model tier answered without segment-everything's masks")
+        return answer
+
+    def _render(
+        self, kind: JobKind, prep: Prepared, answer: SessionAnswer | None, prompts: Prompts | None, opts: Options
+    ) -> rendering.Rendered:
+        """The model tier's answer (or the uploaded mask) → the output image and the result's extras."""
+        if kind is JobKind.EVERYTHING:
+            assert answer is not None and answer.masks is not None and isinstance(opts, EverythingOptions)
+            return rendering.render_everything(answer.masks, EverythingJob(opts, prep.width, prep.height))
+        if kind is JobKind.SEGMENTATION:
+            assert answer is not None and answer.logits is not None and prompts is not None
+            return rendering.render_segmentation(
+                answer.logits, answer.scores, prep.height, prep.width, prompts.several, prompts.mask_format
+            )
+        assert isinstance(opts, ExtractionOptions) and prep.decoded is not None
+        logits = answer.logits if answer is not None else None
+        return rendering.render_cutout(prep.decoded, logits, prep.mask, opts)
+
+    async def _store(self, job_id: str, rendered: rendering.Rendered) -> tuple[str, JobDetails]:
+        """Write the output and the job's further files; → the output's location and the job's details."""
+        written: list[str] = []
+
+        async def put(file_id: str, extension: str, data: bytes) -> str:
+            written.append(await self.files.put(file_id, extension, data))
+            return written[-1]
+
+        try:
+            location = await put(job_id, rendered.extension, rendered.data)
+            objects = [await put(f"{job_id}_{i}", "png", data) for i, data in enumerate(rendered.objects)]
+            logits = None if rendered.logits is None else await put(f"{job_id}_logits", "f32", rendered.logits)
+        except StorageUnavailable:
+            await self.discard(written)
+            raise
+        return location, JobDetails(result=rendered.result, files=JobFiles(objects=objects, logits=logits))
+
+    async def _produce(self, kind: JobKind, prep: Prepared, prompts: Prompts | None, opts: Options) -> Completion:
+        started = time.perf_counter()
+        route = prep.route
+        async with self._slots:
+            answer = None
+            if route is not None:
+                everything = None
+                if isinstance(opts, EverythingOptions):
+                    everything = EverythingJob(opts, prep.width, prep.height, self.settings.everything_budget_s)
+                packed = [] if everything is not None else pack(prep, prompts)
+                answer = await self._ask(prep, route.version, packed, everything)
+                if route.shadow is not None and len(packed) == 1 and answer.logits is not None:
+                    self.shadows.send(prep, packed, answer.logits[0], route)
+            rendering_started = time.perf_counter()
+            rendered = await self.cpu(self._render, kind, prep, answer, prompts, opts)
+            prep.stages.add("render", ms_since(rendering_started))
+        storing = time.perf_counter()
+        location, details = await self._store(prep.job.id, rendered)
+        prep.stages.add("store", ms_since(storing))
+        return Completion(
+            output_path=location,
+            content_type=imaging.OUTPUT_TYPES[rendered.extension],
+            output_width=rendered.width or prep.width,
+            output_height=rendered.height or prep.height,
+            output_bytes=len(rendered.data),
+            processing_ms=ms_since(started),
+            expires_at=float(self.deps.signer.expiry()),
+            model_version=None if route is None else route.version,
+            details=details,
+        )
+
+    async def run(self, kind: JobKind, prep: Prepared, prompts: Prompts | None, opts: Options) -> tuple[Job, Outcome]:
+        """Run one reserved image to its end: completed and charged, or failed and refunded (and why)."""
+        started = time.perf_counter()
+        job_id = prep.job.id
+        version = None if prep.route is None else prep.route.version
+        failure: Outcome = None
+        try:
+            done = await self._produce(kind, prep, prompts, opts)
+            storing = time.perf_counter()
+            if not await self.store.complete_job(job_id, done):
+                await self.discard([done.output_path, *done.details.files.locations])  # no result without its charge
+                raise RuntimeError(f"job {job_id} was no longer processing")
+            prep.stages.add("store", ms_since(storing))
+        except InferenceUnavailable as exc:
+            log.warning("job %s: %s", job_id, exc)
+            failure = Failure.UNAVAILABLE
+            await self.store.fail_job(job_id, failure)
+        except StorageUnavailable as exc:  # no stored result without its file: failed, refunded
+            log.warning("job %s: %s", job_id, exc)
+            failure = Failure.STORAGE
+            await self.store.fail_job(job_id, failure)
+        except ImageRejected as exc:  # the model tier could not read the pixels the header promised
+            failure = exc
+            await self.store.fail_job(job_id, exc.message)
+        except ValidationFailed as exc:  # the model tier measured that this request cannot fit its budget
+            failure = exc
+            await self.store.fail_job(job_id, str(exc))
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                log.exception("job %s failed", job_id)
+            failure = Failure.INTERNAL
+            await asyncio.shield(self.store.fail_job(job_id, failure))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        job = await self.store.get_job(job_id)
+        assert job is not None
+        self._count(kind, job, version, started)
+        return job, failure
+
+    def _count(self, kind: JobKind, job: Job, version: str | None, started: float) -> None:
+        self.metrics.images.labels(kind.value, job.status.value).inc()
+        if version is not None:
+            self.metrics.version_requests.labels(version, job.status.value).inc()
+            self.metrics.version_latency.labels(version).observe(time.perf_counter() - started)
+        if job.status is JobStatus.COMPLETED:
+            self.metrics.credits.inc(job.credits_used)
