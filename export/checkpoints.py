@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from maskserve.export.variants import Variant
 
@@ -153,7 +154,7 @@ def download_checkpoint(
     return target
 
 
-def build_model(variant: Variant, seed: int = 0):
+def build_model(variant: Variant, seed: int = 0) -> Any:
     """The real SAM 2 architecture from the package's config.
 
     Parameters get the modules' own initialisation under ``seed``, so a seed
@@ -168,7 +169,7 @@ def build_model(variant: Variant, seed: int = 0):
     return build_sam2(variant.config, ckpt_path=None, device="cpu", mode="eval")
 
 
-def load_checkpoint(model, path: Path) -> WeightsSource:
+def load_checkpoint(model: Any, path: Path) -> WeightsSource:
     """Load Meta's checkpoint format strictly: every key must fit the architecture."""
     import torch
 

@@ -9,11 +9,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from maskserve import __version__
 from maskserve.core import signatures as sig
 from maskserve.export import checkpoints, repository
-from maskserve.export.variants import DEFAULT_VARIANT, VARIANTS, get_variant
+from maskserve.export.checkpoints import WeightsSource
+from maskserve.export.variants import DEFAULT_VARIANT, VARIANTS, Variant, get_variant
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,7 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
     )
 
 
-def _load_weights(req: ExportRequest):
+def _load_weights(req: ExportRequest) -> tuple[Variant, Any, WeightsSource]:
     variant = get_variant(req.model)
     if not (req.checkpoint or req.download or req.random_weights or req.auto_weights):
         raise ExportError(

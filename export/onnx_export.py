@@ -30,7 +30,13 @@ def _example_decoder_inputs(batch: int = 2) -> tuple[torch.Tensor, ...]:
     return tuple(inputs)
 
 
-def _export(module: torch.nn.Module, args: tuple, path: Path, inputs, outputs) -> None:
+def _export(
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: tuple[sig.TensorSpec, ...],
+    outputs: tuple[sig.TensorSpec, ...],
+) -> None:
     dynamic_axes = {spec.name: {0: "batch"} for spec in (*inputs, *outputs)}
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():

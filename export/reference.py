@@ -9,6 +9,8 @@ them as the reference peer.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -16,7 +18,7 @@ from maskserve.core.signatures import BOX_BOTTOM_RIGHT_LABEL, BOX_TOP_LEFT_LABEL
 
 
 @torch.no_grad()
-def encode(model, image: torch.Tensor) -> dict[str, torch.Tensor]:
+def encode(model: Any, image: torch.Tensor) -> dict[str, torch.Tensor]:
     """``set_image`` after its transforms, for a normalised [1, 3, 1024, 1024] image."""
     backbone_out = model.forward_image(image)
     _, vision_feats, _, _ = model._prepare_backbone_features(backbone_out)
@@ -31,7 +33,7 @@ def encode(model, image: torch.Tensor) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def decode(
-    model,
+    model: Any,
     features: dict[str, torch.Tensor],
     points: np.ndarray | None,
     labels: np.ndarray | None,

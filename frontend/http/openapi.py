@@ -4,7 +4,7 @@ endpoint's parameters from its query declaration, every schema from the response
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
@@ -12,10 +12,8 @@ from maskserve import __version__
 from maskserve.frontend.config import Settings
 from maskserve.frontend.domain.requests import JSON, AsyncFields, Declared
 from maskserve.frontend.domain.responses import SCHEMAS
+from maskserve.frontend.http.operations import Body, Route
 from maskserve.frontend.services.idempotency import HEADER, MAX_LENGTH
-
-if TYPE_CHECKING:
-    from maskserve.frontend.http.routes import Body, Route
 
 REF = "#/components/schemas/{model}"
 

@@ -3,49 +3,21 @@ and what the OpenAPI document says of it (the query declaration, the body, the a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from maskserve.frontend.domain.accounts import RateBucket
 from maskserve.frontend.domain.requests import (
-    Declared,
     EverythingQuery,
     ExtractQuery,
     SegmentBatchQuery,
     SegmentQuery,
 )
-from maskserve.frontend.domain.responses import Account, Batch, Result, Shape, Single
+from maskserve.frontend.domain.responses import Account, Batch, Result, Single
 from maskserve.frontend.http import handlers, openapi, playground
+from maskserve.frontend.http.operations import Body, Route
 from maskserve.frontend.http.state import SETTINGS
-
-Handler = Any  # an aiohttp handler: async (web.Request) -> web.StreamResponse
-
-
-@dataclass(frozen=True)
-class Body:
-    """A multipart body: each file field, and whether it is required."""
-
-    fields: dict[str, bool]
-    repeated: bool = False
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str
-    name: str
-    handler: Handler
-    summary: str
-    query: type[Declared] | None = None  # a service endpoint's parameters
-    body: Body | None = None
-    answer: type[Shape] | None = None  # the JSON body of a 200 (and of a 202 for a service endpoint)
-    errors: tuple[int, ...] = ()
-    secured: bool = True  # needs an API key (the auth middleware decides by name: see PUBLIC_ROUTES)
-    bucket: RateBucket = RateBucket.SINGLE  # the rate limit it counts against
-    responses: dict[str, Any] = field(default_factory=dict)  # anything besides the JSON answer and the errors
-    parameters: tuple[dict[str, Any], ...] = ()  # path and other parameters
 
 
 def _path_id(name: str) -> dict[str, Any]:

@@ -78,5 +78,3 @@ def documented_verify():
     namespace: dict = {}
     exec(code, namespace)
     return namespace["verify"]
-
-

@@ -8,93 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import pytest
 
-from maskserve.core import encodings
-from maskserve.core.everything import Candidate
-from maskserve.core.prompts import PackedPrompt
-from maskserve.core.signatures import LOW_RES_MASK_SIZE
 from maskserve.frontend.app import create_app
 from maskserve.frontend.config import Settings
-from maskserve.core.session_io import SessionAnswer
-from maskserve.frontend.domain.everything import EverythingJob
-from maskserve.frontend.domain.models import ModelInfo
-from maskserve.frontend.errors import InferenceUnavailable
 from maskserve.frontend.http.state import STORE
-
-
-class FakeInference:
-    """Stands in for the model tier: a mask is a disc of radius 100 (model frame) around the first prompt point.
-
-    Like the session model, it holds the images it has seen (by digest) and
-    counts the times it had to "encode" one.
-    """
-
-    def __init__(self) -> None:
-        self.encodes = 0
-        self.decodes = 0
-        self.down = False
-        self.seen: set[str] = set()
-        self.reject: str = ""
-        self.versions = {"1"}  # loaded versions; version N draws its disc a little larger than version 1
-        self.calls: list[str] = []  # the version of every segment call
-        self.prompts: list[list[PackedPrompt]] = []  # the prompt objects of every segment call
-        self.per_point_s = 0.0  # segment-everything's speed: a grid that would pass its budget is stopped
-
-    def _check(self) -> None:
-        if self.down:
-            raise InferenceUnavailable("fake Triton is down")
-
-    async def segment(self, digest: str, image: bytes, prompts: list[PackedPrompt], version: str) -> SessionAnswer:
-        self._check()
-        if version not in self.versions:
-            raise InferenceUnavailable(f"version {version} is not loaded")
-        self.calls.append(version)
-        if self.reject:
-            return SessionAnswer(rejected=self.reject)
-        encoded = digest not in self.seen
-        if encoded:
-            self.encodes += 1
-            self.seen.add(digest)
-        self.decodes += 1
-        self.prompts.append(prompts)
-        yy, xx = np.mgrid[0:LOW_RES_MASK_SIZE, 0:LOW_RES_MASK_SIZE]
-        radius = 25 + 5 * (int(version) - 1)
-        discs = []
-        for prompt in prompts:
-            cx, cy = prompt.point_coords[0] / 4  # model frame (1024) -> low-res mask (256)
-            disc = np.where((xx - cx) ** 2 + (yy - cy) ** 2 < radius**2, 10.0, -10.0).astype(np.float32)
-            if prompt.mask_input is not None:  # a refinement: the earlier mask grows by the new disc
-                disc = np.maximum(disc, prompt.mask_input.reshape(disc.shape))
-            discs.append(disc)
-        return SessionAnswer(logits=np.stack(discs), scores=[0.9] * len(discs), encoded=encoded)
-
-    async def everything(self, digest: str, image: bytes, job: EverythingJob, version: str) -> SessionAnswer:
-        """Two nested squares and one apart, as the model tier would send them (RLE, boxes, scores)."""
-        self._check()
-        self.calls.append(version)
-        points = job.options.points_per_side**2
-        if self.per_point_s and 0.5 + self.per_point_s * points > job.budget_s:
-            return SessionAnswer(overrun=(0.5, self.per_point_s), encoded=digest not in self.seen)
-        masks = []
-        for i, (x0, y0, size) in enumerate([(0, 0, 40), (5, 5, 10), (50, 50, 8)]):
-            mask = np.zeros((job.height, job.width), bool)
-            mask[y0 : y0 + size, x0 : x0 + size] = True
-            box = [x0, y0, min(x0 + size, job.width) - 1, min(y0 + size, job.height) - 1]
-            masks.append(Candidate(encodings.rle_encode(mask), box, 0.9 - i / 10, 0.95, i))
-        return SessionAnswer(masks=masks, encoded=digest not in self.seen)
-
-    async def ready_versions(self) -> set[str]:
-        self._check()
-        return set(self.versions)
-
-    async def model_info(self, version: str) -> list[ModelInfo]:
-        self._check()
-        return [ModelInfo(name, version, "sam2.1_hiera_tiny", "random (seed 0)") for name in ("enc", "dec", "session")]
-
-    async def close(self) -> None:
-        pass
+from tests.plugins.fake_inference import FakeInference
 
 
 @pytest.fixture()

@@ -9,8 +9,8 @@ from maskserve.frontend.adapters.ratelimit import RateLimiter
 from maskserve.frontend.config import Settings, SettingsError, settings_table
 from maskserve.frontend.domain.accounts import RateBucket
 from maskserve.frontend.domain.jobs import JobKind
-from maskserve.frontend.errors import Forbidden, Unavailable, ValidationFailed
 from maskserve.frontend.domain.requests import ExtractQuery, SegmentQuery
+from maskserve.frontend.errors import Forbidden, Unavailable, ValidationFailed
 from maskserve.frontend.http.parsing import parse_query
 from maskserve.frontend.services.admission import Admission
 from maskserve.frontend.signing import UrlSigner

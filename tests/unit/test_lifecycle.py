@@ -17,9 +17,9 @@ from maskserve.devtools.pictures import image_bytes
 from maskserve.frontend.adapters.store import SqlStore
 from maskserve.frontend.domain.accounts import now
 from maskserve.frontend.domain.models import Canary, FrontendReport, Route, Routing, traffic_bucket
+from maskserve.frontend.http.state import SERVICES, STORE
 from maskserve.frontend.services.lifecycle import Lifecycle, Say
 from maskserve.frontend.services.routing import FOLLOW_INTERVAL_S
-from maskserve.frontend.http.state import SERVICES, STORE
 
 SEG = "/v1/services/image-segmentation"
 POINT = quote(json.dumps([[32, 24]]))

@@ -10,8 +10,8 @@ import pytest
 from maskserve.core import everything
 from maskserve.core.images import ImageRejected, encoder_input
 from maskserve.core.prompts import PackedPrompt, pack_prompt
-from maskserve.devtools.pictures import image_bytes
 from maskserve.core.session_io import EverythingParams
+from maskserve.devtools.pictures import image_bytes
 from maskserve.session.engine import SessionEngine
 from maskserve.session.store import EmbeddingStore, Entry
 

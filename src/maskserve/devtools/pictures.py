@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -25,7 +26,7 @@ def make_image(height: int = 1024, width: int = 1024, seed: int = 1) -> np.ndarr
 
 
 def image_bytes(
-    width: int = 640, height: int = 480, fmt: str = "JPEG", mode: str = "RGB", seed: int = 0, **save
+    width: int = 640, height: int = 480, fmt: str = "JPEG", mode: str = "RGB", seed: int = 0, **save: Any
 ) -> bytes:
     """An encoded picture: a coloured rectangle on a gradient (distinct bytes per seed)."""
     rng = np.random.default_rng(seed)

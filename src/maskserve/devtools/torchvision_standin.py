@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import sys
 import types
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,16 +77,17 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(-1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        mean, std = self.get_buffer("mean"), self.get_buffer("std")
+        return (x - mean) / std
 
 
 @contextmanager
-def installed():
+def installed() -> Iterator[None]:
     """``torchvision`` (ops.boxes, transforms) as these stand-ins while sam2's modules import."""
-    root = types.ModuleType("torchvision")
-    ops = types.ModuleType("torchvision.ops")
-    boxes = types.ModuleType("torchvision.ops.boxes")
-    transforms = types.ModuleType("torchvision.transforms")
+    root: Any = types.ModuleType("torchvision")
+    ops: Any = types.ModuleType("torchvision.ops")
+    boxes: Any = types.ModuleType("torchvision.ops.boxes")
+    transforms: Any = types.ModuleType("torchvision.transforms")
     boxes.batched_nms, boxes.box_area, boxes.nms = batched_nms, box_area, nms
     transforms.ToTensor, transforms.Resize, transforms.Normalize = ToTensor, Resize, Normalize
     root.ops, ops.boxes, root.transforms = ops, boxes, transforms
@@ -102,7 +105,7 @@ def installed():
                 sys.modules[name] = module
 
 
-def meta_mask_generator(model, **options):
+def meta_mask_generator(model: Any, **options: Any) -> Any:
     """``sam2.automatic_mask_generator.SAM2AutomaticMaskGenerator`` on ``model``, imported with the stand-ins."""
     with installed():
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
