@@ -11,7 +11,8 @@ from maskserve.core.everything import point_grid
 from maskserve.core.prompts import PackedPrompt, pack_prompt
 from maskserve.core.session_io import EverythingParams
 from maskserve.core.signatures import IMAGE_SIZE
-from maskserve.frontend.domain.requests import MIN_POINTS_PER_SIDE, EverythingOptions
+from maskserve.frontend.domain.fields import MIN_POINTS_PER_SIDE
+from maskserve.frontend.domain.requests import EverythingOptions
 
 
 @dataclass(frozen=True)

@@ -17,183 +17,38 @@ marked ``JSON`` and decoded by the parser before validation.
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
 import numpy as np
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    GetCoreSchemaHandler,
-    GetJsonSchemaHandler,
-    ValidationError,
-    model_validator,
-)
-from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
+from pydantic import BeforeValidator, Field, model_validator
 
 from maskserve.core.signatures import MAX_OBJECTS, MAX_PROMPT_POINTS
-
-MAX_FEATHER = 50
-MAX_CROP_MARGIN = 500
-MAX_REGION_AREA = 40_000_000  # the pixel limit: a larger area removes nothing more
-MIN_POINTS_PER_SIDE, MAX_POINTS_PER_SIDE = 4, 64
-MAX_WEBHOOK_URL = 2048
-HEX_COLOUR = re.compile(r"#([0-9A-Fa-f]{6}|[0-9A-Fa-f]{8})")
-OUTPUT_FORMATS = ("webp", "png", "jpeg")
-
-
-class JsonQuery:
-    """Marks a field whose query value is JSON text (decoded by the parser; not JSON: "invalid JSON array")."""
-
-
-JSON = JsonQuery()
-
-
-def invalid(msg: str) -> PydanticCustomError:
-    """A field's error as the contract words it (type ``value_error``)."""
-    return PydanticCustomError("value_error", "{msg}", {"msg": msg})
-
-
-def refuse(model: str, name: str, msg: str, value: Any = None) -> ValidationError:
-    """An error a check across fields raises, located at the field ``name`` (its query name)."""
-    return ValidationError.from_exception_data(model, [InitErrorDetails(type=invalid(msg), loc=(name,), input=value)])
-
-
-def _number(x: object) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    try:
-        value = float(x)
-    except OverflowError:  # an integer with hundreds of digits
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _points(raw: Any) -> Any:
-    if raw is None:
-        return None
-    if not isinstance(raw, (list, tuple)) or not raw:
-        raise invalid("must contain at least one [x, y] pair")
-    if not all(isinstance(p, (list, tuple)) and len(p) == 2 and all(_number(c) is not None for c in p) for p in raw):
-        raise invalid("must be an array of [x, y] pairs of finite numbers")
-    return [(float(x), float(y)) for x, y in raw]
-
-
-def _labels(raw: Any) -> Any:
-    if raw is None:
-        return None
-    if not isinstance(raw, (list, tuple)) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v in (0, 1) for v in raw
-    ):
-        raise invalid("labels must be 0 or 1")
-    return list(raw)
-
-
-def _box(raw: Any) -> Any:
-    if raw is None:
-        return None
-    values = [_number(v) for v in raw] if isinstance(raw, (list, tuple)) else []
-    if len(values) != 4 or any(v is None for v in values):
-        raise invalid("must be [x1, y1, x2, y2] of finite numbers")
-    x1, y1, x2, y2 = (float(v) for v in values if v is not None)
-    if not (x1 < x2 and y1 < y2):
-        raise invalid("must satisfy x1 < x2 and y1 < y2")
-    return (x1, y1, x2, y2)
-
-
-@dataclass(frozen=True)
-class Ranged:
-    """Metadata of a number in a range: parsed from the query text with the contract's messages.
-
-    ``Annotated[int, Ranged(0, 50)]``; the bounds also reach the JSON schema (``minimum``/``maximum``).
-    """
-
-    low: float
-    high: float | None
-    kind: type = int
-
-    def check(self, raw: Any) -> Any:
-        integral = self.kind is int
-        try:
-            if isinstance(raw, bool) or (integral and isinstance(raw, float)):
-                raise ValueError
-            value = self.kind(raw)
-            if not integral and not math.isfinite(value):
-                raise ValueError
-        except (ValueError, TypeError, OverflowError):
-            raise invalid("must be an integer" if integral else "must be a number") from None
-        if value < self.low or (self.high is not None and value > self.high):
-            high = self.high
-            raise invalid(f"must be from {self.low} to {high}" if high is not None else f"must be at least {self.low}")
-        return value
-
-    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-        return core_schema.no_info_before_validator_function(self.check, handler(source))
-
-    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> Any:
-        found = handler(schema)
-        found["minimum"] = self.low
-        if self.high is not None:
-            found["maximum"] = self.high
-        return found
-
-
-@dataclass(frozen=True)
-class Choice:
-    """Metadata of a word from a fixed list (case-insensitive), with the contract's message."""
-
-    options: tuple[str, ...]
-    msg: str | None = None
-
-    def check(self, raw: Any) -> str:
-        value = str(raw).lower()
-        if value not in self.options:
-            raise invalid(self.msg or f"must be one of {', '.join(self.options)}")
-        return value
-
-    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-        return core_schema.no_info_before_validator_function(self.check, handler(source))
-
-    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> Any:
-        return {**handler(schema), "enum": list(self.options)}
-
-
-def _flag(raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    if str(raw).lower() not in ("true", "false"):
-        raise invalid("must be 'true' or 'false'")
-    return str(raw).lower() == "true"
-
-
-def _colour(raw: Any) -> Any:
-    if raw is not None and not (isinstance(raw, str) and HEX_COLOUR.fullmatch(raw)):
-        raise invalid("must be #RRGGBB or #RRGGBBAA (hex; send '#' as %23)")
-    return raw
-
-
-def _job_id(raw: Any) -> Any:
-    if raw is not None and (not raw or len(raw) > 64 or not raw.isascii() or not raw.isprintable()):
-        raise invalid("must be a job id")
-    return raw
-
-
-Points = Annotated[list[tuple[float, float]] | None, BeforeValidator(_points)]
-Labels = Annotated[list[int] | None, BeforeValidator(_labels)]
-Box = Annotated[tuple[float, float, float, float] | None, BeforeValidator(_box)]
-Flag = Annotated[bool, BeforeValidator(_flag)]
-MaskFormat = Annotated[str, Choice(("png", "rle", "polygons"))]
-EverythingMaskFormat = Annotated[str, Choice(("rle", "polygons"))]
-
-
-class Declared(BaseModel):
-    """A request's parameters or a record made from them: immutable, unknown names ignored."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+from maskserve.frontend.domain.fields import (
+    JSON,
+    MAX_CROP_MARGIN,
+    MAX_FEATHER,
+    MAX_POINTS_PER_SIDE,
+    MAX_REGION_AREA,
+    MAX_WEBHOOK_URL,
+    MIN_POINTS_PER_SIDE,
+    OUTPUT_FORMATS,
+    WEBHOOK_URL,
+    Box,
+    Choice,
+    Declared,
+    EverythingMaskFormat,
+    Flag,
+    Labels,
+    MaskFormat,
+    Points,
+    Ranged,
+    check_colour,
+    check_job_id,
+    check_webhook_url,
+    invalid,
+    refuse,
+)
 
 
 def _prompt_checks(model: str, points: Any, labels: Any, box: Any) -> None:
@@ -268,7 +123,7 @@ class ExtractionOptions(Declared):
         description="output image format; jpeg only with an opaque bg_color; png with channels=alpha "
         "(its default there)",
     )
-    bg_color: Annotated[str | None, BeforeValidator(_colour)] = Field(
+    bg_color: Annotated[str | None, BeforeValidator(check_colour)] = Field(
         None,
         description="fill the removed background with this colour (#RRGGBB or #RRGGBBAA) instead of transparency",
         json_schema_extra={"pattern": "^#([0-9A-Fa-f]{6}|[0-9A-Fa-f]{8})$"},
@@ -365,9 +220,10 @@ class AsyncFields(Declared):
         description="true: checked and reserved now, answered 202 (status processing, output_url null), run in "
         "the background; GET /v1/jobs/{id} or /v1/batches/{id} returns the current shape",
     )
-    webhook_url: str | None = Field(
+    webhook_url: Annotated[str | None, BeforeValidator(check_webhook_url)] = Field(
         None,
         max_length=MAX_WEBHOOK_URL,
+        json_schema_extra={"pattern": WEBHOOK_URL.pattern},
         description="with async=true: POSTed the job's or batch's JSON when it ends, signed with the key's webhook "
         "secret (Maskserve-Signature: t=<unix>,v1=<hex HMAC-SHA256 of '<t>.<body>'>), retried with backoff; "
         "loopback, private and link-local targets are refused with 422",
@@ -445,7 +301,7 @@ class SegmentBatchQuery(AsyncFields, PromptFields):
 class SegmentQuery(SegmentBatchQuery):
     """``POST /v1/services/image-segmentation``."""
 
-    previous_job_id: Annotated[str | None, BeforeValidator(_job_id)] = Field(
+    previous_job_id: Annotated[str | None, BeforeValidator(check_job_id)] = Field(
         None, description="refine the mask of this earlier segmentation (same key, same image)"
     )
 

@@ -49,7 +49,10 @@ def content_security_policy(settings: Settings) -> str:
 
 ASSETS = {
     "index.html": "text/html",
-    "playground.js": "text/javascript",
+    "playground.js": "text/javascript",  # the page's module; it imports the three below
+    "state.js": "text/javascript",
+    "api.js": "text/javascript",
+    "masks.js": "text/javascript",
     "playground.css": "text/css",
 }
 """The files the page is made of, and their types; nothing else under ``/playground/`` is served."""

@@ -27,8 +27,8 @@ import time
 from urllib.parse import urlsplit
 
 from maskserve.frontend.config import Settings
+from maskserve.frontend.domain.fields import MAX_WEBHOOK_URL
 from maskserve.frontend.domain.jobs import Delivery
-from maskserve.frontend.domain.requests import MAX_WEBHOOK_URL
 from maskserve.frontend.errors import ValidationFailed, WebhookUnreachable
 from maskserve.frontend.ports import WebhookSender
 from maskserve.frontend.services.base import Deps, Service

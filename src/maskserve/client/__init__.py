@@ -26,7 +26,7 @@ from typing import Any, Unpack
 import httpx
 
 from maskserve.client import _calls as calls
-from maskserve.client._calls import EverythingOptions, ExtractOptions, Prompt, SegmentOptions
+from maskserve.client._calls import BatchSegmentOptions, EverythingOptions, ExtractOptions, SegmentOptions
 from maskserve.client._core import RETRY_STATUSES, ImageInput, Spec, chunks, error_for, job_from, merge, retry_delay
 from maskserve.client._types import (
     Account,
@@ -168,7 +168,7 @@ class Client:
     def everything(self, image: ImageInput, **options: Unpack[EverythingOptions]) -> Job:
         return self._job(calls.everything(image, options))
 
-    def batch_segment(self, images: Sequence[ImageInput], **options: Unpack[Prompt]) -> Batch:
+    def batch_segment(self, images: Sequence[ImageInput], **options: Unpack[BatchSegmentOptions]) -> Batch:
         return merge([self._batch(calls.batch_segment(part, options, i)) for i, part in enumerate(chunks(images))])
 
     def batch_extract(
@@ -271,7 +271,7 @@ class AsyncClient:
     async def everything(self, image: ImageInput, **options: Unpack[EverythingOptions]) -> Job:
         return await self._job(calls.everything(image, options))
 
-    async def batch_segment(self, images: Sequence[ImageInput], **options: Unpack[Prompt]) -> Batch:
+    async def batch_segment(self, images: Sequence[ImageInput], **options: Unpack[BatchSegmentOptions]) -> Batch:
         parts = chunks(images)
         return merge(
             list(await asyncio.gather(*(self._batch(calls.batch_segment(p, options, i)) for i, p in enumerate(parts))))

@@ -14,18 +14,26 @@ class Object(TypedDict, total=False):
     box: list[float]
 
 
-class Prompt(TypedDict, total=False):
-    points: Sequence[Point]
-    labels: Sequence[int]
-    box: Sequence[float]
-    objects: Sequence[Object]
-    mask_format: str  # png | rle | polygons
+class Call(TypedDict, total=False):
+    """What every service call takes (``idempotency_key`` travels as a header)."""
+
     run_async: bool  # accepted at once (202), then GET or wait()
     webhook_url: str
     idempotency_key: str  # default: a fresh one per call, the same on its retries
 
 
-class SegmentOptions(Prompt, total=False):
+class Prompt(Call, total=False):
+    points: Sequence[Point]
+    labels: Sequence[int]
+    box: Sequence[float]
+    objects: Sequence[Object]
+
+
+class BatchSegmentOptions(Prompt, total=False):
+    mask_format: str  # png | rle | polygons
+
+
+class SegmentOptions(BatchSegmentOptions, total=False):
     previous_job_id: str  # refine that job's mask
 
 
@@ -38,16 +46,13 @@ class ExtractOptions(Prompt, total=False):
     channels: str  # rgba | alpha
 
 
-class EverythingOptions(TypedDict, total=False):
+class EverythingOptions(Call, total=False):
     points_per_side: int
     pred_iou_thresh: float
     stability_score_thresh: float
     min_mask_region_area: int
     max_masks: int
     mask_format: str  # rle | polygons
-    run_async: bool
-    webhook_url: str
-    idempotency_key: str
 
 
 def _split(options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
@@ -71,7 +76,7 @@ def everything(image: ImageInput, options: EverythingOptions) -> Spec:
     return service("image-segmentation/everything", [upload("file", image)], key, **rest)
 
 
-def batch_segment(images: Sequence[ImageInput], options: Prompt, part: int) -> Spec:
+def batch_segment(images: Sequence[ImageInput], options: BatchSegmentOptions, part: int) -> Spec:
     key, rest = _split(dict(options))
     return service("image-segmentation/batch", [upload("files", i) for i in images], key and f"{key}/{part}", **rest)
 

@@ -77,8 +77,7 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(-1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean, std = self.get_buffer("mean"), self.get_buffer("std")
-        return (x - mean) / std
+        return (x - self.mean) / self.std
 
 
 @contextmanager
