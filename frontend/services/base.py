@@ -59,11 +59,6 @@ class Service:
             with contextlib.suppress(StorageUnavailable):
                 await self.files.remove(location)
 
-    def base_url(self, request_url: str | None = None) -> str:
-        """Where links point: ``public_url`` when set, else the origin the request came in on."""
-        configured = self.settings.public_url
-        return configured.rstrip("/") if configured else (request_url or "").rstrip("/")
-
 
 def ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
