@@ -97,3 +97,14 @@ def test_requests_accepted_by_the_previous_release_still_run():
     assert params.extraction is not None and params.extraction.bg_color == "#010203ff"
     assert params.extraction.crop_margin == 4 and params.prompts is not None
     assert params.prompts.objects[0].point_array().tolist() == [[3.0, 4.0]]
+
+
+def test_the_sdk_reads_every_field_the_result_shape_declares():
+    """The SDK's Result mirrors the contract's result object (it may not import it): the same fields."""
+    from dataclasses import fields
+
+    from maskserve.client._types import Result as SdkResult
+    from maskserve.frontend.domain.responses import Result
+
+    required = {name for name, f in Result.model_fields.items() if f.is_required()}
+    assert {f.name for f in fields(SdkResult)} - {"extras"} == required
