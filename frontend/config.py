@@ -97,6 +97,9 @@ class Settings:
     max_pixels: int = setting(40_000_000, "largest image, in pixels", min=1)
     max_batch: int = setting(50, "files per batch", min=1, max=50)
     url_ttl_s: int = setting(3600, "lifetime of output links, seconds", min=1)
+    image_id_ttl_s: float = setting(
+        3600.0, "an image handle (`image_id`) stays valid this long after its last use, seconds", min=1
+    )
     sweep_interval_s: float = setting(60.0, "how often expired files are deleted, seconds", min=0.01)
     triton_timeout_s: float = setting(60.0, "deadline of one Triton call, seconds", min=0.1)
     everything_budget_s: float = setting(

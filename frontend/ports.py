@@ -11,7 +11,7 @@ against the same contract by mypy.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,6 +19,7 @@ from maskserve.core.prompts import PackedPrompt
 from maskserve.core.session_io import SessionAnswer
 from maskserve.frontend.domain.accounts import ApiKey, Claim, RateBucket, RateDecision, RateWindow, StoredResponse
 from maskserve.frontend.domain.everything import EverythingJob
+from maskserve.frontend.domain.images import ImageHandle
 from maskserve.frontend.domain.jobs import BatchRecord, Completion, Deferred, Delivery, Job, NewJob
 from maskserve.frontend.domain.models import FrontendReport, ModelInfo, Routing, ShadowResult
 
@@ -51,7 +52,17 @@ class Lifecycle(Protocol):
     async def version_requests(self, since: float) -> list[tuple[str, str, float | None]]: ...
 
 
-class Store(RateCounter, FileRows, Lifecycle, Protocol):
+class ImageHandles(Protocol):
+    """Image handles (``image_id``): kept with their upload's location, renewed by use, expired by the sweep."""
+
+    async def save_image(self, handle: ImageHandle) -> None: ...
+    async def renew_image(self, image_id: str, at: float, expires_at: float) -> ImageHandle | None: ...
+    async def get_image(self, image_id: str) -> ImageHandle | None: ...
+    async def forget_image(self, image_id: str, expired_before: float | None = None) -> ImageHandle | None: ...
+    async def expired_images(self, before: float) -> list[ImageHandle]: ...
+
+
+class Store(RateCounter, FileRows, Lifecycle, ImageHandles, Protocol):
     """Money rules every implementation keeps:
 
     * a reservation takes credits only if the balance covers them (an atomic
@@ -134,17 +145,21 @@ class RateLimits(Protocol):
     async def check(self, key_id: str, bucket: RateBucket) -> RateDecision: ...
 
 
+ImageBytes = Callable[[], Awaitable[bytes]]
+"""An image's bytes, fetched only when asked for (the model tier asks when it does not hold the image)."""
+
+
 class InferenceClient(Protocol):
     """The model tier (``sam2_session`` on one or several Triton replicas).
 
     Every failure to reach it is ``InferenceUnavailable``.
     """
 
-    async def segment(self, digest: str, image: bytes, prompts: list[PackedPrompt], version: str) -> SessionAnswer:
+    async def segment(self, digest: str, image: ImageBytes, prompts: list[PackedPrompt], version: str) -> SessionAnswer:
         """Each prompt object's mask; ``image`` travels only when the replica does not hold the embeddings."""
         ...
 
-    async def everything(self, digest: str, image: bytes, job: EverythingJob, version: str) -> SessionAnswer:
+    async def everything(self, digest: str, image: ImageBytes, job: EverythingJob, version: str) -> SessionAnswer:
         """Segment-everything's masks (RLE), filtered and suppressed by the model tier."""
         ...
 

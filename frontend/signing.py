@@ -21,7 +21,7 @@ from maskserve.frontend.domain.accounts import SIGNING_SECRET
 from maskserve.frontend.errors import Forbidden
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-_FILE_ID = re.compile(r"^[0-9a-f]{32}(_(?:[0-9]{1,2}|logits|input|inmask))?$")
+_FILE_ID = re.compile(r"^(?:[0-9a-f]{32}(_(?:[0-9]{1,2}|logits|input|inmask))?|img_[0-9a-f]{32})$")
 
 
 def valid_job_id(job_id: str) -> bool:
@@ -30,7 +30,8 @@ def valid_job_id(job_id: str) -> bool:
 
 
 def valid_file_id(file_id: str) -> bool:
-    """A job id, or a job's further file: ``<job id>_<object index>``, ``_logits``, or an async job's inputs."""
+    """A job id, a job's further file (``<job id>_<object index>``, ``_logits``, an async job's inputs),
+    or an image handle's kept upload (``img_<32 hex>``, never served)."""
     return bool(_FILE_ID.match(file_id))
 
 

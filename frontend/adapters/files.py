@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from pathlib import Path
 
 from maskserve.frontend.ports import FileRows
@@ -67,7 +68,7 @@ class LocalFiles(_ServedHere):
         if not valid_file_id(job_id) or extension not in EXTENSIONS:
             raise ValueError("bad output file name")
         target = self.root / f"{job_id}.{extension}"
-        tmp = target.with_suffix(target.suffix + ".tmp")
+        tmp = target.with_suffix(f"{target.suffix}.{uuid.uuid4().hex[:8]}.tmp")  # writers of one name never meet
         with open(tmp, "wb") as fh:
             fh.write(data)
         os.replace(tmp, target)

@@ -34,6 +34,7 @@ from maskserve.frontend.domain.everything import EverythingJob
 from maskserve.frontend.domain.models import ModelInfo
 from maskserve.frontend.errors import InferenceUnavailable
 from maskserve.frontend.metrics import Metrics
+from maskserve.frontend.ports import ImageBytes
 
 MAX_MESSAGE = 64 * 1024 * 1024  # an upload is at most 25 MB
 OUTPUTS = tuple(spec.name for spec in sig.SESSION_OUTPUTS)
@@ -120,11 +121,12 @@ class TritonReplica:
             raise InferenceUnavailable(f"{self.url}: the session model closed the stream without an answer")
         return answer
 
-    async def run(self, request: SessionRequest, image: bytes, version: str) -> SessionAnswer:
-        """The call's answer; the image's bytes travel only when this replica does not hold its embeddings."""
+    async def run(self, request: SessionRequest, image: ImageBytes, version: str) -> SessionAnswer:
+        """The call's answer; the image's bytes are fetched and travel only when this replica does not hold its
+        embeddings."""
         answer = await self._ask(request, version)
         if answer.needs_image:
-            answer = await self._ask(replace(request, image=image), version)
+            answer = await self._ask(replace(request, image=await image()), version)
             answer.encoded = True
         if answer.needs_image:
             raise InferenceUnavailable(f"{self.url}: the session model asked for the image it was given")
@@ -163,11 +165,11 @@ class ModelTier:
             return result
         raise last or InferenceUnavailable("no Triton replica is configured")
 
-    async def segment(self, digest: str, image: bytes, prompts: list[PackedPrompt], version: str) -> SessionAnswer:
+    async def segment(self, digest: str, image: ImageBytes, prompts: list[PackedPrompt], version: str) -> SessionAnswer:
         request = SessionRequest(digest, prompts)
         return await self._on_replicas(digest, lambda client: client.run(request, image, version))
 
-    async def everything(self, digest: str, image: bytes, job: EverythingJob, version: str) -> SessionAnswer:
+    async def everything(self, digest: str, image: ImageBytes, job: EverythingJob, version: str) -> SessionAnswer:
         request = SessionRequest(digest, job.prompts(), everything=job.params())
         return await self._on_replicas(digest, lambda client: client.run(request, image, version))
 

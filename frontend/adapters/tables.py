@@ -180,3 +180,20 @@ deliveries = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("created_at", Seconds, nullable=False),
 )
+
+images = sa.Table(
+    "images",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),  # img_<32 hex>: a hash of the key and the content
+    sa.Column("key_id", sa.Text, sa.ForeignKey("api_keys.id"), nullable=False, index=True),
+    sa.Column("digest", sa.Text, nullable=False),
+    sa.Column("location", sa.Text, nullable=False),  # the upload, in the output storage
+    sa.Column("filename", sa.Text),
+    sa.Column("field", sa.Text, nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("input_bytes", sa.Integer, nullable=False),
+    sa.Column("created_at", Seconds, nullable=False),
+    sa.Column("stored_at", Seconds, nullable=False),
+    sa.Column("expires_at", Seconds, nullable=False, index=True),  # sliding: renewed by every use
+)

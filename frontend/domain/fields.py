@@ -18,6 +18,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
 
+from maskserve.frontend.domain.images import IMAGE_ID
+
 MAX_FEATHER = 50
 MAX_CROP_MARGIN = 500
 MAX_REGION_AREA = 40_000_000  # the pixel limit: a larger area removes nothing more
@@ -164,6 +166,12 @@ def check_webhook_url(raw: Any) -> Any:
     """Its form here; where it resolves to is checked when the request is accepted (``services.webhooks``)."""
     if raw is not None and not (isinstance(raw, str) and WEBHOOK_URL.match(raw) and len(raw) <= MAX_WEBHOOK_URL):
         raise invalid(f"must be an http or https URL (printable ASCII, at most {MAX_WEBHOOK_URL} characters)")
+    return raw
+
+
+def check_image_id(raw: Any) -> Any:
+    if raw is not None and not (isinstance(raw, str) and IMAGE_ID.match(raw)):
+        raise invalid("must be img_ followed by 32 lower-case hexadecimal digits")
     return raw
 
 

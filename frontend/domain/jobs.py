@@ -91,8 +91,10 @@ class EverythingMask(Record):
 
 
 class ResultExtras(Record):
-    """What a completed job adds to its result object (v1.1): score, box, area, inline masks, objects."""
+    """What a completed job adds to its result object: score, box, area, inline masks, objects (v1.1), and
+    the image's handle (v1.2)."""
 
+    image_id: str | None = None
     score: float | None = None
     bbox: list[int] | None = None
     area: int | None = None
@@ -201,6 +203,7 @@ class KeptItem(Record):
     job_id: str
     image: KeptUpload | None = None
     mask: KeptUpload | None = None
+    image_id: str | None = None  # the image by its handle (kept by the handle, not by the request)
 
     @property
     def locations(self) -> list[str]:

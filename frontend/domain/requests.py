@@ -44,11 +44,13 @@ from maskserve.frontend.domain.fields import (
     Points,
     Ranged,
     check_colour,
+    check_image_id,
     check_job_id,
     check_webhook_url,
     invalid,
     refuse,
 )
+from maskserve.frontend.domain.images import IMAGE_ID
 
 
 def _prompt_checks(model: str, points: Any, labels: Any, box: Any) -> None:
@@ -286,6 +288,17 @@ class PromptFields(Declared):
         return Prompts(objects=objects, mask_format=mask_format, previous_job_id=previous_job_id)
 
 
+class ByHandle(Declared):
+    """``image_id`` in place of the upload (single requests only, API.md v1.2)."""
+
+    image_id: Annotated[str | None, BeforeValidator(check_image_id)] = Field(
+        None,
+        description="an earlier upload's handle (img_<32 hex>, in its result) in place of the image: the request "
+        "then carries no image file; unknown, expired or another key's: 404",
+        json_schema_extra={"pattern": IMAGE_ID.pattern},
+    )
+
+
 class SegmentBatchQuery(AsyncFields, PromptFields):
     """``POST /v1/services/image-segmentation/batch``."""
 
@@ -298,7 +311,7 @@ class SegmentBatchQuery(AsyncFields, PromptFields):
         return self.prompts(self.mask_format)
 
 
-class SegmentQuery(SegmentBatchQuery):
+class SegmentQuery(ByHandle, SegmentBatchQuery):
     """``POST /v1/services/image-segmentation``."""
 
     previous_job_id: Annotated[str | None, BeforeValidator(check_job_id)] = Field(
@@ -315,15 +328,25 @@ class SegmentQuery(SegmentBatchQuery):
         return self.prompts(self.mask_format, self.previous_job_id)
 
 
-class EverythingQuery(AsyncFields, EverythingOptions):
+class EverythingQuery(ByHandle, AsyncFields, EverythingOptions):
     """``POST /v1/services/image-segmentation/everything``."""
 
 
-class ExtractQuery(AsyncFields, ExtractionOptions, PromptFields):
-    """``POST /v1/services/object-extraction`` and its batch."""
+class ExtractBatchQuery(AsyncFields, ExtractionOptions, PromptFields):
+    """``POST /v1/services/object-extraction/batch``."""
 
 
-QUERIES: tuple[type[Declared], ...] = (SegmentQuery, SegmentBatchQuery, EverythingQuery, ExtractQuery)
+class ExtractQuery(ByHandle, ExtractBatchQuery):
+    """``POST /v1/services/object-extraction``."""
+
+
+QUERIES: tuple[type[Declared], ...] = (
+    SegmentQuery,
+    SegmentBatchQuery,
+    EverythingQuery,
+    ExtractQuery,
+    ExtractBatchQuery,
+)
 QUERY_NAMES = frozenset(field.alias or name for query in QUERIES for name, field in query.model_fields.items())
 """Every query parameter some endpoint takes: elsewhere it is refused with 422 rather than ignored."""
 

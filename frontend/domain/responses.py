@@ -39,6 +39,9 @@ class Result(Shape):
     output_width: int | None
     output_height: int | None
     credits_used: int
+    image_id: str | None = Field(
+        None, description="the image's handle (img_<32 hex>): send it as image_id instead of the upload"
+    )
     score: float | None = Field(None, description="predicted IoU of the mask (with objects: their mean)")
     bbox: list[int] | None = Field(
         None, description="[x, y, w, h] of the white region in pixels of the oriented input; null when empty"

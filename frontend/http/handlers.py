@@ -8,8 +8,10 @@ from aiohttp import web
 
 from maskserve.frontend.domain.jobs import Job, JobKind, JobStatus, Stages
 from maskserve.frontend.domain.requests import (
+    AsyncFields,
     EverythingOptions,
     EverythingQuery,
+    ExtractBatchQuery,
     ExtractionOptions,
     ExtractQuery,
     Later,
@@ -17,7 +19,7 @@ from maskserve.frontend.domain.requests import (
     SegmentBatchQuery,
     SegmentQuery,
 )
-from maskserve.frontend.errors import BadRequest
+from maskserve.frontend.errors import BadRequest, ValidationFailed
 from maskserve.frontend.http import parsing, retries
 from maskserve.frontend.http.state import METRICS, SETTINGS, api_key, base_url, services
 from maskserve.frontend.services import shapes
@@ -50,7 +52,7 @@ async def _service_headers(request: web.Request, jobs: list[Job], stages: Stages
     }
 
 
-async def _later(request: web.Request, query: SegmentBatchQuery | EverythingQuery | ExtractQuery) -> Later | None:
+async def _later(request: web.Request, query: AsyncFields) -> Later | None:
     """``async=true`` and ``webhook_url``; a target that resolves to a refused address is 422 at once."""
     later = query.later(base_url(request))
     if later is not None:
@@ -118,12 +120,16 @@ async def _batch_response(request: web.Request, outcome: BatchOutcome) -> web.Re
     )
 
 
-async def _uploads(request: web.Request, fields: set[str], max_files: int) -> Uploads:
-    """Refuse at once when the process is full or the body cannot fit (before reading a byte), else read it."""
+async def _uploads(request: web.Request, fields: set[str], max_files: int, optional: bool = False) -> Uploads:
+    """Refuse at once when the process is full or the body cannot fit (before reading a byte), else read it.
+
+    ``optional``: the image comes by its handle, so the request may carry no body at all.
+    """
     settings = request.app[SETTINGS]
     parsing.check_content_length(request, max_files, settings.max_upload_bytes)
     services(request).images.admission.check()
-    return await parsing.read_uploads(request, fields, settings.max_upload_bytes, settings.upload_timeout_s)
+    limit, timeout = settings.max_upload_bytes, settings.upload_timeout_s
+    return await parsing.read_uploads(request, fields, limit, timeout, optional)
 
 
 def _optional(uploads: Uploads, name: str) -> Upload | None:
@@ -138,6 +144,16 @@ def _required(uploads: Uploads, name: str) -> Upload:
     if found is None:
         raise BadRequest(f"No file provided: send the image as the '{name}' field")
     return found
+
+
+def _image(uploads: Uploads, name: str, image_id: str | None) -> tuple[Upload | None, str | None]:
+    """The image: uploaded as ``name``, or by its handle; both is 422 on ``image_id``, neither 400."""
+    upload = _optional(uploads, name)
+    if upload is not None and image_id is not None:
+        raise ValidationFailed.one("query", "image_id", f"send either the '{name}' file or image_id, not both")
+    if upload is None and image_id is None:
+        raise BadRequest(f"No file provided: send the image as the '{name}' field (or image_id)")
+    return upload, image_id
 
 
 def _check_prompts(prompts: Prompts) -> None:
@@ -162,30 +178,32 @@ def _check_count(files: list[Upload], name: str, max_batch: int) -> None:
 async def segment(request: web.Request) -> web.Response:
     query = parsing.parse_query(request.query, SegmentQuery)
     later = await _later(request, query)
-    uploads = await _uploads(request, {"file"}, 1)
-    upload = _required(uploads, "file")
+    uploads = await _uploads(request, {"file"}, 1, optional=query.image_id is not None)
+    upload, image_id = _image(uploads, "file", query.image_id)
     prompts = query.segmentation()
     _check_prompts(prompts)
-    return await _serve_one(request, uploads, JobKind.SEGMENTATION, Item(upload), prompts, None, later)
+    item = Item(upload, image_id=image_id)
+    return await _serve_one(request, uploads, JobKind.SEGMENTATION, item, prompts, None, later)
 
 
 async def segment_everything(request: web.Request) -> web.Response:
     query = parsing.parse_query(request.query, EverythingQuery)
     later = await _later(request, query)
-    uploads = await _uploads(request, {"file"}, 1)
-    upload = _required(uploads, "file")
-    return await _serve_one(request, uploads, JobKind.EVERYTHING, Item(upload), None, query.everything(), later)
+    uploads = await _uploads(request, {"file"}, 1, optional=query.image_id is not None)
+    upload, image_id = _image(uploads, "file", query.image_id)
+    item = Item(upload, image_id=image_id)
+    return await _serve_one(request, uploads, JobKind.EVERYTHING, item, None, query.everything(), later)
 
 
 async def extract(request: web.Request) -> web.Response:
     query = parsing.parse_query(request.query, ExtractQuery)
     later = await _later(request, query)
-    uploads = await _uploads(request, {"image", "mask"}, 2)
-    image = _required(uploads, "image")
+    uploads = await _uploads(request, {"image", "mask"}, 2, optional=query.image_id is not None)
+    image, image_id = _image(uploads, "image", query.image_id)
     mask = _optional(uploads, "mask")
     prompts = query.prompts()
     _check_mask_source(mask is not None, prompts.given)
-    item = Item(image, mask)
+    item = Item(image, mask, image_id)
     opts = query.extraction()
     return await _serve_one(request, uploads, JobKind.EXTRACTION, item, None if mask else prompts, opts, later)
 
@@ -203,7 +221,7 @@ async def segment_batch(request: web.Request) -> web.Response:
 
 
 async def extract_batch(request: web.Request) -> web.Response:
-    query = parsing.parse_query(request.query, ExtractQuery)
+    query = parsing.parse_query(request.query, ExtractBatchQuery)
     later = await _later(request, query)
     max_batch = request.app[SETTINGS].max_batch
     uploads = await _uploads(request, {"images", "masks"}, 2 * max_batch)
@@ -226,6 +244,11 @@ async def get_job(request: web.Request) -> web.Response:
 async def get_batch(request: web.Request) -> web.Response:
     batch_id = request.match_info["batch_id"]
     return web.json_response(await services(request).reads.batch(api_key(request), batch_id, base_url(request)))
+
+
+async def delete_image(request: web.Request) -> web.Response:
+    await services(request).handles.forget(api_key(request), request.match_info["image_id"])
+    return web.Response(status=204)
 
 
 async def get_account(request: web.Request) -> web.Response:

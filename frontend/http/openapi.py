@@ -108,7 +108,7 @@ def _body(body: Body) -> dict[str, Any]:
     binary = {"type": "string", "format": "binary"}
     props = {name: ({"type": "array", "items": binary} if body.repeated else binary) for name in body.fields}
     schema = {"type": "object", "properties": props, "required": [n for n, req in body.fields.items() if req]}
-    return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+    return {"required": body.required, "content": {"multipart/form-data": {"schema": schema}}}
 
 
 def _operation(route: Route, max_batch: int) -> dict[str, Any]:

@@ -18,6 +18,7 @@ class Body:
 
     fields: dict[str, bool]
     repeated: bool = False
+    required: bool = True  # False: the request may carry no body (an image by its handle)
 
 
 @dataclass(frozen=True)

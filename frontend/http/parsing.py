@@ -82,9 +82,14 @@ def check_content_length(request: web.Request, max_files: int, max_file_bytes: i
 
 
 async def read_uploads(
-    request: web.Request, fields: set[str], max_file_bytes: int, timeout_s: float = 120.0
+    request: web.Request, fields: set[str], max_file_bytes: int, timeout_s: float = 120.0, optional: bool = False
 ) -> dict[str, list[Upload]]:
-    """Stream the multipart body within ``timeout_s``; keep the named file fields, enforce the size limit per file."""
+    """Stream the multipart body within ``timeout_s``; keep the named file fields, enforce the size limit per file.
+
+    ``optional``: the request may come without a body (an image by its handle): none is no file.
+    """
+    if optional and not request.body_exists:
+        return {name: [] for name in fields}
     if not request.content_type.startswith("multipart/form-data"):
         raise BadRequest("Send the files as multipart/form-data")
     if "boundary=" not in request.headers.get("Content-Type", ""):

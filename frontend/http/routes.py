@@ -10,6 +10,7 @@ from aiohttp import web
 from maskserve.frontend.domain.accounts import RateBucket
 from maskserve.frontend.domain.requests import (
     EverythingQuery,
+    ExtractBatchQuery,
     ExtractQuery,
     SegmentBatchQuery,
     SegmentQuery,
@@ -41,9 +42,9 @@ ROUTES: tuple[Route, ...] = (
         handlers.segment,
         "Segment one object, or several with objects; refine an earlier mask (1 credit)",
         SegmentQuery,
-        Body({"file": True}),
+        Body({"file": False}, required=False),
         Single,
-        (*_SINGLE_ERRORS, 404),
+        (*_SINGLE_ERRORS, 404),  # 404: an unknown previous_job_id or image_id
     ),
     Route(
         "POST",
@@ -64,9 +65,9 @@ ROUTES: tuple[Route, ...] = (
         handlers.segment_everything,
         "Segment everything: SAM's automatic mask generation; a label-map PNG and the masks (4 credits)",
         EverythingQuery,
-        Body({"file": True}),
+        Body({"file": False}, required=False),
         Single,
-        _SINGLE_ERRORS,
+        (*_SINGLE_ERRORS, 404),
     ),
     Route(
         "POST",
@@ -75,9 +76,9 @@ ROUTES: tuple[Route, ...] = (
         handlers.extract,
         "Cut out one object (or the union of objects) on a transparent background (2 credits)",
         ExtractQuery,
-        Body({"image": True, "mask": False}),
+        Body({"image": False, "mask": False}, required=False),
         Single,
-        _SINGLE_ERRORS,
+        (*_SINGLE_ERRORS, 404),
     ),
     Route(
         "POST",
@@ -85,7 +86,7 @@ ROUTES: tuple[Route, ...] = (
         "extract_batch",
         handlers.extract_batch,
         "Cut out objects from 1-{max_batch} images (2 credits each)",
-        ExtractQuery,
+        ExtractBatchQuery,
         Body({"images": True, "masks": False}, repeated=True),
         Batch,
         _BATCH_ERRORS,
@@ -112,6 +113,17 @@ ROUTES: tuple[Route, ...] = (
         errors=(401, 404, 429),
         parameters=(_path_id("batch_id"),),
         bucket=RateBucket.READ,
+    ),
+    Route(
+        "DELETE",
+        "/v1/images/{image_id}",
+        "image",
+        handlers.delete_image,
+        "Forget an image handle of this API key at once (its kept upload too)",
+        errors=(401, 404, 429),
+        parameters=(_path_id("image_id"),),
+        bucket=RateBucket.READ,
+        responses={"204": {"description": "forgotten; the handle answers 404 from now on"}},
     ),
     Route(
         "GET",

@@ -11,6 +11,7 @@ from maskserve.frontend.ports import WebhookSender
 from maskserve.frontend.services.access import Access
 from maskserve.frontend.services.base import Deps
 from maskserve.frontend.services.deferred import AsyncRequests
+from maskserve.frontend.services.handles import ImageHandles
 from maskserve.frontend.services.housekeeping import Housekeeping
 from maskserve.frontend.services.idempotency import Idempotency
 from maskserve.frontend.services.images import ImageRequests
@@ -34,6 +35,7 @@ class Services:
     housekeeping: Housekeeping
     webhooks: Webhooks
     shadows: Shadows
+    handles: ImageHandles
     frontend_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -41,7 +43,8 @@ class Services:
     def build(cls, deps: Deps, sender: WebhookSender) -> Services:
         routing = ModelRouting(deps)
         shadows = Shadows(deps, routing)
-        preparation = Preparation(deps, routing)
+        handles = ImageHandles(deps)
+        preparation = Preparation(deps, routing, handles)
         runner = Runner(deps, shadows)
         later = AsyncRequests(deps, routing, preparation, runner)
         return cls(
@@ -52,7 +55,8 @@ class Services:
             later=later,
             reads=Reads(deps, routing),
             idempotency=Idempotency(deps),
-            housekeeping=Housekeeping(deps, later),
+            housekeeping=Housekeeping(deps, later, handles),
+            handles=handles,
             webhooks=Webhooks(deps, sender),
             shadows=shadows,
         )

@@ -50,12 +50,13 @@ class AsyncRequests(Service):
         self._running: set[asyncio.Task[None]] = set()
 
     async def _keep(self, prep: Prepared, written: list[str]) -> KeptItem:
+        """The request's inputs in the output storage; an image named by its handle stays the handle's."""
         kept: dict[str, KeptUpload] = {}
         for name, upload, suffix in (("image", prep.item.image, "input"), ("mask", prep.item.mask, "inmask")):
             if upload is not None:
                 written.append(await self.files.put(f"{prep.job.id}_{suffix}", "bin", upload.data))
                 kept[name] = KeptUpload(field=upload.field, filename=upload.filename, location=written[-1])
-        return KeptItem(job_id=prep.job.id, **kept)
+        return KeptItem(job_id=prep.job.id, image_id=prep.item.image_id, **kept)
 
     async def accept(
         self,
@@ -173,8 +174,8 @@ class AsyncRequests(Service):
             if key is None:
                 raise NotFound("the API key is gone")
             image = await load(item.image)
-            assert image is not None
-            prep = await self.preparation.prepared(key, request.kind, Item(image, await load(item.mask)), prompts)
+            again = Item(image, await load(item.mask), item.image_id)
+            prep = await self.preparation.prepared(key, request.kind, again, prompts)
             prep.job = replace(prep.job, id=item.job_id)
             return prep
         except Exception as exc:

@@ -11,6 +11,7 @@ from maskserve.frontend.domain.accounts import IDEMPOTENCY_TTL_S
 from maskserve.frontend.domain.jobs import Deferred, Failure
 from maskserve.frontend.services.base import Deps, Service
 from maskserve.frontend.services.deferred import AsyncRequests
+from maskserve.frontend.services.handles import ImageHandles
 
 log = logging.getLogger("maskserve.frontend")
 
@@ -18,9 +19,10 @@ STALE_AFTER_S = 3600.0  # longer than any request can run (Triton deadlines, upl
 
 
 class Housekeeping(Service):
-    def __init__(self, deps: Deps, later: AsyncRequests) -> None:
+    def __init__(self, deps: Deps, later: AsyncRequests, handles: ImageHandles) -> None:
         super().__init__(deps)
         self.later = later
+        self.handles = handles
 
     async def recover(self) -> list[Deferred]:
         """At start: refund what a previous run left ``processing``; → its accepted async requests to resume.
@@ -52,6 +54,7 @@ class Housekeeping(Service):
         at = time.time()
         await self.store.sweep_idempotency(at - IDEMPOTENCY_TTL_S, at - STALE_AFTER_S)
         await self.later.sweep()
+        await self.handles.sweep(at)
         for job in await self.store.expired_outputs(at):
             for location in [job.output_path, *job.extra_files]:
                 if location:

@@ -11,7 +11,14 @@ from maskserve.core.images import ImageRejected
 from maskserve.frontend.domain.accounts import ApiKey
 from maskserve.frontend.domain.jobs import BatchRecord, Failure, Job, JobKind, JobStatus, NewJob, Stages
 from maskserve.frontend.domain.requests import ExtractionOptions, Later, Prompts
-from maskserve.frontend.errors import ApiError, InsufficientCredits, Unavailable, ValidationFailed, rejection
+from maskserve.frontend.errors import (
+    ApiError,
+    InsufficientCredits,
+    StorageUnavailable,
+    Unavailable,
+    ValidationFailed,
+    rejection,
+)
 from maskserve.frontend.services.admission import Admission
 from maskserve.frontend.services.base import Deps, Service, ms_since
 from maskserve.frontend.services.deferred import AsyncRequests
@@ -115,9 +122,13 @@ class ImageRequests(Service):
 
             async def prepare(item: Item) -> Prepared | ApiError:
                 try:
-                    return await self.preparation.prepare(kind, item, prompts)
+                    prep = await self.preparation.prepare(kind, item, prompts)
+                    await self.preparation.keep(key, prep)
+                    return prep
                 except ApiError as exc:
                     return exc
+                except StorageUnavailable:  # its upload cannot be kept for its handle: this image fails alone
+                    return Unavailable(str(Failure.STORAGE))
 
             prepared = await asyncio.gather(*(prepare(item) for item in items))
             ready = [p for p in prepared if isinstance(p, Prepared)]
@@ -144,7 +155,7 @@ class ImageRequests(Service):
         job_ids = []
         for item, prep in zip(items, prepared, strict=False):
             if isinstance(prep, ApiError):
-                failed = NewJob(uuid.uuid4().hex, kind, item.image.filename, len(item.image.data))
+                failed = NewJob(uuid.uuid4().hex, kind, item.filename, item.size)
                 await self.store.record_failed(key.id, batch_id, failed, _item_error(prep))
                 job_ids.append(failed.id)
             else:

@@ -14,11 +14,14 @@ from maskserve.core.images import ImageRejected
 from maskserve.core.signatures import LOW_RES_MASK_SIZE
 from maskserve.frontend import imaging
 from maskserve.frontend.domain.accounts import ApiKey
+from maskserve.frontend.domain.images import ImageHandle
 from maskserve.frontend.domain.jobs import JobKind, JobStatus, NewJob, Stages
 from maskserve.frontend.domain.models import Route
 from maskserve.frontend.domain.requests import Prompt, Prompts
 from maskserve.frontend.errors import FieldError, NotFound, ValidationFailed, rejection
+from maskserve.frontend.ports import ImageBytes
 from maskserve.frontend.services.base import Deps, Service, ms_since
+from maskserve.frontend.services.handles import ImageHandles
 from maskserve.frontend.services.ownership import owned
 from maskserve.frontend.services.routing import ModelRouting
 from maskserve.frontend.signing import valid_job_id
@@ -33,10 +36,19 @@ class Upload:
 
 @dataclass(frozen=True)
 class Item:
-    """One image of a request, with what will produce its alpha."""
+    """One image of a request (uploaded, or named by its handle), with what will produce its alpha."""
 
-    image: Upload
+    image: Upload | None
     mask: Upload | None = None
+    image_id: str | None = None  # the image by its handle instead of an upload
+
+    @property
+    def filename(self) -> str | None:
+        return None if self.image is None else self.image.filename
+
+    @property
+    def size(self) -> int:
+        return 0 if self.image is None else len(self.image.data)
 
 
 @dataclass
@@ -50,6 +62,9 @@ class Prepared:
     height: int
     digest: str
     mask: np.ndarray | None
+    load: ImageBytes  # the image's bytes, for the model tier when it does not hold the image
+    origin: str  # where the image came from ("file", "image", "image_id"): what an error about its pixels names
+    image_id: str | None = None  # its handle (kept for an upload, renewed for a request by handle)
     route: Route | None = None  # the version it runs on (None: only an uploaded mask is used)
     mask_input: np.ndarray | None = None  # an earlier job's logits, fed back (``previous_job_id``)
     stages: Stages = field(default_factory=Stages)  # where its time went (``Server-Timing``)
@@ -64,9 +79,24 @@ def versions(prepared: list[Prepared]) -> list[str]:
 
 
 class Preparation(Service):
-    def __init__(self, deps: Deps, routing: ModelRouting) -> None:
+    def __init__(self, deps: Deps, routing: ModelRouting, handles: ImageHandles) -> None:
         super().__init__(deps)
         self.routing = routing
+        self.handles = handles
+
+    def _checked(
+        self, kind: JobKind, item: Item, prompts: Prompts | None, size: tuple[int, int], digest: str
+    ) -> tuple[NewJob, np.ndarray | None]:
+        """The prompts inside the image and the uploaded mask of its size; the job to reserve."""
+        width, height = size
+        if prompts is not None:
+            for prompt in prompts.objects:
+                check_prompt_bounds(prompt, width, height, "objects" if prompts.several else None)
+        mask = None
+        if item.mask is not None:
+            mask = imaging.decode_mask(item.mask.data, width, height, self.settings.max_pixels)
+        job = NewJob(uuid.uuid4().hex, kind, item.filename, item.size, width, height, input_digest=digest)
+        return job, mask
 
     def _decode(self, kind: JobKind, item: Item, prompts: Prompts | None) -> Prepared:
         """Check the upload; decode its pixels only when this frontend needs them (a cut-out).
@@ -75,30 +105,36 @@ class Preparation(Service):
         the pixel limit): the model tier decodes the image, and only when it
         does not hold the image's embeddings already.
         """
-        limit = self.settings.max_pixels
-        digest = hashlib.sha256(item.image.data).hexdigest()
+        assert item.image is not None
+        upload, limit = item.image, self.settings.max_pixels
+        digest = hashlib.sha256(upload.data).hexdigest()
         decoded = None
         if kind is not JobKind.EXTRACTION:
-            width, height = imaging.probe_image(item.image.data, limit, what=item.image.field)
+            width, height = imaging.probe_image(upload.data, limit, what=upload.field)
         else:
-            decoded = imaging.decode_image(item.image.data, limit, what=item.image.field)
+            decoded = imaging.decode_image(upload.data, limit, what=upload.field)
             width, height = decoded.width, decoded.height
-        if prompts is not None:
-            for prompt in prompts.objects:
-                check_prompt_bounds(prompt, width, height, "objects" if prompts.several else None)
-        mask = None
-        if item.mask is not None:
-            mask = imaging.decode_mask(item.mask.data, width, height, limit)
-        job = NewJob(
-            id=uuid.uuid4().hex,
-            kind=kind,
-            input_filename=item.image.filename,
-            input_bytes=len(item.image.data),
-            original_width=width,
-            original_height=height,
-            input_digest=digest,
-        )
-        return Prepared(job, item, decoded, width, height, digest, mask)
+        job, mask = self._checked(kind, item, prompts, (width, height), digest)
+
+        async def load() -> bytes:
+            return upload.data
+
+        return Prepared(job, item, decoded, width, height, digest, mask, load, upload.field)
+
+    def _decode_kept(
+        self, kind: JobKind, item: Item, prompts: Prompts | None, handle: ImageHandle, data: bytes | None
+    ) -> Prepared:
+        """The image a handle keeps: its size and digest are known; pixels are decoded only for a cut-out."""
+        decoded = None if data is None else imaging.decode_image(data, self.settings.max_pixels, what="image_id")
+        job, mask = self._checked(kind, item, prompts, (handle.width, handle.height), handle.digest)
+        job = replace(job, input_filename=handle.filename, input_bytes=handle.input_bytes)
+
+        async def load() -> bytes:
+            return data if data is not None else await self.handles.upload(handle)
+
+        prep = Prepared(job, item, decoded, handle.width, handle.height, handle.digest, mask, load, handle.field)
+        prep.image_id = handle.id
+        return prep
 
     async def prepare(self, kind: JobKind, item: Item, prompts: Prompts | None) -> Prepared:
         """The upload checked (and decoded where this frontend needs its pixels), timed as ``decode``."""
@@ -110,9 +146,35 @@ class Preparation(Service):
         prep.stages.add("decode", ms_since(started))
         return prep
 
+    async def by_handle(self, key: ApiKey, kind: JobKind, item: Item, prompts: Prompts | None) -> Prepared:
+        """The image of this key's handle (renewed); its kept upload is read only for a cut-out's pixels."""
+        assert item.image_id is not None
+        handle = await self.handles.use(key, item.image_id)
+        if kind is not JobKind.EXTRACTION and item.mask is None:  # nothing to decode here: no ``decode`` stage
+            return self._decode_kept(kind, item, prompts, handle, None)
+        started = time.perf_counter()
+        data = await self.handles.upload(handle) if kind is JobKind.EXTRACTION else None
+        try:
+            prep = await self.cpu(self._decode_kept, kind, item, prompts, handle, data)
+        except ImageRejected as exc:
+            raise rejection(exc) from None
+        prep.stages.add("decode", ms_since(started))
+        return prep
+
+    async def keep(self, key: ApiKey, prep: Prepared) -> None:
+        """An uploaded image gets its handle (``image_id`` in its result)."""
+        upload = prep.item.image
+        if upload is not None and prep.image_id is None:
+            size = (prep.width, prep.height)
+            prep.image_id = await self.handles.keep(key, upload.data, upload.filename, upload.field, prep.digest, size)
+
     async def prepared(self, key: ApiKey, kind: JobKind, item: Item, prompts: Prompts | None) -> Prepared:
-        """One image checked, the earlier mask it refines found, and routed: ready to reserve."""
-        prep = await self.prepare(kind, item, prompts)
+        """One image checked, its handle kept or renewed, the earlier mask it refines found, and routed."""
+        if item.image_id is not None:
+            prep = await self.by_handle(key, kind, item, prompts)
+        else:
+            prep = await self.prepare(kind, item, prompts)
+            await self.keep(key, prep)
         if prompts is not None and prompts.previous_job_id is not None:
             prep.mask_input = await self.previous_logits(key, prompts.previous_job_id, prep.digest)
         prep.routed(None if item.mask is not None else await self.routing.route(key, prep.digest))

@@ -55,9 +55,9 @@ class Runner(Service):
         started = time.perf_counter()
         with self.metrics.triton.labels("session").time():
             if job is None:
-                answer = await self.inference.segment(prep.digest, prep.item.image.data, packed, version)
+                answer = await self.inference.segment(prep.digest, prep.load, packed, version)
             else:
-                answer = await self.inference.everything(prep.digest, prep.item.image.data, job, version)
+                answer = await self.inference.everything(prep.digest, prep.load, job, version)
         self.metrics.encodes.labels("yes" if answer.encoded else "no").inc()
         if answer.encoded:  # the encoder ran, and the decoder after it, in one call
             prep.stages.add("encode", ms_since(started))
@@ -65,7 +65,7 @@ class Runner(Service):
             prep.stages.add("embeddings", note="cached")
             prep.stages.add("mask", ms_since(started))
         if answer.rejected:
-            raise ImageRejected(prep.item.image.field, answer.rejected)
+            raise ImageRejected(prep.origin, answer.rejected)
         if job is None and (answer.logits is None or len(answer.logits) != len(packed)):
             raise InferenceUnavailable("the model tier answered without a mask per prompt object")
         if job is not None and answer.overrun is not None:
@@ -124,6 +124,8 @@ class Runner(Service):
             rendered = await self.cpu(self._render, kind, prep, answer, prompts, opts)
             prep.stages.add("render", ms_since(rendering_started))
         storing = time.perf_counter()
+        if prep.image_id is not None:  # its handle, in the result (API.md v1.2)
+            rendered.result = rendered.result.model_copy(update={"image_id": prep.image_id})
         location, details = await self._store(prep.job.id, rendered)
         prep.stages.add("store", ms_since(storing))
         return Completion(

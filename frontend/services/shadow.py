@@ -46,7 +46,7 @@ class Shadows(Service):
         iou, error = None, None
         with self.routing.running([candidate]):
             try:
-                answer = await self.inference.segment(prep.digest, prep.item.image.data, packed, candidate)
+                answer = await self.inference.segment(prep.digest, prep.load, packed, candidate)
                 if answer.rejected or answer.logits is None or not len(answer.logits):
                     raise InferenceUnavailable(answer.rejected or "the model tier answered without a mask")
                 iou = await self.cpu(imaging.mask_iou, served, answer.logits[0], prep.height, prep.width)

@@ -6,6 +6,8 @@ tests/integration.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from maskserve.core import encodings
@@ -16,7 +18,7 @@ from maskserve.core.signatures import LOW_RES_MASK_SIZE
 from maskserve.frontend.domain.everything import EverythingJob
 from maskserve.frontend.domain.models import ModelInfo
 from maskserve.frontend.errors import InferenceUnavailable
-from maskserve.frontend.ports import InferenceClient
+from maskserve.frontend.ports import ImageBytes, InferenceClient
 
 
 class FakeInference:
@@ -41,7 +43,7 @@ class FakeInference:
         if self.down:
             raise InferenceUnavailable("fake Triton is down")
 
-    async def segment(self, digest: str, image: bytes, prompts: list[PackedPrompt], version: str) -> SessionAnswer:
+    async def segment(self, digest: str, image: ImageBytes, prompts: list[PackedPrompt], version: str) -> SessionAnswer:
         self._check()
         if version not in self.versions:
             raise InferenceUnavailable(f"version {version} is not loaded")
@@ -49,7 +51,10 @@ class FakeInference:
         if self.reject:
             return SessionAnswer(rejected=self.reject)
         encoded = digest not in self.seen
-        if encoded:
+        if encoded:  # as the session model does: asks for the image, which must be the one the digest names
+            data = await image()
+            if hashlib.sha256(data).hexdigest() != digest:
+                return SessionAnswer(rejected="the image sent is not the one its digest names")
             self.encodes += 1
             self.seen.add(digest)
         self.decodes += 1
@@ -65,7 +70,7 @@ class FakeInference:
             discs.append(disc)
         return SessionAnswer(logits=np.stack(discs), scores=[0.9] * len(discs), encoded=encoded)
 
-    async def everything(self, digest: str, image: bytes, job: EverythingJob, version: str) -> SessionAnswer:
+    async def everything(self, digest: str, image: ImageBytes, job: EverythingJob, version: str) -> SessionAnswer:
         """Two nested squares and one apart, as the model tier would send them (RLE, boxes, scores)."""
         self._check()
         self.calls.append(version)

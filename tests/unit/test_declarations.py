@@ -13,6 +13,7 @@ from maskserve.frontend.config import Settings
 from maskserve.frontend.domain.requests import (
     Declared,
     EverythingQuery,
+    ExtractBatchQuery,
     ExtractQuery,
     Prompt,
     Prompts,
@@ -43,6 +44,7 @@ def _declared(query: type[Declared]) -> set[str]:
         (_calls.BatchSegmentOptions, SegmentBatchQuery),
         (_calls.EverythingOptions, EverythingQuery),
         (_calls.ExtractOptions, ExtractQuery),
+        (_calls.BatchExtractOptions, ExtractBatchQuery),
     ],
 )
 def test_the_sdk_takes_exactly_the_declared_parameters(options, query):

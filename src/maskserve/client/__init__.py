@@ -26,8 +26,15 @@ from typing import Any, Unpack
 import httpx
 
 from maskserve.client import _calls as calls
-from maskserve.client._calls import BatchSegmentOptions, EverythingOptions, ExtractOptions, SegmentOptions
+from maskserve.client._calls import (
+    BatchExtractOptions,
+    BatchSegmentOptions,
+    EverythingOptions,
+    ExtractOptions,
+    SegmentOptions,
+)
 from maskserve.client._core import RETRY_STATUSES, ImageInput, Spec, chunks, error_for, job_from, merge, retry_delay
+from maskserve.client._handles import AsyncOnImage, OnImage
 from maskserve.client._types import (
     Account,
     BadRequest,
@@ -48,8 +55,8 @@ from maskserve.client._types import (
 )
 
 __all__ = [
-    "Account", "AsyncClient", "BadRequest", "Batch", "Call", "Client", "Conflict", "Forbidden",
-    "InsufficientCredits", "Job", "MaskserveError", "NotFound", "PayloadTooLarge", "RateLimited", "Result",
+    "Account", "AsyncClient", "AsyncOnImage", "BadRequest", "Batch", "Call", "Client", "Conflict", "Forbidden",
+    "InsufficientCredits", "Job", "MaskserveError", "NotFound", "OnImage", "PayloadTooLarge", "RateLimited", "Result",
     "Unauthorized", "Unavailable", "ValidationError",
 ]  # fmt: skip
 
@@ -159,14 +166,24 @@ class Client:
         body, headers = self._send(spec)
         return Batch.from_json(body, Call.from_headers(headers))
 
-    def segment(self, image: ImageInput, **options: Unpack[SegmentOptions]) -> Job:
+    def segment(self, image: ImageInput | None = None, **options: Unpack[SegmentOptions]) -> Job:
+        """One image's mask; ``image=None`` with ``image_id=`` sends an earlier upload's handle instead."""
         return self._job(calls.segment(image, options))
 
-    def extract(self, image: ImageInput, mask: ImageInput | None = None, **options: Unpack[ExtractOptions]) -> Job:
+    def extract(
+        self, image: ImageInput | None = None, mask: ImageInput | None = None, **options: Unpack[ExtractOptions]
+    ) -> Job:
         return self._job(calls.extract(image, mask, options))
 
-    def everything(self, image: ImageInput, **options: Unpack[EverythingOptions]) -> Job:
+    def everything(self, image: ImageInput | None = None, **options: Unpack[EverythingOptions]) -> Job:
         return self._job(calls.everything(image, options))
+
+    def on_image(self, image: ImageInput) -> OnImage:
+        """Many calls on one image: it is uploaded once, then sent by its handle."""
+        return OnImage(self, image)
+
+    def forget_image(self, image_id: str) -> None:
+        self._send(calls.forget_image(image_id))
 
     def batch_segment(self, images: Sequence[ImageInput], **options: Unpack[BatchSegmentOptions]) -> Batch:
         return merge([self._batch(calls.batch_segment(part, options, i)) for i, part in enumerate(chunks(images))])
@@ -175,7 +192,7 @@ class Client:
         self,
         images: Sequence[ImageInput],
         masks: Sequence[ImageInput] | None = None,
-        **options: Unpack[ExtractOptions],
+        **options: Unpack[BatchExtractOptions],
     ) -> Batch:
         parts, mask_parts = _paired(images, masks)
         return merge(
@@ -260,16 +277,22 @@ class AsyncClient:
         body, headers = await self._send(spec)
         return Batch.from_json(body, Call.from_headers(headers))
 
-    async def segment(self, image: ImageInput, **options: Unpack[SegmentOptions]) -> Job:
+    async def segment(self, image: ImageInput | None = None, **options: Unpack[SegmentOptions]) -> Job:
         return await self._job(calls.segment(image, options))
 
     async def extract(
-        self, image: ImageInput, mask: ImageInput | None = None, **options: Unpack[ExtractOptions]
+        self, image: ImageInput | None = None, mask: ImageInput | None = None, **options: Unpack[ExtractOptions]
     ) -> Job:
         return await self._job(calls.extract(image, mask, options))
 
-    async def everything(self, image: ImageInput, **options: Unpack[EverythingOptions]) -> Job:
+    async def everything(self, image: ImageInput | None = None, **options: Unpack[EverythingOptions]) -> Job:
         return await self._job(calls.everything(image, options))
+
+    def on_image(self, image: ImageInput) -> AsyncOnImage:
+        return AsyncOnImage(self, image)
+
+    async def forget_image(self, image_id: str) -> None:
+        await self._send(calls.forget_image(image_id))
 
     async def batch_segment(self, images: Sequence[ImageInput], **options: Unpack[BatchSegmentOptions]) -> Batch:
         parts = chunks(images)
@@ -281,7 +304,7 @@ class AsyncClient:
         self,
         images: Sequence[ImageInput],
         masks: Sequence[ImageInput] | None = None,
-        **options: Unpack[ExtractOptions],
+        **options: Unpack[BatchExtractOptions],
     ) -> Batch:
         parts, mask_parts = _paired(images, masks)
         specs = [calls.batch_extract(p, m, options, i) for i, (p, m) in enumerate(zip(parts, mask_parts, strict=True))]

@@ -33,11 +33,15 @@ class BatchSegmentOptions(Prompt, total=False):
     mask_format: str  # png | rle | polygons
 
 
-class SegmentOptions(BatchSegmentOptions, total=False):
+class ByHandle(TypedDict, total=False):
+    image_id: str  # an earlier upload's handle (``Result.image_id``) in place of the image
+
+
+class SegmentOptions(BatchSegmentOptions, ByHandle, total=False):
     previous_job_id: str  # refine that job's mask
 
 
-class ExtractOptions(Prompt, total=False):
+class BatchExtractOptions(Prompt, total=False):
     feather: int
     output_format: str  # webp | png | jpeg (opaque only)
     bg_color: str  # #RRGGBB or #RRGGBBAA
@@ -46,7 +50,11 @@ class ExtractOptions(Prompt, total=False):
     channels: str  # rgba | alpha
 
 
-class EverythingOptions(Call, total=False):
+class ExtractOptions(BatchExtractOptions, ByHandle, total=False):
+    pass
+
+
+class EverythingOptions(Call, ByHandle, total=False):
     points_per_side: int
     pred_iou_thresh: float
     stability_score_thresh: float
@@ -60,20 +68,28 @@ def _split(options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     return rest.pop("idempotency_key", None), rest
 
 
-def segment(image: ImageInput, options: SegmentOptions) -> Spec:
+def _files(**inputs: ImageInput | None) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """The multipart fields of the inputs given (an image sent by its handle has none)."""
+    return [upload(name, value) for name, value in inputs.items() if value is not None]
+
+
+def segment(image: ImageInput | None, options: SegmentOptions) -> Spec:
     key, rest = _split(dict(options))
-    return service("image-segmentation", [upload("file", image)], key, **rest)
+    return service("image-segmentation", _files(file=image), key, **rest)
 
 
-def extract(image: ImageInput, mask: ImageInput | None, options: ExtractOptions) -> Spec:
+def extract(image: ImageInput | None, mask: ImageInput | None, options: ExtractOptions) -> Spec:
     key, rest = _split(dict(options))
-    files = [upload("image", image)] + ([upload("mask", mask)] if mask is not None else [])
-    return service("object-extraction", files, key, **rest)
+    return service("object-extraction", _files(image=image, mask=mask), key, **rest)
 
 
-def everything(image: ImageInput, options: EverythingOptions) -> Spec:
+def everything(image: ImageInput | None, options: EverythingOptions) -> Spec:
     key, rest = _split(dict(options))
-    return service("image-segmentation/everything", [upload("file", image)], key, **rest)
+    return service("image-segmentation/everything", _files(file=image), key, **rest)
+
+
+def forget_image(image_id: str) -> Spec:
+    return Spec("DELETE", f"/v1/images/{image_id}")
 
 
 def batch_segment(images: Sequence[ImageInput], options: BatchSegmentOptions, part: int) -> Spec:
@@ -82,7 +98,7 @@ def batch_segment(images: Sequence[ImageInput], options: BatchSegmentOptions, pa
 
 
 def batch_extract(
-    images: Sequence[ImageInput], masks: Sequence[ImageInput] | None, options: ExtractOptions, part: int
+    images: Sequence[ImageInput], masks: Sequence[ImageInput] | None, options: BatchExtractOptions, part: int
 ) -> Spec:
     key, rest = _split(dict(options))
     files = [upload("images", i) for i in images] + [upload("masks", m) for m in masks or ()]

@@ -27,6 +27,12 @@ class Result:
     def done(self) -> bool:
         return self.status in ("completed", "failed")
 
+    @property
+    def image_id(self) -> str | None:
+        """The image's handle (v1.2): send it as ``image_id`` instead of the upload."""
+        value = self.extras.get("image_id")
+        return str(value) if value else None
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Result:
         known = {
