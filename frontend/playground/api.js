@@ -71,6 +71,26 @@ export async function call(path, params, fields) {
   return readResponse(response);
 }
 
+const UNKNOWN_IMAGE = "Unknown or expired image_id";
+
+// A call on the current image: the file the first time, then only its handle (image_id). A handle that
+// expired is answered 404: the file is sent again, once, and its new handle kept.
+export async function callOnImage(path, params, imageField, fileName, moreFields = []) {
+  if (state.imageId) {
+    const byHandle = new URLSearchParams(params);
+    byHandle.set("image_id", state.imageId);
+    try {
+      return await call(path, byHandle, moreFields);
+    } catch (problem) {
+      if (!(problem instanceof ApiProblem && problem.status === 404 && problem.message === UNKNOWN_IMAGE)) throw problem;
+      state.imageId = null;
+    }
+  }
+  const body = await call(path, params, [[imageField, state.file, fileName], ...moreFields]);
+  if (body && body.result && body.result.image_id) state.imageId = body.result.image_id;
+  return body;
+}
+
 export async function readResponse(response) {
   showCredits(response.headers.get("X-Credits-Remaining"));
   if (response.headers.has("Server-Timing")) showTiming(response.headers.get("Server-Timing"));

@@ -1,7 +1,7 @@
 // maskserve playground: click to segment, through the public API of the server that serves this page.
 // No build step and no third-party code. The API key stays in this tab's sessionStorage.
 import { KEY_STORAGE, DRAG_THRESHOLD_PX, $, state, emptyPrompt, copyPrompt } from "./state.js";
-import { call, fetchFile, loadAccount, loadReadiness, setStatus, fail } from "./api.js";
+import { callOnImage, fetchFile, loadAccount, loadReadiness, setStatus, fail } from "./api.js";
 import { decodeRle, paintMasks, colour, showMask, drawMarks } from "./masks.js";
 
 // ---- the image ------------------------------------------------------------------------------
@@ -16,6 +16,7 @@ async function useFile(file) {
     return;
   }
   state.file = file;
+  state.imageId = null; // a new image: its first request uploads it
   state.bitmap = bitmap;
   state.width = bitmap.width;
   state.height = bitmap.height;
@@ -66,7 +67,7 @@ async function segment() {
       setStatus(previous ? "Refining the mask" : "Segmenting", false, true);
       let body;
       try {
-        body = await call("/v1/services/image-segmentation", params, [["file", state.file, fileName()]]);
+        body = await callOnImage("/v1/services/image-segmentation", params, "file", fileName());
       } catch (problem) {
         state.prompt = previous ? copyPrompt(previous.prompt) : emptyPrompt(); // the failed click is dropped
         drawMarks();
@@ -186,7 +187,7 @@ async function everything() {
   state.busy = true;
   setStatus("Segmenting everything", false, true);
   try {
-    const body = await call("/v1/services/image-segmentation/everything", params, [["file", state.file, fileName()]]);
+    const body = await callOnImage("/v1/services/image-segmentation/everything", params, "file", fileName());
     const masks = body.result.masks;
     paintMasks(masks.map((m, i) => ({ mask: decodeRle(m.mask), rgba: colour(i) })));
     state.shown = { kind: "everything", outputUrl: body.result.output_url };
@@ -221,8 +222,7 @@ async function extract() {
   setStatus("Extracting", false, true);
   try {
     const mask = await fetchFile(last.outputUrl);
-    const body = await call("/v1/services/object-extraction", params, [
-      ["image", state.file, fileName()],
+    const body = await callOnImage("/v1/services/object-extraction", params, "image", fileName(), [
       ["mask", mask, `${stem()}-mask.png`],
     ]);
     const blob = await fetchFile(body.result.output_url);

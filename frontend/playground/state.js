@@ -9,6 +9,7 @@ export const $ = (id) => document.getElementById(id);
 export const state = {
   key: sessionStorage.getItem(KEY_STORAGE) || "",
   file: null,
+  imageId: null, // the image's handle once uploaded: later clicks send it instead of the file
   width: 0,
   height: 0,
   bitmap: null,

@@ -136,6 +136,15 @@ def test_v11_examples_in_the_docs_run_as_written(api, key, tmp_path):
     assert everything["credits_used"] == 4 and everything["masks"]
 
 
+def test_image_handle_examples_in_the_docs_run_as_written(api, key, tmp_path):
+    """docs/API.md's image-handle lines: the upload's handle, a click by it, then DELETE."""
+    (script,), env = _doc_examples("Image handles (v1.2)", api, key, tmp_path, seed=10)
+    lines = _shell(script, tmp_path, env).strip().splitlines()
+    clicked, deleted = json.loads(lines[0]), lines[-1]
+    assert clicked["status"] == "completed" and clicked["result"]["image_id"].startswith("img_")
+    assert deleted == "204"
+
+
 def _shell(command: str, cwd, env: dict) -> str:
     """A documented command line, run by bash as a reader would; its stdout."""
     out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)

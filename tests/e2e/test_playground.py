@@ -163,6 +163,9 @@ def test_a_person_segments_refines_extracts_and_downloads(api, page, tmp_path):
     _, query = _curl_url(page)
     assert query["previous_job_id"] == first and json.loads(query["labels"]) == [1, 0]
     assert "embeddings (cached)" in page.inner_text("#timing")
+    # the image went up once: this click sent only its handle
+    assert query["image_id"].startswith("img_") and "-F" not in page.inner_text("#curl")
+    assert "decode" not in page.inner_text("#timing")
     own = _job_mask(api, secret, second)
     assert np.array_equal(_overlay(page), _png(own.content) > 127)
 
@@ -206,6 +209,7 @@ def test_a_person_segments_refines_extracts_and_downloads(api, page, tmp_path):
     page.wait_for_selector("#cutout-figure", state="visible", timeout=60_000)
     path, query = _curl_url(page)
     assert path == "/v1/services/object-extraction"
+    assert query.pop("image_id").startswith("img_")  # the cut-out too names the image by its handle
     assert query == {"feather": "4", "output_format": "png", "bg_color": "#336699", "crop": "true", "crop_margin": "10"}
     assert page.inner_text("#credits") == str(52 - 1 - 2)
     _screenshot(page, "playground.png")

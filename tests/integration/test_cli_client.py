@@ -81,3 +81,19 @@ def test_usage_and_service_errors_have_their_own_exit_codes(api, tmp_path):
     assert wrong.returncode == 4 and "401" in wrong.stderr
     away = {**env, "MASKSERVE_URL": f"http://127.0.0.1:{free_port()}"}
     assert maskserve(["segment", str(photo), "--point", "1,1"], away, tmp_path).returncode == 4
+
+
+def test_many_prompts_on_each_image_upload_it_once(api, tmp_path):
+    _, secret = api.create_key(20)
+    (tmp_path / "a.jpg").write_bytes(image_bytes(160, 120, seed=720))
+    (tmp_path / "prompts.jsonl").write_text(
+        '{"points": [[80, 60]]}\n\n{"points": [[20, 20], [80, 60]], "labels": [0, 1]}\n{"box": [10, 10, 150, 110]}\n'
+    )
+    env = {"MASKSERVE_API_KEY": secret, "MASKSERVE_URL": api.url}
+    done = maskserve(["segment", "a.jpg", "--prompts", "prompts.jsonl", "--out", "masks"], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["a_1.png", "a_2.png", "a_3.png"]
+    assert "3 credits used" in done.stderr
+    (tmp_path / "bad.jsonl").write_text('{"feather": 3}\n')
+    bad = maskserve(["segment", "a.jpg", "--prompts", "bad.jsonl"], env, tmp_path)
+    assert bad.returncode == 2 and "line 1" in bad.stderr

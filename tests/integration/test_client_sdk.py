@@ -114,3 +114,24 @@ def test_429_is_retried_after_retry_after_with_the_same_idempotency_key(triton_s
         assert state["charged"] == 2 and state["balance"] == 8
     finally:
         api.stop()
+
+
+def test_on_image_uploads_once_then_sends_the_handle(api, tmp_path):
+    _, secret = api.create_key(20)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(image_bytes(320, 240, seed=310))
+    with Client(api.url, secret) as client:
+        image = client.on_image(photo)
+        first = image.segment(points=[[160, 120]])
+        assert first.result.image_id and image.image_id == first.result.image_id
+        refined = image.segment(points=[[100, 100]], labels=[0], previous_job_id=first.job_id)
+        assert refined.result.image_id == first.result.image_id and "decode" not in (refined.call.server_timing or "")
+        cut = image.extract(points=[[160, 120]], output_format="png")
+        assert cut.result.credits_used == 2
+        image.forget()  # the handle is gone: the next call uploads again and gets it back
+        again = image.segment(points=[[160, 120]])
+        assert again.result.image_id == first.result.image_id
+        assert client.download(again) == client.download(first)
+        with pytest.raises(NotFound):
+            client.segment(image_id="img_" + "0" * 32, points=[[1, 1]])
+        assert client.account().credits == 20 - 1 - 1 - 2 - 1

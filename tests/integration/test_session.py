@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import shutil
 from urllib.parse import quote
 
 import numpy as np
@@ -19,8 +18,7 @@ from maskserve.core.prompts import PackedPrompt, is_multimask, pack_prompt
 from maskserve.frontend import imaging
 from maskserve.session.engine import SessionEngine
 from maskserve.session.store import EmbeddingStore
-from maskserve.triton import config as model_config
-from tests.plugins.stack import start_api
+from tests.plugins.stack import repository_with_cache, start_api
 
 SEG = "/v1/services/image-segmentation"
 POINTS = ((480, 270), (960, 540), (1500, 800))  # the benchmark's prompts on its 1920x1080 photos
@@ -138,15 +136,7 @@ def test_session_store_keeps_its_bound_and_reports_on_the_metrics_port(exported_
     """A 20 MiB store holds two fp16 images: the third evicts the least recently used, which is encoded again."""
     from maskserve.triton.server import TritonOptions, TritonServer
 
-    repo = tmp_path / "repo"
-    shutil.copytree(exported_repo, repo)
-    # as an operator changes a version's setting: its own config.pbtxt, then the model-level file composed again
-    own = repo / sig.SESSION_MODEL / "1" / "config.pbtxt"
-    edited = model_config.parse(own.read_text())
-    edited.parameters["cache_bytes"].string_value = str(20 * MIB)
-    own.write_text(model_config.render(edited))
-    composed = model_config.compose(repo / sig.SESSION_MODEL, [1], 1)
-    (repo / sig.SESSION_MODEL / "config.pbtxt").write_text(model_config.render(composed))
+    repo = repository_with_cache(exported_repo, tmp_path, 20 * MIB)
     opts = TritonOptions.on_free_ports(repo, tmp_path / "triton")
     with TritonServer(opts):
         api = start_api(tmp_path_factory, opts.grpc_url)

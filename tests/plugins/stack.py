@@ -90,6 +90,25 @@ class ApiServer:
         return self.app[STORE]
 
 
+def repository_with_cache(exported_repo: Path, where: Path, cache_bytes: int) -> Path:
+    """A copy of the export whose session store holds ``cache_bytes``, changed as an operator changes a version's
+    setting: its own config.pbtxt, then the model-level file composed again."""
+    import shutil
+
+    from maskserve.core import signatures as sig
+    from maskserve.triton import config as model_config
+
+    repo = where / "repo"
+    shutil.copytree(exported_repo, repo)
+    own = repo / sig.SESSION_MODEL / "1" / "config.pbtxt"
+    edited = model_config.parse(own.read_text())
+    edited.parameters["cache_bytes"].string_value = str(cache_bytes)
+    own.write_text(model_config.render(edited))
+    composed = model_config.compose(repo / sig.SESSION_MODEL, [1], 1)
+    (repo / sig.SESSION_MODEL / "config.pbtxt").write_text(model_config.render(composed))
+    return repo
+
+
 def start_api(tmp_path_factory, triton_url: str, **overrides) -> ApiServer:
     from maskserve.frontend.config import Settings
 

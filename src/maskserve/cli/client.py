@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,13 @@ def add_arguments(sub: Any) -> None:
             cmd.add_argument("--point", type=point, action="append", help="X,Y[,LABEL]; repeat for several")
             cmd.add_argument("--box", type=box, help="X1,Y1,X2,Y2")
             cmd.add_argument("--batch-size", type=int, default=10, help="images per request (1-50)")
+            cmd.add_argument(
+                "--prompts",
+                type=Path,
+                help='a file of prompts, one JSON object per line ({"points": [[x, y]], "labels": [1], '
+                '"box": [x1, y1, x2, y2]}): each image is uploaded once, then every prompt is sent by its '
+                "handle; outputs are <name>_<n>",
+            )
         else:
             cmd.add_argument("--points-per-side", type=int, default=16)
         if name == "extract":
@@ -111,7 +119,14 @@ def run_client(args: argparse.Namespace) -> int:
     if not images:
         print("no image found in " + " ".join(args.images), file=sys.stderr)
         return EXIT_USAGE
-    if args.command != "everything" and not (args.point or args.box):
+    prompts = None
+    if getattr(args, "prompts", None) is not None:
+        try:
+            prompts = read_prompts(args.prompts)
+        except (OSError, ValueError) as exc:
+            print(f"maskserve {args.command}: --prompts {args.prompts}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.command != "everything" and not (args.point or args.box or prompts):
         print(f"maskserve {args.command}: give --point X,Y[,LABEL] and/or --box X1,Y1,X2,Y2", file=sys.stderr)
         return EXIT_USAGE
     size = getattr(args, "batch_size", 1)
@@ -126,8 +141,9 @@ def run_client(args: argparse.Namespace) -> int:
     credits = failed = 0
     try:
         with Client(args.url) as client, tqdm(total=len(images), unit="image", desc=args.command) as bar:
-            for part in _parts(images, size):
-                for path, result, extra in _run_part(client, args, part):
+            for part in _parts(images, 1 if prompts else size):
+                done = _on_each_image(client, args, part, prompts) if prompts else _run_part(client, args, part)
+                for path, name, result, extra in done:
                     credits += result.credits_used
                     if result.status != "completed":
                         failed += 1
@@ -135,9 +151,9 @@ def run_client(args: argparse.Namespace) -> int:
                         continue
                     data = client.download(result)
                     suffix = "." + args.output_format if args.command == "extract" else ".png"
-                    (args.out / (path.stem + suffix)).write_bytes(data)
+                    (args.out / (name + suffix)).write_bytes(data)
                     if extra is not None:
-                        (args.out / (path.stem + ".json")).write_text(json.dumps(extra, indent=1))
+                        (args.out / (name + ".json")).write_text(json.dumps(extra, indent=1))
                 bar.update(len(part))
     except MaskserveError as exc:
         print(f"the service refused: {exc.status} {exc.detail}", file=sys.stderr)
@@ -154,18 +170,54 @@ def run_client(args: argparse.Namespace) -> int:
     return EXIT_FAILED_IMAGES if failed else EXIT_OK
 
 
-def _run_part(client: Any, args: argparse.Namespace, part: list[Path]) -> list[tuple[Path, Any, Any]]:
+def read_prompts(path: Path) -> list[dict[str, Any]]:
+    """One prompt object per non-empty line: ``points`` (with ``labels``) and/or ``box``."""
+    prompts = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        prompt = json.loads(line)
+        if not isinstance(prompt, dict) or not ({"points", "box"} & set(prompt)) or set(prompt) - PROMPT_KEYS:
+            raise ValueError(f"line {number}: a JSON object with 'points' (and 'labels') and/or 'box'")
+        prompts.append(prompt)
+    if not prompts:
+        raise ValueError("no prompt in the file")
+    return prompts
+
+
+PROMPT_KEYS = {"points", "labels", "box"}
+
+
+def _styling(args: argparse.Namespace) -> dict[str, Any]:
+    styling = {"feather": args.feather, "output_format": args.output_format, "bg_color": args.bg_color}
+    if args.crop:
+        styling["crop"] = True
+    return {k: v for k, v in styling.items() if v is not None}
+
+
+def _on_each_image(
+    client: Any, args: argparse.Namespace, part: list[Path], prompts: list[dict[str, Any]]
+) -> list[tuple[Path, str, Any, Any]]:
+    """Every prompt on each image: the image travels once, then its handle (``image_id``)."""
+    out = []
+    for path in part:
+        image = client.on_image(path)
+        send = image.segment if args.command == "segment" else partial(image.extract, **_styling(args))
+        for number, prompt in enumerate(prompts, start=1):
+            job = send(**prompt)
+            out.append((path, f"{path.stem}_{number}", job.result, None))
+    return out
+
+
+def _run_part(client: Any, args: argparse.Namespace, part: list[Path]) -> list[tuple[Path, str, Any, Any]]:
     if args.command == "everything":
         out = []
         for path in part:
             job = client.everything(path, points_per_side=args.points_per_side)
-            out.append((path, job.result, job.result.extras.get("masks")))
+            out.append((path, path.stem, job.result, job.result.extras.get("masks")))
         return out
     if args.command == "segment":
         batch = client.batch_segment(part, **_prompt(args))
     else:
-        styling = {"feather": args.feather, "output_format": args.output_format, "bg_color": args.bg_color}
-        if args.crop:
-            styling["crop"] = True
-        batch = client.batch_extract(part, None, **_prompt(args), **{k: v for k, v in styling.items() if v is not None})
-    return [(path, result, None) for path, result in zip(part, batch.results, strict=True)]
+        batch = client.batch_extract(part, None, **_prompt(args), **_styling(args))
+    return [(path, path.stem, result, None) for path, result in zip(part, batch.results, strict=True)]
