@@ -6,17 +6,21 @@ bytes in and out. Everything here is CPU-bound and runs in an executor."""
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from maskserve.core.images import ImageRejected, has_alpha, open_oriented, probe
-from maskserve.core.masks import upsample_logits
+from maskserve.core.masks import region_window, upsample_logits
 from maskserve.core.signatures import IMAGE_SIZE
 from maskserve.frontend.domain.requests import ExtractionOptions
 
 OUTPUT_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MASK_PNG_LEVEL = 1  # with the run-length strategy the level hardly changes size or time
 JPEG_QUALITY = 95
 
 
@@ -59,9 +63,44 @@ def to_model_frame(coords: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(coords, np.float32).reshape(-1, 2) * scale
 
 
+Window = tuple[slice, slice]
+"""Rows and columns of a mask outside which every pixel is 0."""
+
+
+def mask_and_window(logits: np.ndarray, height: int, width: int) -> tuple[np.ndarray, Window]:
+    """The binary mask (uint8 0/255) at the original size, thresholded at 0, and a window that holds it.
+
+    Bilinear interpolation never exceeds its four neighbours, so no pixel is
+    white outside the rows and columns the positive low-res logits reach
+    (``upsample_region``'s window): a mask whose logits are all at or below 0
+    is empty without upsampling, and its box and area are counted in the
+    window. The pixels themselves come from the whole image's upsampling, as
+    before: an upsampling of the window alone rounds differently near 0.
+    """
+    mask = np.zeros((height, width), np.uint8)
+    rows, cols = reach(logits, height, width)
+    if rows.stop > rows.start and cols.stop > cols.start:
+        np.greater(upsample_logits(logits, height, width), 0.0, out=mask.view(np.bool_))
+        mask *= 255
+    return mask, (rows, cols)
+
+
+def reach(logits: np.ndarray, height: int, width: int) -> Window:
+    """The rows and columns, at the original size, that positive low-res logits can make white."""
+    active = logits > 0.0
+    found_rows, found_cols = np.flatnonzero(active.any(axis=1)), np.flatnonzero(active.any(axis=0))
+    if not len(found_rows):
+        return slice(0, 0), slice(0, 0)
+    if height < logits.shape[0] or width < logits.shape[1]:
+        return slice(0, height), slice(0, width)
+    r0, r1 = region_window(int(found_rows[0]), int(found_rows[-1]), logits.shape[0], height)
+    c0, c1 = region_window(int(found_cols[0]), int(found_cols[-1]), logits.shape[1], width)
+    return slice(r0, r1), slice(c0, c1)
+
+
 def mask_from_logits(logits: np.ndarray, height: int, width: int) -> np.ndarray:
     """The binary mask (uint8 0/255) at the original size, thresholded at 0."""
-    return np.where(upsample_logits(logits, height, width) > 0.0, 255, 0).astype(np.uint8)
+    return mask_and_window(logits, height, width)[0]
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray, height: int, width: int) -> float:
@@ -156,11 +195,26 @@ def styled_cutout(image: DecodedImage, alpha: np.ndarray, style: ExtractionOptio
     return Image.fromarray(np.dstack([pixels, out_a]), "RGBA")
 
 
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def encode_mask_png(mask: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    # level 1: masks from random weights are noise, where level 3 costs 35 % more time
-    Image.fromarray(mask, "L").save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    """A grayscale (8-bit) PNG of ``mask``: rows unfiltered, deflated with zlib's run-length strategy.
+
+    Masks are runs of 0 and 255: PNG's row filters only cost time on them,
+    and run-length deflate finds the runs. Measured at 1920×1080
+    (``benchmarks/rendering.py``): 3-7 ms against Pillow's 8-19 ms at its
+    fastest level, and smaller files; every pixel decodes the same.
+    """
+    height, width = mask.shape
+    rows = np.empty((height, width + 1), np.uint8)
+    rows[:, 0] = 0  # filter type None
+    rows[:, 1:] = mask
+    deflate = zlib.compressobj(MASK_PNG_LEVEL, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    data = deflate.compress(rows.data) + deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8 bits, grayscale, no interlace
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
 
 
 def encode_cutout(img: Image.Image, output_format: str) -> bytes:

@@ -35,28 +35,39 @@ class Rendered:
     height: int | None = None
 
 
-def object_masks(logits: np.ndarray, height: int, width: int) -> list[np.ndarray]:
-    """Each prompt object's binary mask (uint8 0/255) at the image's size."""
-    return [imaging.mask_from_logits(one, height, width) for one in logits]
+Masked = tuple[np.ndarray, imaging.Window]
+"""A binary mask (uint8 0/255) at the image's size, and the window outside which it is black."""
 
 
-def union(masks: list[np.ndarray]) -> np.ndarray:
-    out = masks[0].copy()
-    for mask in masks[1:]:
+def object_masks(logits: np.ndarray, height: int, width: int) -> list[Masked]:
+    """Each prompt object's binary mask at the image's size, with its window."""
+    return [imaging.mask_and_window(one, height, width) for one in logits]
+
+
+def union(masks: list[Masked]) -> Masked:
+    out = masks[0][0].copy()
+    for mask, _ in masks[1:]:
         np.maximum(out, mask, out=out)
-    return out
+    windows = [w for _, w in masks if w[0].stop > w[0].start and w[1].stop > w[1].start]
+    if not windows:
+        return out, (slice(0, 0), slice(0, 0))
+    rows = slice(min(w[0].start for w in windows), max(w[0].stop for w in windows))
+    cols = slice(min(w[1].start for w in windows), max(w[1].stop for w in windows))
+    return out, (rows, cols)
 
 
-def _described(mask: np.ndarray, score: float, mask_format: str) -> dict[str, Any]:
-    white = mask > 0
+def _described(masked: Masked, score: float, mask_format: str) -> dict[str, Any]:
+    """Score, box and area (counted in the mask's window, the same as over the whole image), inline mask."""
+    mask, (rows, cols) = masked
+    inside = mask[rows, cols] > 0
+    box = encodings.bbox(inside)
     found: dict[str, Any] = {
         "score": round(float(score), 6),
-        "bbox": encodings.bbox(white),
-        "area": encodings.area(white),
+        "bbox": None if box is None else [box[0] + cols.start, box[1] + rows.start, box[2], box[3]],
+        "area": encodings.area(inside),
     }
-    inline = encodings.inline(white, mask_format)
-    if inline is not None:
-        found["mask"] = inline
+    if mask_format != "png":
+        found["mask"] = encodings.inline(mask > 0, mask_format)
     return found
 
 
@@ -72,7 +83,7 @@ def render_segmentation(
     if not several:
         result = ResultExtras.model_validate(_described(masks[0], scores[0], mask_format))
         raw = np.ascontiguousarray(logits[0], np.float32).tobytes()
-        return Rendered(imaging.encode_mask_png(masks[0]), "png", result, logits=raw)
+        return Rendered(imaging.encode_mask_png(masks[0][0]), "png", result, logits=raw)
     combined = union(masks)
     objects = [
         {"index": i, **_described(mask, score, mask_format)}
@@ -81,7 +92,8 @@ def render_segmentation(
     result = ResultExtras.model_validate(
         {**_described(combined, float(np.mean(scores)), mask_format), "objects": objects}
     )
-    return Rendered(imaging.encode_mask_png(combined), "png", result, [imaging.encode_mask_png(m) for m in masks])
+    pngs = [imaging.encode_mask_png(mask) for mask, _ in masks]
+    return Rendered(imaging.encode_mask_png(combined[0]), "png", result, pngs)
 
 
 def render_everything(found: list[Candidate], job: EverythingJob) -> Rendered:
@@ -117,7 +129,7 @@ def render_cutout(
 ) -> Rendered:
     """The cut-out: the objects' union (or the uploaded mask) as alpha, feathered and styled."""
     if logits is not None:
-        alpha = union(object_masks(logits, image.height, image.width))
+        alpha = union(object_masks(logits, image.height, image.width))[0]
     else:
         assert mask is not None
         alpha = mask

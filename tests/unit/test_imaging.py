@@ -162,3 +162,37 @@ def test_styled_cutout_crops_pads_and_fills():
     assert only.shape == (5, 10) and (only == 255).all()
     with pytest.raises(imaging.NothingToCrop):
         imaging.styled_cutout(image, np.zeros_like(alpha), ExtractionOptions(crop=True))
+
+
+def test_masks_render_to_the_pixels_of_the_whole_image_upsampling_and_a_plain_grayscale_png():
+    """Rendering got cheaper, not different: the same pixels as thresholding the whole upsampled image,
+    the box and area counted in the window equal the whole image's, and the PNG decodes to them as L."""
+    import io
+
+    from PIL import Image
+
+    from maskserve.core import encodings
+    from maskserve.core.masks import upsample_logits
+
+    rng = np.random.default_rng(7)
+    sizes = [(1080, 1920), (480, 640), (257, 300), (4000, 3000), (100, 180)]
+    for trial in range(60):
+        logits = np.full((256, 256), -4.0, np.float32)
+        if trial % 3 == 0:
+            logits = rng.normal(0, 3, (256, 256)).astype(np.float32)  # noise, as random weights give
+        elif trial % 3 == 1:
+            y, x = rng.integers(20, 200, 2)
+            logits[y : y + 40, x : x + 30] = rng.uniform(-0.5, 4, (40, 30))  # an object, edges near 0
+        height, width = sizes[trial % len(sizes)]
+        mask, (rows, cols) = imaging.mask_and_window(logits, height, width)
+        expected = np.where(upsample_logits(logits, height, width) > 0, 255, 0).astype(np.uint8)
+        assert np.array_equal(mask, expected)
+        assert encodings.bbox(expected > 0) == (
+            None
+            if not expected.any()
+            else [
+                b + o for b, o in zip(encodings.bbox(mask[rows, cols] > 0), (cols.start, rows.start, 0, 0), strict=True)
+            ]
+        )
+        decoded = Image.open(io.BytesIO(imaging.encode_mask_png(mask)))
+        assert decoded.mode == "L" and np.array_equal(np.asarray(decoded), mask)

@@ -76,8 +76,8 @@ def upsample_region(logits: np.ndarray, height: int, width: int, above: float) -
     rows, cols = np.flatnonzero(active.any(axis=1)), np.flatnonzero(active.any(axis=0))
     if not len(rows):
         return np.zeros((0, 0), np.float32), 0, 0
-    r0, r1 = _window(rows[0], rows[-1], size_y, height)
-    c0, c1 = _window(cols[0], cols[-1], size_x, width)
+    r0, r1 = region_window(rows[0], rows[-1], size_y, height)
+    c0, c1 = region_window(cols[0], cols[-1], size_x, width)
     if height >= size_y and width >= size_x:
         box = (c0 * size_x / width, r0 * size_y / height, c1 * size_x / width, r1 * size_y / height)
         image = Image.fromarray(logits, "F").resize((c1 - c0, r1 - r0), Image.Resampling.BILINEAR, box=box)
@@ -86,7 +86,7 @@ def upsample_region(logits: np.ndarray, height: int, width: int, above: float) -
     return window, r0, c0
 
 
-def _window(first: int, last: int, size: int, out: int) -> tuple[int, int]:
+def region_window(first: int, last: int, size: int, out: int) -> tuple[int, int]:
     """Output indices [start, stop) whose bilinear sources (half-pixel centres) touch low-res ``first..last``."""
     scale = size / out
     start = int(np.floor((first - 1 + 0.5) / scale - 0.5)) - 1
