@@ -43,10 +43,14 @@ async def tier_ms(grpc_url: str, data: bytes, count: int) -> tuple[list[float], 
     coords, labels = pack_prompt(np.array([[300.0, 400.0]]), np.array([1]), None)
     prompt = PackedPrompt(coords, labels, None, True)
     times = []
+
+    async def image() -> bytes:
+        return data
+
     try:
         for _ in range(count):
             started = time.perf_counter()
-            answer = await tier.segment(digest, data, [prompt], version)
+            answer = await tier.segment(digest, image, [prompt], version)
             times.append((time.perf_counter() - started) * 1000)
     finally:
         await tier.close()

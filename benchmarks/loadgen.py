@@ -1,9 +1,11 @@
 """Async load generator against the REST API.
 
 Closed loop at a fixed concurrency (or open loop at a request rate), mixing
-requests on new images (encoder + decoder), on a cached image (decoder only)
-and batch requests. Reports throughput, p50/p95/p99 latency per kind, errors
-by status, and the frontend's event-loop lag read from its /metrics.
+requests on new images (encoder + decoder), on a cached image uploaded again
+(``cached``) or named by its handle (``click``: what an interactive client
+sends after its first upload), and batch requests. Reports throughput,
+p50/p95/p99 latency per kind, the median of each ``Server-Timing`` stage per
+kind, errors by status, and the frontend's event-loop lag from its /metrics.
 
     python -m benchmarks.loadgen --concurrency 8 --requests 40 --mix new=1
     python -m benchmarks.loadgen --url http://127.0.0.1:8080 --key sk-live-... --concurrency 4 --duration 60
@@ -42,6 +44,7 @@ class LoadResult:
     statuses: Counter = field(default_factory=Counter)
     images: int = 0
     lag: dict[str, float] = field(default_factory=dict)
+    stages: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
     def summary(self) -> dict:
         total = sum(self.statuses.values())
@@ -65,7 +68,24 @@ class LoadResult:
                 if v
             },
             "event_loop_lag": self.lag,
+            "stages_ms": {kind: stage_medians(v) for kind, v in self.stages.items() if v},
         }
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """``Server-Timing`` → stage → milliseconds (stages with a note only are left out)."""
+    found = {}
+    for part in header.split(","):
+        name, *params = (p.strip() for p in part.split(";"))
+        for param in params:
+            if param.startswith("dur="):
+                found[name] = float(param[4:])
+    return found
+
+
+def stage_medians(samples: list[dict[str, float]]) -> dict[str, float]:
+    names = {name for sample in samples for name in sample}
+    return {name: statistics.median(s.get(name, 0.0) for s in samples) for name in sorted(names)}
 
 
 def parse_lag(text: str) -> tuple[dict[float, float], float, float]:
@@ -104,6 +124,7 @@ class Load:
         self.batch_size = batch_size
         self.result = LoadResult()
         self._rng = random.Random(0)
+        self.image_id: str | None = None  # the cached image's handle, from the warm-up upload
 
     async def warm(self, session: aiohttp.ClientSession) -> None:
         await self._single(session, self.cached_image, record=False)
@@ -114,17 +135,26 @@ class Load:
         return self.new_images.pop()
 
     async def _single(
-        self, session: aiohttp.ClientSession, data: bytes, record: bool = True, kind: str = "cached"
+        self, session: aiohttp.ClientSession, data: bytes | None, record: bool = True, kind: str = "cached"
     ) -> None:
-        point = f"[[{self._rng.randint(10, 1900)},{self._rng.randint(10, 1070)}]]"
-        form = aiohttp.FormData()
-        form.add_field("file", data, filename="photo.jpg", content_type="image/jpeg")
+        """One segmentation: ``data`` uploaded, or (None) the cached image by its handle."""
+        params = {"points": f"[[{self._rng.randint(10, 1900)},{self._rng.randint(10, 1070)}]]"}
+        form = None
+        if data is not None:
+            form = aiohttp.FormData()
+            form.add_field("file", data, filename="photo.jpg", content_type="image/jpeg")
+        else:
+            params["image_id"] = self.image_id or ""
         started = time.perf_counter()
-        async with session.post(f"{self.url}{SEG}", params={"points": point}, data=form, headers=self.headers) as r:
-            await r.read()
+        async with session.post(f"{self.url}{SEG}", params=params, data=form, headers=self.headers) as r:
+            body = await r.json()
             status = r.status
+            timing = r.headers.get("Server-Timing", "")
+        if data is self.cached_image and status == 200:
+            self.image_id = body["result"].get("image_id")
         if record:
             self.result.latencies_ms.setdefault(kind, []).append((time.perf_counter() - started) * 1000)
+            self.result.stages.setdefault(kind, []).append(server_timing(timing))
             self.result.statuses[status] += 1
             self.result.images += 1 if status == 200 else 0
 
@@ -149,6 +179,8 @@ class Load:
                 await self._single(session, self._next_new(), kind="new")
             elif kind == "cached":
                 await self._single(session, self.cached_image, kind="cached")
+            elif kind == "click":
+                await self._single(session, None, kind="click")
             else:
                 await self._batch(session)
         except aiohttp.ClientError:
@@ -212,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--rate", type=float, help="requests per second (open loop) instead of a concurrency")
     parser.add_argument("--requests", type=int, default=40)
-    parser.add_argument("--mix", default="new=1,cached=3,batch=0.2", help="relative weights of new, cached, batch")
+    parser.add_argument(
+        "--mix", default="new=1,cached=3,batch=0.2", help="relative weights of new, cached, click, batch"
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--json")
     args = parser.parse_args(argv)

@@ -5,6 +5,17 @@ from __future__ import annotations
 MIB = 1024 * 1024
 
 
+def _stages(row: dict) -> str:
+    return ", ".join(f"{name} {ms:.1f}" for name, ms in row["stages_ms"].items()) or "-"
+
+
+def _click(row: dict) -> str:
+    return (
+        f"p50 {row['ours_p50_ms']:.1f} ms vs {row['reference_p50_ms']:.1f} ms = {row['ratio']:.2f}x "
+        f"(decoder graph {row['decoder_compute_ms']:.1f} ms; stages {_stages(row)})"
+    )
+
+
 def targets(r: dict) -> list[dict]:
     rows = [
         (
@@ -30,26 +41,37 @@ def targets(r: dict) -> list[dict]:
             f"{r['wire']['new_image_bytes'] / MIB:.2f} MiB for a {r['wire']['file_bytes'] / MIB:.2f} MiB file",
         ),
         (
-            "decoder prompts/s at c=8 through Triton >= 1.5x PyTorch in-process",
+            "session model alone, c=8: prompts/s >= 1.5x PyTorch in-process",
             r["prompts_c8"]["ratio"] >= 1.5,
             f"{r['prompts_c8']['prompts_per_s']:.1f} vs {r['prompts_c8']['reference_prompts_per_s']:.1f} "
             f"prompts/s = {r['prompts_c8']['ratio']:.2f}x (p50 {r['prompts_c8']['p50_ms']:.0f} ms)",
         ),
         (
-            "cached prompts >= 1.5x faster than PyTorch in-process (c=1 p50)",
-            r["cached_c1"]["ratio"] >= 1.5,
-            f"{r['cached_c1']['ratio']:.2f}x",
+            "cached prompt with an upload, c=1: p50 >= 2.0x faster than PyTorch in-process",
+            r["cached_c1"]["ratio"] >= 2.0,
+            _click(r["cached_c1"]),
         ),
         (
-            "cached prompt over plain gRPC, c=1: p50 <= 45 ms",
-            r["cached_c1"]["ours_p50_ms"] <= 45,
-            f"p50 {r['cached_c1']['ours_p50_ms']:.1f} ms (reference "
-            f"{r['cached_c1']['reference_p50_ms']:.1f} ms, {r['cached_c1']['ratio']:.2f}x)",
+            "cached prompt by image_id, c=1: p50 >= 2.5x faster than PyTorch in-process",
+            r["click_c1"]["ratio"] >= 2.5,
+            _click(r["click_c1"]),
+        ),
+        (
+            "by image_id: service p50 minus the decoder graph's compute <= 15 ms",
+            r["click_c1"]["overhead_ms"] <= 15,
+            f"{r['click_c1']['ours_p50_ms']:.1f} - {r['click_c1']['decoder_compute_ms']:.1f} ms = "
+            f"{r['click_c1']['overhead_ms']:.1f} ms (stages {_stages(r['click_c1'])})",
+        ),
+        (
+            "cached prompts by image_id at c=8: prompts/s >= 2x PyTorch in-process",
+            r["click_c8"]["ratio"] >= 2.0,
+            f"{r['click_c8']['prompts_per_s']:.1f} vs {r['click_c8']['reference_prompts_per_s']:.1f} prompts/s = "
+            f"{r['click_c8']['ratio']:.2f}x (p50 {r['click_c8']['ours_p50_ms']:.0f} ms)",
         ),
         (
             "cached image c=1: p99 <= 150 ms",
             r["cached_c1"]["ours_p99_ms"] <= 150,
-            f"p99 {r['cached_c1']['ours_p99_ms']:.1f} ms",
+            f"p99 {r['cached_c1']['ours_p99_ms']:.1f} ms (by image_id {r['click_c1']['ours_p99_ms']:.1f} ms)",
         ),
         (
             "c=8 distinct: REST >= 0.9x encoder-only throughput",
@@ -70,8 +92,8 @@ def targets(r: dict) -> list[dict]:
             f"p99 <= {1000 * r['concurrent_c8']['event_loop_lag_p99_le_s']:.0f} ms",
         ),
         (
-            "batch: wall <= 1.1 x N x single-image encoder time",
-            r["batch"]["ratio_to_bound"] <= 1.1 and r["batch"]["completed"] == r["batch"]["images"],
+            "batch: wall <= 1.05 x N x single-image encoder time",
+            r["batch"]["ratio_to_bound"] <= 1.05 and r["batch"]["completed"] == r["batch"]["images"],
             f"{r['batch']['images']} images in {r['batch']['wall_s']:.1f} s vs "
             f"{r['batch']['bound_s']:.1f} s = {r['batch']['ratio_to_bound']:.3f}"
             f" (reference {r['batch']['reference_wall_s']:.1f} s)",
@@ -90,10 +112,11 @@ def targets(r: dict) -> list[dict]:
         ),
     ]
     for per_side, e in r["everything"].items():
+        goal = 4.0 if int(per_side) >= 32 else 1.0
         rows.append(
             (
-                f"segment-everything, {per_side} points per side: faster than Meta's generator (PyTorch)",
-                e["ratio"] >= 1.0,
+                f"segment-everything, {per_side} points per side: >= {goal:g}x Meta's generator (PyTorch)",
+                e["ratio"] >= goal,
                 f"{e['ours_s']:.2f} vs {e['reference_s']:.2f} s per {e['image']} image = {e['ratio']:.2f}x",
             )
         )

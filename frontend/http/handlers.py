@@ -38,15 +38,18 @@ def _model_headers(request: web.Request, jobs: list[Job]) -> dict[str, str]:
     return {"X-Model-Version": ", ".join(services(request).routing.label(v) for v in versions)}
 
 
-async def _balance(request: web.Request) -> dict[str, str]:
-    return {"X-Credits-Remaining": str(await services(request).reads.balance(api_key(request)))}
+async def _balance(request: web.Request, known: int | None = None) -> dict[str, str]:
+    balance = known if known is not None else await services(request).reads.balance(api_key(request))
+    return {"X-Credits-Remaining": str(balance)}
 
 
-async def _service_headers(request: web.Request, jobs: list[Job], stages: Stages) -> dict[str, str]:
+async def _service_headers(
+    request: web.Request, jobs: list[Job], stages: Stages, balance: int | None = None
+) -> dict[str, str]:
     """Cost, balance, model and timing headers of a 2xx service response (API.md v1.1)."""
     return {
         "X-Credits-Charged": str(sum(j.credits_used for j in jobs)),
-        **await _balance(request),
+        **await _balance(request, balance),
         **_model_headers(request, jobs),
         "Server-Timing": stages.header(),
     }
@@ -106,7 +109,7 @@ async def _single_response(request: web.Request, served: Served) -> web.Response
     return web.json_response(
         shapes.single_body(base_url(request), services(request).deps.signer, job),
         status=202 if job.status in (JobStatus.PENDING, JobStatus.PROCESSING) else 200,
-        headers=await _service_headers(request, [job], served.stages),
+        headers=await _service_headers(request, [job], served.stages, served.balance),
     )
 
 

@@ -31,14 +31,24 @@ class ImageHandles(Service):
     def _expiry(self, at: float) -> float:
         return at + self.settings.image_id_ttl_s
 
+    def renewal(self, image_id: str) -> tuple[str, float]:
+        """What a use renews the handle to: the store writes it with the job (``settle_job``) or ``renew``."""
+        return image_id, self._expiry(time.time())
+
+    async def renew(self, image_id: str | None) -> None:
+        if image_id is not None:
+            at = time.time()
+            await self.store.renew_image(image_id, at, self._expiry(at))
+
     async def keep(
         self, key: ApiKey, upload: bytes, filename: str | None, field: str, digest: str, size: tuple[int, int]
     ) -> str:
-        """The handle of an image this key uploaded (the same content, the same handle), renewed or created."""
+        """The handle of an image this key uploaded (the same content, the same handle): found, or created with
+        the upload kept. Its renewal is the caller's, with the job (``renewal``)."""
         image_id = handle_id(key.id, digest)
         at = time.time()
-        found = await self.store.renew_image(image_id, at, self._expiry(at))
-        if found is not None and at - found.stored_at < RESTORE_AFTER_S:
+        found = await self.store.get_image(image_id)
+        if found is not None and found.live(at) and at - found.stored_at < RESTORE_AFTER_S:
             return image_id
         location = await self.files.put(image_id, "bin", upload)
         width, height = size
@@ -61,10 +71,11 @@ class ImageHandles(Service):
         return image_id
 
     async def use(self, key: ApiKey, image_id: str) -> ImageHandle:
-        """This key's live handle, renewed for ``image_id_ttl_s``; 404 when unknown, expired or another key's."""
+        """This key's live handle; 404 when unknown, expired or another key's. Its renewal is the caller's, with
+        the job (``renewal``), so a click costs the store one read and one transaction."""
         at = time.time()
-        found = await self.store.renew_image(image_id, at, self._expiry(at)) if IMAGE_ID.match(image_id) else None
-        handle = owned(key, found, UNKNOWN_IMAGE)
+        found = await self.store.get_image(image_id) if IMAGE_ID.match(image_id) else None
+        handle = owned(key, found if found is not None and found.live(at) else None, UNKNOWN_IMAGE)
         if at - handle.stored_at >= RESTORE_AFTER_S:
             await self._restore(handle, at)
         return handle

@@ -29,10 +29,11 @@ from maskserve.frontend.services.running import Options, Runner
 
 @dataclass(frozen=True)
 class Served:
-    """A single request's job and where its time went."""
+    """A single request's job, where its time went, and the key's balance after it (when known)."""
 
     job: Job
     stages: Stages
+    balance: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,24 +87,30 @@ class ImageRequests(Service):
             if item.mask is None:  # Triton away: 503 before decoding
                 await self.routing.known()
             prep = await self.preparation.prepared(key, kind, item, prompts)
+            if key.credits < prep.job.cost:  # as authenticated: 402 before any work (the charge checks again)
+                raise InsufficientCredits()
             with self.routing.running(versions([prep])):
-                if not (await self.store.reserve_jobs(key.id, None, [prep.job]))[0]:
-                    raise InsufficientCredits()
                 if later is not None:
+                    if not (await self.store.reserve_jobs(key.id, None, [prep.job]))[0]:
+                        raise InsufficientCredits()
+                    await self.preparation.handles.renew(prep.image_id)
                     await self.later.accept(key, kind, prep.job.id, False, [prep], prompts, opts, later)
                     accepted = await self.store.get_job(prep.job.id)
                     assert accepted is not None
                     return Served(accepted, prep.stages)
-                job, failure = await self.runner.run(kind, prep, prompts, opts)
+                renew = None if prep.image_id is None else self.preparation.handles.renewal(prep.image_id)
+                done, failure, balance = await self.runner.run_now(key.id, kind, prep, prompts, opts, renew)
+        if done is None and failure is None:
+            raise InsufficientCredits()
         if failure in (Failure.UNAVAILABLE, Failure.STORAGE):
             raise Unavailable(str(failure))
         if isinstance(failure, ImageRejected):
             raise rejection(failure)
         if isinstance(failure, ValidationFailed):
             raise failure
-        if job.status is not JobStatus.COMPLETED:
+        if done is None or done.status is not JobStatus.COMPLETED:
             raise ApiError()
-        return Served(job, prep.stages)
+        return Served(done, prep.stages, balance)
 
     async def batch(
         self,
@@ -132,6 +139,8 @@ class ImageRequests(Service):
 
             prepared = await asyncio.gather(*(prepare(item) for item in items))
             ready = [p for p in prepared if isinstance(p, Prepared)]
+            for prep in ready:
+                await self.preparation.handles.renew(prep.image_id)
             for prep in ready:
                 prep.routed(None if prep.mask is not None else await self.routing.route(key, prep.digest))
             with self.routing.running(versions(ready)):

@@ -23,6 +23,7 @@ from maskserve.frontend.services.shadow import Shadows
 log = logging.getLogger("maskserve.frontend")
 
 Options = ExtractionOptions | EverythingOptions | None
+Renewal = tuple[str, float]
 Outcome = Failure | ImageRejected | ValidationFailed | None
 """Why a run failed (what a single request answers), or None when it completed."""
 
@@ -139,6 +140,43 @@ class Runner(Service):
             model_version=None if route is None else route.version,
             details=details,
         )
+
+    async def run_now(
+        self, key_id: str, kind: JobKind, prep: Prepared, prompts: Prompts | None, opts: Options, renew: Renewal | None
+    ) -> tuple[Job | None, Outcome, int | None]:
+        """A single request's image, run without a reservation: charged and stored in one transaction at the end
+        (with its handle's renewal); → (the job, why it failed, the balance after). No job and no failure: the
+        balance no longer paid (nothing charged, the outputs removed). A failure is recorded, uncharged."""
+        started, at = time.perf_counter(), time.time()
+        failure: Outcome = None
+        try:
+            done = await self._produce(kind, prep, prompts, opts)
+            storing = time.perf_counter()
+            job, balance = await self.store.settle_job(key_id, prep.job, done, at, renew)
+            if job is None:
+                await self.discard([done.output_path, *done.details.files.locations])
+                return None, None, None
+            prep.stages.add("store", ms_since(storing))
+            self._count(kind, job, prep.job.model_version, started)
+            return job, None, balance
+        except InferenceUnavailable as exc:
+            log.warning("job %s: %s", prep.job.id, exc)
+            failure = Failure.UNAVAILABLE
+        except StorageUnavailable as exc:
+            log.warning("job %s: %s", prep.job.id, exc)
+            failure = Failure.STORAGE
+        except (ImageRejected, ValidationFailed) as exc:
+            failure = exc
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                log.exception("job %s failed", prep.job.id)
+                failure = Failure.INTERNAL
+            else:
+                raise
+        error = failure.message if isinstance(failure, ImageRejected) else str(failure)
+        await asyncio.shield(self.store.record_failed(key_id, None, prep.job, error))  # for ``models report``
+        self.metrics.images.labels(kind.value, JobStatus.FAILED.value).inc()
+        return None, failure, None
 
     async def run(self, kind: JobKind, prep: Prepared, prompts: Prompts | None, opts: Options) -> tuple[Job, Outcome]:
         """Run one reserved image to its end: completed and charged, or failed and refunded (and why)."""

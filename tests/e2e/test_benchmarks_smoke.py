@@ -18,8 +18,9 @@ def test_suite_smoke(tmp_path):
     proc = _run("benchmarks.suite", "--smoke", "--json", str(out))
     results = json.loads(out.read_text())
     assert results["smoke"] is True
-    assert len(results["targets"]) == 15 and all({"target", "met", "measured"} <= set(t) for t in results["targets"])
+    assert len(results["targets"]) == 17 and all({"target", "met", "measured"} <= set(t) for t in results["targets"])
     assert results["concurrent_c8"]["errors"] == {} and results["cached_c1"]["errors"] == {}
+    assert results["click_c1"]["errors"] == {} and results["click_c1"]["decoder_compute_ms"] > 0
     assert results["batch"]["completed"] == results["batch"]["images"]
     assert 0 < results["wire"]["cached_prompt_bytes"] < results["wire"]["new_image_bytes"]
     assert results["prompts_c8"]["prompts_per_s"] > 0
@@ -51,6 +52,14 @@ def test_loadgen_smoke_against_a_running_service(api, tmp_path):
     assert summary["requests"] == 4 and summary["error_rate"] == 0.0
     assert set(summary["latency_ms"]) == {"new", "cached", "batch"}
     assert summary["event_loop_lag"]["samples"] > 0
+
+
+def test_rendering_smoke(tmp_path):
+    out = tmp_path / "rendering.json"
+    proc = _run("benchmarks.rendering", "--repeats", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert all(e["same_pixels"] for r in results for e in r["encoders"].values())
 
 
 def test_model_runtimes_smoke(exported_repo, tmp_path):

@@ -15,6 +15,7 @@ from maskserve.frontend.adapters.tables import (
     batches,
     deferred,
     deliveries,
+    images,
     jobs,
     output_files,
     service_state,
@@ -34,6 +35,9 @@ from maskserve.frontend.domain.jobs import (
     NewJob,
 )
 from maskserve.frontend.domain.requests import RequestParams
+
+Renewal = tuple[str, float]
+"""An image handle and the expiry a use renews it to."""
 
 
 def _job(row: sa.Row[Any]) -> Job:
@@ -98,24 +102,26 @@ def _reserve(conn: sa.Connection, key_id: str, batch_id: str | None, new_jobs: l
     return results
 
 
+def _completed(done: Completion) -> dict[str, Any]:
+    """The columns a finished job's completion sets."""
+    return {
+        "processing_ms": done.processing_ms,
+        "output_path": done.output_path,
+        "content_type": done.content_type,
+        "output_width": done.output_width,
+        "output_height": done.output_height,
+        "output_bytes": done.output_bytes,
+        "expires_at": done.expires_at,
+        "model_version": done.model_version,
+        "details": done.details.to_json(),
+    }
+
+
 def _complete(conn: sa.Connection, job_id: str, done: Completion) -> bool:
     result = conn.execute(
         jobs.update()
         .where(jobs.c.id == job_id, jobs.c.status == PROCESSING)
-        .values(
-            status=COMPLETED,
-            credits_used=jobs.c.reserved,
-            finished_at=now(),
-            processing_ms=done.processing_ms,
-            output_path=done.output_path,
-            content_type=done.content_type,
-            output_width=done.output_width,
-            output_height=done.output_height,
-            output_bytes=done.output_bytes,
-            expires_at=done.expires_at,
-            model_version=done.model_version,
-            details=done.details.to_json(),
-        )
+        .values(status=COMPLETED, credits_used=jobs.c.reserved, finished_at=now(), **_completed(done))
     )
     return result.rowcount == 1
 
@@ -142,6 +148,47 @@ def _fail_all(conn: sa.Connection, job_ids: list[str], error: str) -> int:
     return sum(_fail(conn, job_id, error) for job_id in job_ids)
 
 
+def _settle(
+    conn: sa.Connection, key_id: str, job: NewJob, done: Completion, started: float, renew: Renewal | None
+) -> tuple[Job | None, int | None]:
+    """Charge and record a finished job in one transaction (and renew its image's handle), if the balance pays."""
+    balance = conn.execute(
+        api_keys.update()
+        .where(api_keys.c.id == key_id, api_keys.c.credits >= job.cost)
+        .values(credits=api_keys.c.credits - job.cost)
+        .returning(api_keys.c.credits)
+    ).scalar()
+    if balance is None:
+        return None, None
+    at = now()
+    conn.execute(
+        jobs.insert().values(
+            id=job.id,
+            key_id=key_id,
+            kind=job.kind.value,
+            status=COMPLETED,
+            input_filename=job.input_filename,
+            created_at=started,
+            started_at=started,
+            finished_at=at,
+            reserved=job.cost,
+            credits_used=job.cost,
+            original_width=job.original_width,
+            original_height=job.original_height,
+            input_bytes=job.input_bytes,
+            input_digest=job.input_digest,
+            **_completed(done),
+        )
+    )
+    add_ledger_row(conn, key_id, -job.cost, LedgerReason.RESERVE, job.id, at)
+    if renew is not None:
+        image_id, expires_at = renew
+        conn.execute(
+            images.update().where(images.c.id == image_id, images.c.expires_at > at).values(expires_at=expires_at)
+        )
+    return _job(conn.execute(sa.select(jobs).where(jobs.c.id == job.id)).one()), int(balance)
+
+
 class JobRows(Database):
     async def reserve_jobs(self, key_id: str, batch_id: str | None, new_jobs: list[NewJob]) -> list[bool]:
         """In order: reserve each job's cost if the balance covers it, else record it failed."""
@@ -152,6 +199,13 @@ class JobRows(Database):
 
     async def complete_job(self, job_id: str, done: Completion) -> bool:
         return await self._tx(_complete, job_id, done)
+
+    async def settle_job(
+        self, key_id: str, job: NewJob, done: Completion, started: float, renew: Renewal | None = None
+    ) -> tuple[Job | None, int | None]:
+        """A job that ran without a reservation, charged and stored together: (the job, the balance after),
+        or (None, None) when the balance no longer pays (nothing is written)."""
+        return await self._tx(_settle, key_id, job, done, started, renew)
 
     async def fail_job(self, job_id: str, error: str) -> bool:
         return await self._tx(_fail, job_id, error)
