@@ -4,6 +4,7 @@ multipart uploads read as a stream with per-file limits."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from typing import TypeVar
 
@@ -123,17 +124,19 @@ async def _read_parts(request: web.Request, fields: set[str], max_file_bytes: in
             name = part.name or ""
             if len(name) > MAX_FIELD_NAME:
                 raise BadRequest("Multipart field name too long")
-            data = await _read_limited(part, max_file_bytes, name)
+            data, digest = await _read_limited(part, max_file_bytes, name)
             if name in uploads:
-                uploads[name].append(Upload(name, part.filename, data))
+                uploads[name].append(Upload(name, part.filename, data, digest))
     except (ValueError, AssertionError) as exc:
         raise BadRequest(f"Malformed multipart body: {exc}") from None
     return uploads
 
 
-async def _read_limited(part: BodyPartReader, limit: int, name: str) -> bytes:
+async def _read_limited(part: BodyPartReader, limit: int, name: str) -> tuple[bytes, str]:
+    """The part's bytes and their SHA-256, hashed as they arrive (no second pass over the upload)."""
     chunks = []
     size = 0
+    digest = hashlib.sha256()
     while True:
         chunk = await part.read_chunk(256 * 1024)
         if not chunk:
@@ -141,5 +144,6 @@ async def _read_limited(part: BodyPartReader, limit: int, name: str) -> bytes:
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"File '{name}' is over the limit of {limit // (1024 * 1024)} MB")
+        digest.update(chunk)
         chunks.append(chunk)
-    return b"".join(chunks)
+    return b"".join(chunks), digest.hexdigest()

@@ -30,7 +30,7 @@ def fingerprint(request: web.Request, uploads: dict[str, list[Upload]]) -> str:
     for field_name, files in sorted(uploads.items()):
         for upload in files:
             digest.update(b"\0f" + field_name.encode() + b"\0" + (upload.filename or "").encode() + b"\0")
-            digest.update(hashlib.sha256(upload.data).digest())
+            digest.update(bytes.fromhex(upload.digest))
     return digest.hexdigest()
 
 

@@ -32,6 +32,11 @@ class Upload:
     field: str
     filename: str | None
     data: bytes
+    sha256: str | None = None  # hex, when it was hashed as it arrived
+
+    @property
+    def digest(self) -> str:
+        return self.sha256 or hashlib.sha256(self.data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,7 @@ class Preparation(Service):
         """
         assert item.image is not None
         upload, limit = item.image, self.settings.max_pixels
-        digest = hashlib.sha256(upload.data).hexdigest()
+        digest = upload.digest
         decoded = None
         if kind is not JobKind.EXTRACTION:
             width, height = imaging.probe_image(upload.data, limit, what=upload.field)

@@ -289,7 +289,7 @@ def test_signed_file_links(api, key):
 
 
 def test_expired_files_are_deleted_by_the_sweep(triton_server, tmp_path_factory):
-    api = start_api(tmp_path_factory, triton_server.opts.grpc_url, url_ttl_s=1, sweep_interval_s=0.3)
+    api = start_api(tmp_path_factory, triton_server.opts.grpc_url, url_ttl_s=1, image_id_ttl_s=1, sweep_interval_s=0.3)
     try:
         _, secret = api.create_key(10)
         r = post(
@@ -302,8 +302,9 @@ def test_expired_files_are_deleted_by_the_sweep(triton_server, tmp_path_factory)
             },
         )
         assert r.status_code == 200
-        files = list(api.settings.files_dir.iterdir())
-        assert len(files) == 1
+        files = sorted(p.name for p in api.settings.files_dir.iterdir())
+        image_id = r.json()["result"]["image_id"]
+        assert files == sorted([f"{r.json()['job_id']}.webp", f"{image_id}.bin"])  # the output, the kept upload
         time.sleep(2.5)
         assert not any(api.settings.files_dir.iterdir())
         assert fetch(r.json()["result"]["output_url"]).status_code == 403

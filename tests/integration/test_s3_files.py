@@ -153,7 +153,8 @@ def test_proxy_mode_streams_the_object_through_the_frontend(tmp_path_factory, tr
         link = requests.get(r.json()["result"]["output_url"], allow_redirects=False, timeout=30)
         assert link.status_code == 200 and link.headers["Content-Type"] == "image/png"
         assert Image.open(io.BytesIO(link.content)).size == (320, 240)
-        assert _keys(s3_server, s3_bucket) == sorted([f"{r.json()['job_id']}.png", f"{r.json()['job_id']}_logits.f32"])
+        job_id, image_id = r.json()["job_id"], r.json()["result"]["image_id"]
+        assert _keys(s3_server, s3_bucket) == sorted([f"{job_id}.png", f"{job_id}_logits.f32", f"{image_id}.bin"])
     finally:
         api.stop()
 
@@ -183,6 +184,7 @@ def test_expired_outputs_leave_the_bucket_and_their_links_say_expired(
         tmp_path_factory,
         triton_server.opts.grpc_url,
         url_ttl_s=1,
+        image_id_ttl_s=1,
         sweep_interval_s=0.3,
         **s3_server.settings(s3_bucket),
     )
@@ -190,12 +192,12 @@ def test_expired_outputs_leave_the_bucket_and_their_links_say_expired(
         _, secret = api.create_key(5)
         r = _segment(api, secret)
         assert r.status_code == 200, r.text
-        job_id = r.json()["job_id"]
-        assert _keys(s3_server, s3_bucket) == [f"{job_id}.png", f"{job_id}_logits.f32"]
+        job_id, image_id = r.json()["job_id"], r.json()["result"]["image_id"]
+        assert _keys(s3_server, s3_bucket) == sorted([f"{job_id}.png", f"{job_id}_logits.f32", f"{image_id}.bin"])
         deadline = time.monotonic() + 15
         while _keys(s3_server, s3_bucket) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _keys(s3_server, s3_bucket) == []  # the sweep deleted the output and its logits
+        assert _keys(s3_server, s3_bucket) == []  # the sweep deleted the output, its logits and the kept upload
         gone = requests.get(r.json()["result"]["output_url"], allow_redirects=False, timeout=10)
         assert gone.status_code == 403 and "expired" in gone.json()["detail"].lower()
     finally:
