@@ -93,8 +93,17 @@ def measure(name: str, logits: np.ndarray, repeats: int) -> dict:
     full = upsample_logits(logits, HEIGHT, WIDTH)
     mask = np.where(full > 0, 255, 0).astype(np.uint8)
     window, top, left = upsample_region(logits, HEIGHT, WIDTH, 0.0)
+
+    def pillow() -> np.ndarray:  # the service's upsampling before OpenCV's
+        return np.asarray(Image.fromarray(logits, "F").resize((WIDTH, HEIGHT), Image.Resampling.BILINEAR))
+
+    same = np.array_equal(pillow() > 0, full > 0)
     stages = {
-        "upsample, whole image": _median_ms(lambda: upsample_logits(logits, HEIGHT, WIDTH), repeats),
+        "upsample, Pillow float bilinear (before)": _median_ms(pillow, repeats),
+        "upsample, whole image (OpenCV, the service)": _median_ms(
+            lambda: upsample_logits(logits, HEIGHT, WIDTH), repeats
+        ),
+        "OpenCV's mask == Pillow's, every pixel": str(same),
         "upsample, the reachable window": _median_ms(lambda: upsample_region(logits, HEIGHT, WIDTH, 0.0), repeats),
         "threshold (before: np.where)": _median_ms(lambda: np.where(full > 0, 255, 0).astype(np.uint8), repeats),
         "upsample + threshold in place (the service)": _median_ms(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 
@@ -22,6 +23,22 @@ OUTPUT_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MASK_PNG_LEVEL = 1  # with the run-length strategy the level hardly changes size or time
 JPEG_QUALITY = 95
+SCRATCH_PIXELS = 3840 * 2160
+"""Images up to this size reuse each thread's scratch buffers: fresh multi-MiB arrays cost page faults."""
+
+_scratch = threading.local()
+
+
+def _scratch_array(name: str, shape: tuple[int, int], dtype: type[np.generic]) -> np.ndarray:
+    """A per-thread buffer of ``shape`` (its contents undefined), kept for the next call when small enough."""
+    size = shape[0] * shape[1]
+    if size > SCRATCH_PIXELS:
+        return np.empty(shape, dtype)
+    buf = getattr(_scratch, name, None)
+    if buf is None or buf.size < size:
+        buf = np.empty(SCRATCH_PIXELS, dtype)
+        setattr(_scratch, name, buf)
+    return buf[:size].reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -77,11 +94,13 @@ def mask_and_window(logits: np.ndarray, height: int, width: int) -> tuple[np.nda
     window. The pixels themselves come from the whole image's upsampling, as
     before: an upsampling of the window alone rounds differently near 0.
     """
-    mask = np.zeros((height, width), np.uint8)
     rows, cols = reach(logits, height, width)
-    if rows.stop > rows.start and cols.stop > cols.start:
-        np.greater(upsample_logits(logits, height, width), 0.0, out=mask.view(np.bool_))
-        mask *= 255
+    if not (rows.stop > rows.start and cols.stop > cols.start):
+        return np.zeros((height, width), np.uint8), (rows, cols)
+    mask = np.empty((height, width), np.uint8)
+    full = upsample_logits(logits, height, width, out=_scratch_array("logits", (height, width), np.float32))
+    np.greater(full, 0.0, out=mask.view(np.bool_))
+    mask *= 255
     return mask, (rows, cols)
 
 
@@ -208,7 +227,7 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
     fastest level, and smaller files; every pixel decodes the same.
     """
     height, width = mask.shape
-    rows = np.empty((height, width + 1), np.uint8)
+    rows = _scratch_array("png_rows", (height, width + 1), np.uint8)
     rows[:, 0] = 0  # filter type None
     rows[:, 1:] = mask
     deflate = zlib.compressobj(MASK_PNG_LEVEL, zlib.DEFLATED, 15, 9, zlib.Z_RLE)

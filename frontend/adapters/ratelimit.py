@@ -13,9 +13,11 @@ from maskserve.frontend.ports import RateCounter
 WINDOW_S = 60.0
 
 
-def _decision(allowed: bool, limit: int, hits: int, oldest: float | None, now: float) -> RateDecision:
+def _decision(
+    bucket: RateBucket, allowed: bool, limit: int, hits: int, oldest: float | None, now: float
+) -> RateDecision:
     reset = 0 if oldest is None else max(1, math.ceil(oldest + WINDOW_S - now))
-    return RateDecision(allowed, limit, max(0, limit - hits), reset)
+    return RateDecision(allowed, limit, max(0, limit - hits), reset, bucket, int(WINDOW_S))
 
 
 class RateLimiter:
@@ -36,7 +38,7 @@ class RateLimiter:
         allowed = len(hits) < limit
         if allowed:
             hits.append(now)
-        return _decision(allowed, limit, len(hits), hits[0] if hits else None, now)
+        return _decision(bucket, allowed, limit, len(hits), hits[0] if hits else None, now)
 
 
 class SharedRateLimiter:
@@ -50,4 +52,4 @@ class SharedRateLimiter:
         limit = self._limits[bucket]
         now = time.time()
         window = await self._counter.rate_hit(key_id, bucket.value, limit, WINDOW_S, now)
-        return _decision(window.allowed, limit, window.hits, window.oldest, now)
+        return _decision(bucket, window.allowed, limit, window.hits, window.oldest, now)

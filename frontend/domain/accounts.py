@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 KEY_PREFIX = "sk-live-"
+WEBHOOK_SECRET_PREFIX = "mswh_"
+"""A webhook signing secret; ``maskserve keys`` also prints it in the Standard Webhooks ``whsec_`` form."""
 VISIBLE_CHARS = 8  # characters after KEY_PREFIX kept in clear as the key's prefix
 SIGNING_SECRET = "signing_secret"
 """Service state: the link-signing secret shared by every frontend of one database."""
@@ -62,12 +64,17 @@ class RateDecision:
     limit: int
     remaining: int
     reset_s: int  # seconds until the window frees a request
+    bucket: RateBucket = RateBucket.SINGLE
+    window_s: int = 60
 
     def headers(self) -> dict[str, str]:
+        """``X-RateLimit-*`` and the IETF draft's ``RateLimit-Policy``/``RateLimit`` (API.md v1.2)."""
         return {
             "X-RateLimit-Limit": str(self.limit),
             "X-RateLimit-Remaining": str(self.remaining),
             "X-RateLimit-Reset": str(self.reset_s),
+            "RateLimit-Policy": f'"{self.bucket.value}";q={self.limit};w={self.window_s}',
+            "RateLimit": f'"{self.bucket.value}";r={self.remaining};t={self.reset_s}',
         }
 
 

@@ -9,7 +9,10 @@ DNS answer that changes in between (rebinding) cannot reach an internal service.
 
 Each delivery is a POST of the job's or batch's JSON with
 ``Maskserve-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">``
-under the API key's webhook secret. A non-2xx answer or a timeout is retried
+under the API key's webhook secret, and the Standard Webhooks headers
+(``webhook-id``, ``webhook-timestamp``, ``webhook-signature: v1,<base64>``, API.md
+v1.2) signed with the same secret's bytes, which ``standard_secret`` writes in
+the ``whsec_<base64>`` form those libraries take. A non-2xx answer or a timeout is retried
 with exponential backoff (``webhook_backoff_s`` × 2ⁿ) up to
 ``webhook_attempts`` attempts; the deliveries live in the database, so a
 restart does not lose them and only one frontend sends each attempt.
@@ -18,6 +21,7 @@ restart does not lose them and only one frontend sends each attempt.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -36,6 +40,7 @@ from maskserve.frontend.services.base import Deps, Service
 log = logging.getLogger("maskserve.frontend")
 
 SIGNATURE_HEADER = "Maskserve-Signature"
+STANDARD_PREFIX = "whsec_"
 
 
 class TargetRefused(ValueError):
@@ -94,6 +99,21 @@ def signature(secret: str, timestamp: int, body: str) -> str:
     return f"t={timestamp},v1={mac}"
 
 
+def standard_secret(secret: str) -> str:
+    """The secret in the Standard Webhooks form: ``whsec_`` and the base64 of its bytes."""
+    return STANDARD_PREFIX + base64.b64encode(secret.encode()).decode()
+
+
+def standard_headers(secret: str, message_id: str, timestamp: int, body: str) -> dict[str, str]:
+    """``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` of the Standard Webhooks spec."""
+    mac = hmac.new(secret.encode(), f"{message_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": "v1," + base64.b64encode(mac).decode(),
+    }
+
+
 def retry_delay(settings: Settings, attempts: int) -> float | None:
     """Seconds until the next attempt after ``attempts`` failed ones; None when they are used up."""
     if attempts >= settings.webhook_attempts:
@@ -115,10 +135,13 @@ class Webhooks(Service):
             return "the API key has no webhook secret"
         try:
             await check_target(delivery.url, self.settings.webhook_allow_private)
+            timestamp = int(time.time())
             headers = {
                 "Content-Type": "application/json",
                 "User-Agent": "maskserve-webhooks",
-                SIGNATURE_HEADER: signature(secret, int(time.time()), delivery.body),
+                SIGNATURE_HEADER: signature(secret, timestamp, delivery.body),
+                # one id per delivery, the same on each of its retries
+                **standard_headers(secret, f"msg_{delivery.id}", timestamp, delivery.body),
             }
             status = await self.sender.post(delivery.url, delivery.body.encode(), headers)
             return None if 200 <= status < 300 else f"HTTP {status}"

@@ -238,11 +238,14 @@ def test_429_with_retry_after(api):
     assert codes[:30] == [400] * 30 and codes[30] == 429
     assert r.json() == {"detail": "Rate limit exceeded"}
     assert 1 <= int(r.headers["Retry-After"]) <= 60 and r.headers["X-RateLimit-Remaining"] == "0"
+    assert r.headers["RateLimit-Policy"] == '"batch";q=30;w=60'
+    assert r.headers["RateLimit"] == f'"batch";r=0;t={r.headers["X-RateLimit-Reset"]}'
     # the single-image bucket is separate
     r = requests.post(
         f"{api.url}{SEG}?points={q([[1, 1]])}", files={"x": ("a", b"a")}, headers=auth(secret), timeout=10
     )
     assert r.status_code == 400 and r.headers["X-RateLimit-Limit"] == "60"
+    assert r.headers["RateLimit-Policy"] == '"single";q=60;w=60' and r.headers["RateLimit"].startswith('"single";r=59;')
 
 
 def test_503_when_triton_is_unreachable_and_nothing_is_charged(tmp_path_factory):

@@ -31,6 +31,7 @@ def test_models_defaults_when_no_option_is_given():
 
 def test_keys_create_shows_a_webhook_secret_once_and_webhook_secret_rotates_it(tmp_path, capsys):
     import asyncio
+    import base64
 
     from maskserve.cli import main
     from maskserve.frontend.adapters.backends import build_store
@@ -40,10 +41,14 @@ def test_keys_create_shows_a_webhook_secret_once_and_webhook_secret_rotates_it(t
     out = capsys.readouterr().out
     key_id = next(line.split()[-1] for line in out.splitlines() if line.startswith("key id:"))
     first = next(line.split()[-1] for line in out.splitlines() if line.startswith("webhook secret:"))
-    assert first.startswith("whsec_") and len(first) > 40
+    assert first.startswith("mswh_") and len(first) > 40
+    standard = next(line.split()[-1] for line in out.splitlines() if "(Standard Webhooks)" in line)
+    assert standard.startswith("whsec_") and base64.b64decode(standard[6:]) == first.encode()
     assert main(["keys", "webhook-secret", key_id, "--data-dir", str(tmp_path)]) == 0
-    second = capsys.readouterr().out.split()[-1]
-    assert second.startswith("whsec_") and second != first
+    lines = capsys.readouterr().out.splitlines()
+    second = lines[0].split()[-1]
+    assert second.startswith("mswh_") and second != first
+    assert lines[1].split()[-1] == "whsec_" + base64.b64encode(second.encode()).decode()
 
     async def stored() -> str | None:
         store = build_store(Settings(data_dir=tmp_path))

@@ -117,6 +117,9 @@ async def test_429_with_retry_after(make_client, tmp_path):
     assert statuses == [400, 400, 429]
     limited = await client.post(SEG, data=form(), headers=auth(secret))
     assert limited.headers["Retry-After"] and limited.headers["X-RateLimit-Remaining"] == "0"
+    # the IETF draft's headers say the same (API.md v1.2, "Standard headers")
+    assert limited.headers["RateLimit-Policy"] == '"single";q=2;w=60'
+    assert limited.headers["RateLimit"] == f'"single";r=0;t={limited.headers["X-RateLimit-Reset"]}'
 
 
 async def test_an_image_the_model_tier_cannot_read_is_422_and_refunded(client, new_key, fake):

@@ -47,6 +47,20 @@ def test_upsample_matches_torch_interpolate(size):
     assert np.mean((ours > 0) == (want > 0)) > 0.99999
 
 
+def test_the_upsampled_mask_is_pillows_pixel_for_pixel():
+    """OpenCV's bilinear resize replaced Pillow's float one: every mask pixel stays as it was."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    sizes = [(1080, 1920), (480, 640), (3024, 4032), (257, 999), (1000, 300), (256, 256)]
+    for trial in range(24):
+        logits = (rng.normal(0, 3, (256, 256)) * rng.uniform(0.01, 2) + rng.normal(0, 1)).astype(np.float32)
+        height, width = sizes[trial % len(sizes)]
+        before = np.asarray(Image.fromarray(logits, "F").resize((width, height), Image.Resampling.BILINEAR)) > 0
+        mask, _ = imaging.mask_and_window(logits, height, width)
+        assert np.array_equal(mask, np.where(before, 255, 0).astype(np.uint8)), (trial, height, width)
+
+
 def test_coordinates_scale_to_the_model_frame():
     out = imaging.to_model_frame(np.array([[960.0, 540.0], [0.0, 1080.0]]), 1920, 1080)
     np.testing.assert_allclose(out, [[512.0, 512.0], [0.0, 1024.0]])

@@ -10,10 +10,12 @@ from urllib.parse import quote
 
 import pytest
 from aiohttp import web
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from maskserve.devtools.pictures import image_bytes
 from maskserve.frontend.http import webhooks
 from maskserve.frontend.http.state import STORE
+from maskserve.frontend.services.webhooks import standard_secret
 from tests.plugins.calls import POINT, SEG, auth, documented_verify, form
 
 
@@ -106,8 +108,14 @@ async def test_a_signed_webhook_is_retried_with_backoff_until_delivered(make_cli
     assert r.status == 202
     job_id = (await r.json())["job_id"]
     await _until(lambda: len(receiver.got) == 3)
+    standard = Webhook(standard_secret(hook_secret))  # the registry's Standard Webhooks library, unchanged
     for headers, body in receiver.got:
         assert verify(hook_secret, headers["Maskserve-Signature"], body)
+        assert standard.verify(body, headers) == json.loads(body)
+    # one id per delivery, the same on each of its retries
+    assert len({headers["webhook-id"] for headers, _ in receiver.got}) == 1
+    with pytest.raises(WebhookVerificationError):
+        Webhook(standard_secret("mswh_other")).verify(receiver.got[0][1], receiver.got[0][0])
         sent = json.loads(body)
         assert sent["job_id"] == job_id and sent["status"] == "completed" and sent["result"]["output_url"]
     assert not verify("whsec_other", receiver.got[0][0]["Maskserve-Signature"], receiver.got[0][1])

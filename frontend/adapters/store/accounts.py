@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from maskserve.frontend.adapters.store.engine import Database
 from maskserve.frontend.adapters.tables import api_keys, idempotency, ledger, rate_hits
 from maskserve.frontend.domain.accounts import (
+    WEBHOOK_SECRET_PREFIX,
     ApiKey,
     Claim,
     LedgerReason,
@@ -140,7 +141,7 @@ class AccountRows(Database):
 
     async def rotate_webhook_secret(self, key_id: str) -> str | None:
         """A new signing secret for the key's webhooks (the old one stops signing at once); None: no such key."""
-        secret = "whsec_" + secrets.token_urlsafe(32)
+        secret = WEBHOOK_SECRET_PREFIX + secrets.token_urlsafe(32)
 
         def rotate(conn: sa.Connection) -> bool:
             done = conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(webhook_secret=secret))

@@ -13,6 +13,7 @@ import time
 
 from maskserve.frontend.adapters.backends import build_store
 from maskserve.frontend.config import Settings
+from maskserve.frontend.services.webhooks import standard_secret
 
 
 async def _admin(args: argparse.Namespace) -> int:
@@ -26,8 +27,10 @@ async def _admin(args: argparse.Namespace) -> int:
                 return 2
             key, secret = await store.create_key(args.name, args.credits)
             webhook = await store.rotate_webhook_secret(key.id)
+            assert webhook is not None  # the key was just created
             print(f"key id:  {key.id}\nname:    {key.name}\ncredits: {key.credits}\napi key: {secret}")
             print(f"webhook secret: {webhook}")
+            print(f"webhook secret (Standard Webhooks): {standard_secret(webhook)}")
             print("The API key and webhook secret are shown only now; store them safely.", file=sys.stderr)
             return 0
         if args.command == "keys" and args.keys_command == "webhook-secret":
@@ -36,6 +39,7 @@ async def _admin(args: argparse.Namespace) -> int:
                 print(f"no key {args.key_id}", file=sys.stderr)
                 return 1
             print(f"webhook secret: {rotated}")
+            print(f"webhook secret (Standard Webhooks): {standard_secret(rotated)}")
             print("Shown only now; webhooks are signed with it from now on.", file=sys.stderr)
             return 0
         if args.command == "keys" and args.keys_command == "list":

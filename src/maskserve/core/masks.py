@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -47,17 +48,22 @@ def _interp_matrix(out_size: int, in_size: int) -> np.ndarray:
     return matrix
 
 
-def upsample_logits(logits: np.ndarray, height: int, width: int) -> np.ndarray:
+def upsample_logits(logits: np.ndarray, height: int, width: int, out: np.ndarray | None = None) -> np.ndarray:
     """Low-res logits → original size, as the predictor's ``F.interpolate(bilinear)``.
 
-    Enlarging (the usual case) uses Pillow's bilinear filter on a float image:
-    the same half-pixel interpolation, about twice as fast as matrices. Pillow
-    widens its kernel when reducing and PyTorch does not, so images smaller
-    than the logits on either side use explicit interpolation matrices.
+    Enlarging (the usual case) uses OpenCV's bilinear resize of a float image
+    (half-pixel centres, as PyTorch and Pillow), written into ``out`` when
+    given: 0.4 ms at 1920×1080 against Pillow's 4-15 ms, and its signs (the
+    mask) the same as Pillow's on every pixel checked (``tests/unit/test_imaging.py``).
+    OpenCV, like Pillow, widens nothing when enlarging; images smaller than
+    the logits on either side use explicit interpolation matrices, as
+    PyTorch does not antialias.
     """
     logits = np.ascontiguousarray(logits, dtype=np.float32)
     if height >= logits.shape[0] and width >= logits.shape[1]:
-        return np.asarray(Image.fromarray(logits, "F").resize((width, height), Image.Resampling.BILINEAR))
+        if out is None:
+            return cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(logits, (width, height), dst=out, interpolation=cv2.INTER_LINEAR)
     return _interp_matrix(height, logits.shape[0]) @ logits @ _interp_matrix(width, logits.shape[1]).T
 
 
