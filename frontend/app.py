@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from maskserve.frontend.adapters.backends import build_backends
+from maskserve.frontend.adapters.journal import LocalJournal
 from maskserve.frontend.adapters.model_tier import ModelTier
 from maskserve.frontend.config import Settings
 from maskserve.frontend.http import routes
@@ -43,7 +44,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     deps = Deps(
         settings, backends.store, backends.files, triton, backends.limits, backends.signer, app[METRICS], executor
     )
-    services = Services.build(deps, HttpSender(settings.webhook_allow_private, settings.webhook_timeout_s))
+    journal = LocalJournal(settings.journal_path)
+    sender = HttpSender(settings.webhook_allow_private, settings.webhook_timeout_s)
+    services = Services.build(deps, sender, journal)
     app[STORE], app[TRITON], app[SERVICES] = backends.store, triton, services
     await services.start()
     lag = asyncio.ensure_future(monitor_loop_lag(app[METRICS]))
@@ -57,6 +60,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await triton.close()
         await backends.files.close()
         await backends.store.close()
+        journal.close()
         executor.shutdown(wait=False, cancel_futures=True)
 
 

@@ -131,6 +131,9 @@ class Settings:
     max_admitted_images: int = setting(
         100, "images accepted and not yet answered per process; more get a fast 503", min=1
     )
+    async_backlog_images: int = setting(
+        500, "asynchronous images accepted and not yet ended per process; more get a fast 503 with Retry-After", min=1
+    )
     upload_timeout_s: float = setting(120.0, "time to receive a request's whole body; slower uploads get 400", min=1)
     shutdown_timeout_s: float = setting(60.0, "time in-flight requests get to finish after SIGTERM", min=0)
 
@@ -149,6 +152,11 @@ class Settings:
     @property
     def database_path(self) -> Path:
         return self.data_dir / "maskserve.db"
+
+    @property
+    def journal_path(self) -> Path:
+        """Local durable state: what database faults left to settle (``adapters/journal.py``)."""
+        return self.data_dir / "settlements.db"
 
     @property
     def files_dir(self) -> Path:

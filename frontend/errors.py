@@ -67,6 +67,7 @@ class RateLimited(ApiError):
 
 class Unavailable(ApiError):
     status = 503
+    retry_after = 1  # seconds, in ``Retry-After``
 
 
 Location = Literal["query", "body", "header"]
@@ -109,6 +110,17 @@ def rejection(exc: ImageRejected) -> ApiError:
 
 class StorageUnavailable(RuntimeError):
     """The output storage (an S3-compatible bucket) cannot be reached: 503, never charged."""
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached (connect, pool, statement or commit): 503 with ``Retry-After``.
+
+    Whatever a request had reserved or charged when it met this is settled by
+    the journal once the database is back (``services/settlement.py``).
+    """
+
+    detail = "The database is unavailable"
+    retry_after = 2
 
 
 class InferenceUnavailable(RuntimeError):

@@ -39,6 +39,15 @@ class Metrics:
             ["encoded"],
             registry=r,
         )
+        self.database_unavailable = Counter(
+            "maskserve_database_unavailable", "Requests answered 503 because the database was unavailable", registry=r
+        )
+        self.settlements = Counter(
+            "maskserve_settlements",
+            "Journal entries settled after a database fault, by outcome (refunded, revoked, kept, released)",
+            ["outcome"],
+            registry=r,
+        )
         self.wire = Counter(
             "maskserve_model_tier_bytes",
             "Tensor payload bytes exchanged with the model tier",

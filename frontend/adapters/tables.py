@@ -151,6 +151,8 @@ deferred = sa.Table(
     sa.Column("webhook_url", sa.Text),
     sa.Column("created_at", Seconds, nullable=False, index=True),
     sa.Column("base_url", sa.Text),  # the origin the request came in on: links in its webhook point there
+    sa.Column("owner", sa.Text),  # the frontend running it, while its lease holds
+    sa.Column("lease_until", Seconds, index=True),  # past this, any frontend may take it over
 )
 
 batches = sa.Table(

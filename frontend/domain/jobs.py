@@ -37,6 +37,7 @@ class Failure(StrEnum):
     INTERNAL = "Internal error while processing this image"
     INTERRUPTED = "Interrupted: its frontend stopped"
     RESTARTED = "Interrupted by a server restart"
+    DATABASE = "The database was unavailable"
 
 
 INSUFFICIENT_CREDITS = "Insufficient credits"
@@ -238,6 +239,25 @@ class Delivery:
     url: str
     body: str
     attempts: int
+
+
+@dataclass(frozen=True)
+class Owed:
+    """What a request that met a database fault leaves to settle once the database is back (the journal's row).
+
+    A job: refunded if still ``processing``; with ``revoke`` (its client was
+    answered 503) also when its completion had committed, for nothing may stay
+    charged without a result its client got. ``locations``: the files it wrote
+    that no job records, removed unless the job stays completed. An
+    ``Idempotency-Key`` (``idempotency``: key id, key) is released.
+    """
+
+    job_id: str | None = None
+    error: str = ""
+    revoke: bool = False
+    locations: tuple[str, ...] = ()
+    idempotency: tuple[str, str] | None = None
+    id: int = 0
 
 
 @dataclass

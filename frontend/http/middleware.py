@@ -17,7 +17,7 @@ from aiohttp import web
 
 from maskserve.frontend.domain.accounts import RateBucket
 from maskserve.frontend.domain.jobs import Failure
-from maskserve.frontend.errors import ApiError, RateLimited, StorageUnavailable
+from maskserve.frontend.errors import ApiError, DatabaseUnavailable, RateLimited, StorageUnavailable, Unavailable
 from maskserve.frontend.http.routes import PUBLIC_ROUTES, RATE_BUCKETS
 from maskserve.frontend.http.state import API_KEY, METRICS, RATE, rate_decision, services
 
@@ -59,9 +59,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ApiError as exc:
         decision = rate_decision(request)
         headers = decision.headers() if decision else {}
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, RateLimited | Unavailable):
             headers["Retry-After"] = str(exc.retry_after)
         return _json_error(exc.status, exc.body(), headers)
+    except DatabaseUnavailable as exc:  # in any layer: auth, rate limits, services, reads
+        log.warning("%s %s: the database is unavailable: %s", request.method, request.path, exc)
+        request.app[METRICS].database_unavailable.inc()
+        return _json_error(503, {"detail": exc.detail}, {"Retry-After": str(exc.retry_after)})
     except StorageUnavailable as exc:  # the output storage, met outside a job (file reads, refinement inputs)
         log.warning("%s %s: %s", request.method, request.path, exc)
         return _json_error(503, {"detail": Failure.STORAGE.value})

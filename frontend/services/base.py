@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from maskserve.frontend.config import Settings
-from maskserve.frontend.errors import StorageUnavailable
+from maskserve.frontend.errors import DatabaseUnavailable, StorageUnavailable
 from maskserve.frontend.metrics import Metrics
 from maskserve.frontend.ports import InferenceClient, OutputFiles, RateLimits, Store
 from maskserve.frontend.signing import UrlSigner
@@ -56,7 +56,7 @@ class Service:
     async def discard(self, locations: list[str]) -> None:
         """Remove what a failed request wrote, as far as the storage lets us (its expiry takes the rest)."""
         for location in locations:
-            with contextlib.suppress(StorageUnavailable):
+            with contextlib.suppress(StorageUnavailable, DatabaseUnavailable):
                 await self.files.remove(location)
 
 

@@ -7,7 +7,7 @@ import contextlib
 import uuid
 from dataclasses import dataclass, field
 
-from maskserve.frontend.ports import WebhookSender
+from maskserve.frontend.ports import Journal, WebhookSender
 from maskserve.frontend.services.access import Access
 from maskserve.frontend.services.base import Deps
 from maskserve.frontend.services.deferred import AsyncRequests
@@ -19,6 +19,7 @@ from maskserve.frontend.services.preparation import Preparation
 from maskserve.frontend.services.reads import Reads
 from maskserve.frontend.services.routing import ModelRouting
 from maskserve.frontend.services.running import Runner
+from maskserve.frontend.services.settlement import Settlements
 from maskserve.frontend.services.shadow import Shadows
 from maskserve.frontend.services.webhooks import Webhooks
 
@@ -36,17 +37,20 @@ class Services:
     webhooks: Webhooks
     shadows: Shadows
     handles: ImageHandles
+    settlements: Settlements
     frontend_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    def build(cls, deps: Deps, sender: WebhookSender) -> Services:
+    def build(cls, deps: Deps, sender: WebhookSender, journal: Journal) -> Services:
         routing = ModelRouting(deps)
         shadows = Shadows(deps, routing)
         handles = ImageHandles(deps)
+        settlements = Settlements(deps, journal)
         preparation = Preparation(deps, routing, handles)
-        runner = Runner(deps, shadows)
-        later = AsyncRequests(deps, routing, preparation, runner)
+        runner = Runner(deps, shadows, settlements)
+        frontend_id = uuid.uuid4().hex
+        later = AsyncRequests(deps, routing, preparation, runner, frontend_id)
         return cls(
             deps=deps,
             access=Access(deps),
@@ -54,20 +58,25 @@ class Services:
             images=ImageRequests(deps, routing, preparation, runner, later),
             later=later,
             reads=Reads(deps, routing),
-            idempotency=Idempotency(deps),
+            idempotency=Idempotency(deps, settlements),
             housekeeping=Housekeeping(deps, later, handles),
             handles=handles,
             webhooks=Webhooks(deps, sender),
             shadows=shadows,
+            settlements=settlements,
+            frontend_id=frontend_id,
         )
 
     async def start(self) -> None:
         """Settle what a previous run left, learn the models, resume accepted work, start the background loops."""
+        await self.settlements.settle_once()
         deferred = await self.housekeeping.recover()
         await self.routing.start(self.deps.settings.triton_url)
         await self.housekeeping.resume(deferred)
         self._tasks = [
             asyncio.ensure_future(self.webhooks.run()),
+            asyncio.ensure_future(self.settlements.run()),
+            asyncio.ensure_future(self.later.leases()),
             asyncio.ensure_future(self.housekeeping.sweep()),
             asyncio.ensure_future(self.routing.follow(self.frontend_id)),
         ]

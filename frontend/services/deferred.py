@@ -1,5 +1,14 @@
 """Asynchronous requests (``async=true``): accepted now, run in the background, resumed after a restart.
 
+Each accepted request is leased in the store to the frontend running it
+(``LEASE_S``, renewed every ``RENEW_S``); every frontend claims requests whose
+lease ran out (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) and runs their images
+still ``processing`` from the kept inputs, so a frontend that dies loses
+nothing: another one finishes its work within ``LEASE_S + RENEW_S``. A job
+completes once (its completion is conditional on ``processing``) and a
+request's webhook is owed by whoever forgets its row, so nothing is charged
+or sent twice.
+
 Accepting keeps the inputs in the output storage and the request in the
 store (``Deferred``, with its typed parameters); when every image has ended,
 the webhook is owed in the same transaction that forgets the request, and
@@ -23,7 +32,7 @@ from maskserve.frontend.domain.requests import (
     Prompts,
     RequestParams,
 )
-from maskserve.frontend.errors import NotFound, StorageUnavailable, Unavailable
+from maskserve.frontend.errors import DatabaseUnavailable, NotFound, StorageUnavailable, Unavailable
 from maskserve.frontend.services import shapes
 from maskserve.frontend.services.base import Deps, Service
 from maskserve.frontend.services.preparation import Item, Preparation, Prepared, Upload, versions
@@ -31,6 +40,10 @@ from maskserve.frontend.services.routing import ModelRouting
 from maskserve.frontend.services.running import Options, Runner
 
 log = logging.getLogger("maskserve.frontend")
+
+BACKLOG_FULL = "Too many asynchronous images are waiting; retry later"
+LEASE_S = 15.0
+RENEW_S = 5.0
 
 
 def request_params(prompts: Prompts | None, opts: Options) -> RequestParams:
@@ -42,12 +55,20 @@ def request_params(prompts: Prompts | None, opts: Options) -> RequestParams:
 
 
 class AsyncRequests(Service):
-    def __init__(self, deps: Deps, routing: ModelRouting, preparation: Preparation, runner: Runner) -> None:
+    def __init__(self, deps: Deps, routing: ModelRouting, preparation: Preparation, runner: Runner, owner: str) -> None:
         super().__init__(deps)
         self.routing = routing
         self.preparation = preparation
         self.runner = runner
+        self.owner = owner  # this frontend, as the leases name it
         self._running: set[asyncio.Task[None]] = set()
+        self._leased: dict[str, asyncio.Task[None]] = {}  # request id → the task running it here
+        self.waiting = 0  # images accepted here and not yet ended
+
+    def check_backlog(self, images: int) -> None:
+        """503 at once (before any credit moves) when ``images`` more would pass ``async_backlog_images``."""
+        if self.waiting + images > self.settings.async_backlog_images:
+            raise Unavailable(BACKLOG_FULL)
 
     async def _keep(self, prep: Prepared, written: list[str]) -> KeptItem:
         """The request's inputs in the output storage; an image named by its handle stays the handle's."""
@@ -85,23 +106,59 @@ class AsyncRequests(Service):
         request = Deferred(
             request_id, key.id, kind, batch, items, params, later.webhook_url, time.time(), later.base_url
         )
-        await self.store.save_deferred(request)
+        await self.store.save_deferred(request, self.owner, time.time() + LEASE_S)
         self._in_background(request, preps, prompts, opts)
 
     def _in_background(self, request: Deferred, preps: list[Prepared], prompts: Prompts | None, opts: Options) -> None:
         running = versions(preps)
         self.routing.in_flight.update(running)  # counted from now: a promotion's drain waits for these images
+        self.waiting += len(preps)
 
         async def finish() -> None:
             try:
-                await asyncio.gather(*(self.runner.run(request.kind, prep, prompts, opts) for prep in preps))
+                ran = await asyncio.gather(
+                    *(self.runner.run(request.kind, prep, prompts, opts, answered_now=False) for prep in preps),
+                    return_exceptions=True,
+                )
+                for outcome in ran:  # a database fault left its job to the journal; anything else is a bug
+                    if isinstance(outcome, BaseException) and not isinstance(outcome, DatabaseUnavailable):
+                        log.error("async request %s", request.id, exc_info=outcome)
                 await self._close(request)
+            except DatabaseUnavailable as exc:  # the sweep closes it once its jobs are settled
+                log.warning("async request %s: closing it waits for the database: %s", request.id, exc)
             finally:
                 self.routing.in_flight.subtract(running)
+                self.waiting -= len(preps)
 
         task = asyncio.ensure_future(finish())
         self._running.add(task)
         task.add_done_callback(self._running.discard)
+        self._leased[request.id] = task
+        task.add_done_callback(lambda _: self._leased.pop(request.id, None))
+
+    async def claim(self, every: bool = False) -> int:
+        """Take over the accepted requests whose lease ran out (``every``: all, at a start alone) and run them;
+        → images resumed."""
+        claimed = await self.store.claim_deferred(self.owner, time.time() + LEASE_S, every)
+        return await self.resume([r for r in claimed if r.id not in self._leased])
+
+    async def leases(self) -> None:
+        """Every ``RENEW_S``: renew the leases of the requests running here, then claim those whose lease ran out."""
+        while True:
+            await asyncio.sleep(RENEW_S)
+            try:
+                mine = list(self._leased)
+                held = await self.store.renew_deferred(self.owner, mine, time.time() + LEASE_S)
+                for request_id in set(mine) - held:
+                    if request_id in self._leased:  # its completion stays conditional: nothing is done twice
+                        log.warning("async request %s was taken over by another frontend", request_id)
+                resumed = await self.claim()
+                if resumed:
+                    log.warning("took over %d images of asynchronous requests whose frontend stopped", resumed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database away: the next round tries again
+                log.warning("async leases: %s", exc)
 
     async def _close(self, request: Deferred) -> None:
         """Every image of the request has ended: its webhook is owed, its kept inputs go."""

@@ -33,7 +33,7 @@ class Housekeeping(Service):
         their jobs run again instead.
         """
         shared = self.settings.shared
-        deferred = [] if shared else await self.store.list_deferred()
+        deferred = await self.store.list_deferred()  # their jobs run again: here, or where their lease is claimed
         keep = frozenset(job_id for request in deferred for job_id in request.job_ids)
         stale = await self.store.fail_stale_processing(Failure.RESTARTED, STALE_AFTER_S if shared else 0.0, keep)
         if stale:
@@ -43,14 +43,16 @@ class Housekeeping(Service):
         return deferred
 
     async def resume(self, deferred: list[Deferred]) -> None:
-        """Run again the accepted requests ``recover`` kept (once the model routing is known)."""
-        resumed = await self.later.resume(deferred)
+        """Run again the accepted requests ``recover`` kept (once the model routing is known): alone, all of them
+        now; sharing the database, those whose lease ran out (the others' frontends still run them)."""
+        resumed = await self.later.claim(every=not self.settings.shared)
         if resumed:
             log.warning("resumed %d images of asynchronous requests accepted before a restart", resumed)
 
     async def sweep_once(self) -> None:
-        if self.settings.shared:
-            await self.store.fail_stale_processing(Failure.INTERRUPTED, STALE_AFTER_S)
+        if self.settings.shared:  # accepted async work is not stale: a lease hands it on
+            waiting = frozenset(j for request in await self.store.list_deferred() for j in request.job_ids)
+            await self.store.fail_stale_processing(Failure.INTERRUPTED, STALE_AFTER_S, waiting)
         at = time.time()
         await self.store.sweep_idempotency(at - IDEMPOTENCY_TTL_S, at - STALE_AFTER_S)
         await self.later.sweep()

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 
 from maskserve.frontend.domain.accounts import IDEMPOTENCY_TTL_S, ApiKey, Claim, StoredResponse
-from maskserve.frontend.errors import Conflict, ValidationFailed
-from maskserve.frontend.services.base import Service
+from maskserve.frontend.errors import Conflict, DatabaseUnavailable, ValidationFailed
+from maskserve.frontend.services.base import Deps, Service
+from maskserve.frontend.services.settlement import Settlements
 
 HEADER = "Idempotency-Key"
 MAX_LENGTH = 255
@@ -32,6 +33,10 @@ def check_key(values: list[str]) -> str | None:
 
 
 class Idempotency(Service):
+    def __init__(self, deps: Deps, settlements: Settlements) -> None:
+        super().__init__(deps)
+        self.settlements = settlements
+
     async def claim(self, key: ApiKey, idem_key: str, fingerprint: str) -> StoredResponse | None:
         """The stored response to replay, or None: this request runs (409/422 when it may not)."""
         claim, stored = await self.store.claim_idempotency(key.id, idem_key, fingerprint, IDEMPOTENCY_TTL_S)
@@ -46,7 +51,12 @@ class Idempotency(Service):
 
     async def settle(self, key: ApiKey, idem_key: str, response: StoredResponse | None) -> None:
         """Store the 2xx response under the key, or release the key (``None``: the request did not succeed)."""
-        if response is not None:
-            await asyncio.shield(self.store.store_idempotent(key.id, idem_key, response))
-        else:
-            await asyncio.shield(self.store.release_idempotency(key.id, idem_key))
+        try:
+            if response is not None:
+                await asyncio.shield(self.store.store_idempotent(key.id, idem_key, response))
+            else:
+                await asyncio.shield(self.store.release_idempotency(key.id, idem_key))
+        except DatabaseUnavailable:
+            # released once the database is back, so a retry runs; the response itself stands (a 2xx was
+            # charged and stored with its result, and is the client's; an error is already on its way)
+            await self.settlements.owe_release(key.id, idem_key)

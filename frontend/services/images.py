@@ -13,6 +13,7 @@ from maskserve.frontend.domain.jobs import BatchRecord, Failure, Job, JobKind, J
 from maskserve.frontend.domain.requests import ExtractionOptions, Later, Prompts
 from maskserve.frontend.errors import (
     ApiError,
+    DatabaseUnavailable,
     InsufficientCredits,
     StorageUnavailable,
     Unavailable,
@@ -91,13 +92,11 @@ class ImageRequests(Service):
                 raise InsufficientCredits()
             with self.routing.running(versions([prep])):
                 if later is not None:
-                    if not (await self.store.reserve_jobs(key.id, None, [prep.job]))[0]:
-                        raise InsufficientCredits()
-                    await self.preparation.handles.renew(prep.image_id)
-                    await self.later.accept(key, kind, prep.job.id, False, [prep], prompts, opts, later)
-                    accepted = await self.store.get_job(prep.job.id)
-                    assert accepted is not None
-                    return Served(accepted, prep.stages)
+                    try:
+                        return await self._accept_one(key, kind, prep, prompts, opts, later)
+                    except DatabaseUnavailable:  # answered 503: not accepted, so nothing stays reserved
+                        await self.runner.settlements.owe_jobs([prep.job.id], revoke=True)
+                        raise
                 renew = None if prep.image_id is None else self.preparation.handles.renewal(prep.image_id)
                 done, failure, balance = await self.runner.run_now(key.id, kind, prep, prompts, opts, renew)
         if done is None and failure is None:
@@ -146,6 +145,18 @@ class ImageRequests(Service):
             with self.routing.running(versions(ready)):
                 return await self._run_batch(key, kind, items, prompts, opts, prepared, started, later)
 
+    async def _accept_one(
+        self, key: ApiKey, kind: JobKind, prep: Prepared, prompts: Prompts | None, opts: Options, later: Later
+    ) -> Served:
+        self.later.check_backlog(1)
+        if not (await self.store.reserve_jobs(key.id, None, [prep.job]))[0]:
+            raise InsufficientCredits()
+        await self.preparation.handles.renew(prep.image_id)
+        await self.later.accept(key, kind, prep.job.id, False, [prep], prompts, opts, later)
+        accepted = await self.store.get_job(prep.job.id)
+        assert accepted is not None
+        return Served(accepted, prep.stages)
+
     async def _run_batch(
         self,
         key: ApiKey,
@@ -159,6 +170,29 @@ class ImageRequests(Service):
     ) -> BatchOutcome:
         batch_id = uuid.uuid4().hex
         ready = [p for p in prepared if isinstance(p, Prepared)]
+        if later is not None:
+            self.later.check_backlog(len(ready))
+        try:
+            return await self._reserved_batch(
+                key, kind, items, prompts, opts, prepared, ready, batch_id, started, later
+            )
+        except DatabaseUnavailable:  # answered 503: none of its images may stay charged
+            await self.runner.settlements.owe_jobs([p.job.id for p in ready], revoke=True)
+            raise
+
+    async def _reserved_batch(
+        self,
+        key: ApiKey,
+        kind: JobKind,
+        items: list[Item],
+        prompts: Prompts | None,
+        opts: ExtractionOptions | None,
+        prepared: list[Prepared | ApiError],
+        ready: list[Prepared],
+        batch_id: str,
+        started: float,
+        later: Later | None,
+    ) -> BatchOutcome:
         reserved = await self.store.reserve_jobs(key.id, batch_id, [p.job for p in ready])
         paid = {p.job.id for p, ok in zip(ready, reserved, strict=False) if ok}
         job_ids = []

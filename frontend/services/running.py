@@ -14,10 +14,11 @@ from maskserve.frontend import imaging
 from maskserve.frontend.domain.everything import EverythingJob
 from maskserve.frontend.domain.jobs import Completion, Failure, Job, JobDetails, JobFiles, JobKind, JobStatus
 from maskserve.frontend.domain.requests import EverythingOptions, ExtractionOptions, Prompts
-from maskserve.frontend.errors import InferenceUnavailable, StorageUnavailable, ValidationFailed
+from maskserve.frontend.errors import DatabaseUnavailable, InferenceUnavailable, StorageUnavailable, ValidationFailed
 from maskserve.frontend.services import rendering
 from maskserve.frontend.services.base import Deps, Service, ms_since
 from maskserve.frontend.services.preparation import Prepared
+from maskserve.frontend.services.settlement import Settlements
 from maskserve.frontend.services.shadow import Shadows
 
 log = logging.getLogger("maskserve.frontend")
@@ -43,10 +44,11 @@ def pack(prep: Prepared, prompts: Prompts | None) -> list[PackedPrompt]:
 
 
 class Runner(Service):
-    def __init__(self, deps: Deps, shadows: Shadows) -> None:
+    def __init__(self, deps: Deps, shadows: Shadows, settlements: Settlements) -> None:
         super().__init__(deps)
         self.inference = deps.inference
         self.shadows = shadows
+        self.settlements = settlements
         self._slots = asyncio.Semaphore(deps.settings.inflight_images)
 
     async def _ask(
@@ -91,9 +93,9 @@ class Runner(Service):
         logits = answer.logits if answer is not None else None
         return rendering.render_cutout(prep.decoded, logits, prep.mask, opts)
 
-    async def _store(self, job_id: str, rendered: rendering.Rendered) -> tuple[str, JobDetails]:
-        """Write the output and the job's further files; → the output's location and the job's details."""
-        written: list[str] = []
+    async def _store(self, job_id: str, rendered: rendering.Rendered, written: list[str]) -> tuple[str, JobDetails]:
+        """Write the output and the job's further files (each added to ``written``); → the output's location and
+        the job's details."""
 
         async def put(file_id: str, extension: str, data: bytes) -> str:
             written.append(await self.files.put(file_id, extension, data))
@@ -108,7 +110,9 @@ class Runner(Service):
             raise
         return location, JobDetails(result=rendered.result, files=JobFiles(objects=objects, logits=logits))
 
-    async def _produce(self, kind: JobKind, prep: Prepared, prompts: Prompts | None, opts: Options) -> Completion:
+    async def _produce(
+        self, kind: JobKind, prep: Prepared, prompts: Prompts | None, opts: Options, written: list[str]
+    ) -> Completion:
         started = time.perf_counter()
         route = prep.route
         async with self._slots:
@@ -127,7 +131,7 @@ class Runner(Service):
         storing = time.perf_counter()
         if prep.image_id is not None:  # its handle, in the result (API.md v1.2)
             rendered.result = rendered.result.model_copy(update={"image_id": prep.image_id})
-        location, details = await self._store(prep.job.id, rendered)
+        location, details = await self._store(prep.job.id, rendered, written)
         prep.stages.add("store", ms_since(storing))
         return Completion(
             output_path=location,
@@ -144,13 +148,32 @@ class Runner(Service):
     async def run_now(
         self, key_id: str, kind: JobKind, prep: Prepared, prompts: Prompts | None, opts: Options, renew: Renewal | None
     ) -> tuple[Job | None, Outcome, int | None]:
+        """``_run_now``; a database fault is answered 503, so its job is revoked once the database is back,
+        even if the commit went through (``DatabaseUnavailable`` raised)."""
+        written: list[str] = []
+        try:
+            return await self._run_now(key_id, kind, prep, prompts, opts, renew, written)
+        except DatabaseUnavailable:
+            await self.settlements.owe_jobs([prep.job.id], revoke=True, locations=written)
+            raise
+
+    async def _run_now(
+        self,
+        key_id: str,
+        kind: JobKind,
+        prep: Prepared,
+        prompts: Prompts | None,
+        opts: Options,
+        renew: Renewal | None,
+        written: list[str],
+    ) -> tuple[Job | None, Outcome, int | None]:
         """A single request's image, run without a reservation: charged and stored in one transaction at the end
         (with its handle's renewal); → (the job, why it failed, the balance after). No job and no failure: the
         balance no longer paid (nothing charged, the outputs removed). A failure is recorded, uncharged."""
         started, at = time.perf_counter(), time.time()
         failure: Outcome = None
         try:
-            done = await self._produce(kind, prep, prompts, opts)
+            done = await self._produce(kind, prep, prompts, opts, written)
             storing = time.perf_counter()
             job, balance = await self.store.settle_job(key_id, prep.job, done, at, renew)
             if job is None:
@@ -167,6 +190,8 @@ class Runner(Service):
             failure = Failure.STORAGE
         except (ImageRejected, ValidationFailed) as exc:
             failure = exc
+        except DatabaseUnavailable:
+            raise
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
                 log.exception("job %s failed", prep.job.id)
@@ -178,14 +203,30 @@ class Runner(Service):
         self.metrics.images.labels(kind.value, JobStatus.FAILED.value).inc()
         return None, failure, None
 
-    async def run(self, kind: JobKind, prep: Prepared, prompts: Prompts | None, opts: Options) -> tuple[Job, Outcome]:
-        """Run one reserved image to its end: completed and charged, or failed and refunded (and why)."""
+    async def run(
+        self, kind: JobKind, prep: Prepared, prompts: Prompts | None, opts: Options, answered_now: bool = True
+    ) -> tuple[Job, Outcome]:
+        """Run one reserved image to its end: completed and charged, or failed and refunded (and why).
+
+        A database fault leaves it to the journal (``DatabaseUnavailable`` raised): refunded, or with
+        ``answered_now`` (its client is answered now, so 503) revoked even if its completion committed.
+        """
+        written: list[str] = []
+        try:
+            return await self._run(kind, prep, prompts, opts, written)
+        except DatabaseUnavailable:
+            await self.settlements.owe_jobs([prep.job.id], revoke=answered_now, locations=written)
+            raise
+
+    async def _run(
+        self, kind: JobKind, prep: Prepared, prompts: Prompts | None, opts: Options, written: list[str]
+    ) -> tuple[Job, Outcome]:
         started = time.perf_counter()
         job_id = prep.job.id
         version = None if prep.route is None else prep.route.version
         failure: Outcome = None
         try:
-            done = await self._produce(kind, prep, prompts, opts)
+            done = await self._produce(kind, prep, prompts, opts, written)
             storing = time.perf_counter()
             if not await self.store.complete_job(job_id, done):
                 await self.discard([done.output_path, *done.details.files.locations])  # no result without its charge
@@ -205,6 +246,8 @@ class Runner(Service):
         except ValidationFailed as exc:  # the model tier measured that this request cannot fit its budget
             failure = exc
             await self.store.fail_job(job_id, str(exc))
+        except DatabaseUnavailable:
+            raise
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
                 log.exception("job %s failed", job_id)

@@ -80,3 +80,91 @@ def test_sigkill_after_202_resumes_the_batch_after_restart(triton_server, tmp_pa
         f"{finished_at - restarted_at:.1f} s after the new frontend listened ({restarted_at - killed_at:.1f} s to "
         f"restart); charged {IMAGES} credits once, ledger consistent, inputs deleted"
     )
+
+
+TAKEOVER_IMAGES = 10
+
+
+def test_another_frontend_takes_over_the_async_batch_of_one_sigkilled(triton_server, postgres_url, tmp_path, report):
+    """Two frontends on one PostgreSQL: the one that accepted a 10-image async batch is SIGKILLed right after its
+    202; the other claims the request once its lease runs out and completes every image, charged once."""
+    import asyncio
+
+    import asyncpg
+
+    ports = [free_port(), free_port()]
+    procs = []
+    for i, port in enumerate(ports):
+        args = [
+            "frontend",
+            "--triton-url",
+            triton_server.opts.grpc_url,
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / f"d{i}"),
+            "--database-url",
+            postgres_url,
+        ]
+        procs.append(start_cli(args, tmp_path, tmp_path))
+    try:
+        for proc in procs:
+            wait_for_line(proc, "maskserve is listening", timeout=60)
+        create = ["keys", "create", "--name", "k", "--credits", "100", "--database-url", postgres_url]
+        out, _ = start_cli(create, tmp_path, tmp_path).communicate(timeout=60)
+        key = next(line.split()[-1] for line in out.splitlines() if line.startswith("api key:"))
+        key_id = next(line.split()[-1] for line in out.splitlines() if line.strip().startswith("key id:"))
+        files = [
+            ("files", (f"{i}.jpg", image_bytes(640, 480, seed=950 + i), "image/jpeg")) for i in range(TAKEOVER_IMAGES)
+        ]
+        r = requests.post(
+            f"http://127.0.0.1:{ports[0]}/v1/services/image-segmentation/batch",
+            params={"points": "[[320, 240]]", "async": "true"},
+            files=files,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=120,
+        )
+        assert r.status_code == 202, r.text
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(timeout=30)
+        killed_at = time.monotonic()
+        accepted = r.json()
+        survivor = f"http://127.0.0.1:{ports[1]}"
+        done_at_kill = None
+        while True:
+            batch = requests.get(
+                f"{survivor}/v1/batches/{accepted['batch_id']}", headers={"Authorization": f"Bearer {key}"}, timeout=30
+            ).json()
+            if done_at_kill is None:
+                done_at_kill = batch["completed"]
+            if batch["status"] != "processing":
+                break
+            assert time.monotonic() - killed_at < 300, batch
+            time.sleep(0.5)
+        finished_s = time.monotonic() - killed_at
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+    assert batch["completed"] == TAKEOVER_IMAGES, batch
+    assert done_at_kill < TAKEOVER_IMAGES  # the kill came while the work was under way
+
+    async def ledger() -> tuple[int, int, int, int]:
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            balance = await conn.fetchval("SELECT credits FROM api_keys WHERE id = $1", key_id)
+            charged = await conn.fetchval("SELECT COALESCE(SUM(credits_used), 0) FROM jobs WHERE key_id = $1", key_id)
+            processing = await conn.fetchval("SELECT count(*) FROM jobs WHERE status = 'processing'")
+            kept = await conn.fetchval("SELECT count(*) FROM deferred")
+            return int(balance), int(charged), int(processing), int(kept)
+        finally:
+            await conn.close()
+
+    balance, charged, processing, kept = asyncio.run(ledger())
+    assert (balance, charged, processing, kept) == (100 - TAKEOVER_IMAGES, TAKEOVER_IMAGES, 0, 0)
+    report(
+        f"async takeover: {TAKEOVER_IMAGES}-image async batch on 2 frontends sharing PostgreSQL, the accepting one "
+        f"SIGKILLed after its 202 with {done_at_kill} done; the other claimed its lease and completed all "
+        f"{TAKEOVER_IMAGES} {finished_s:.1f} s after the kill; charged {charged} credits once, nothing processing"
+    )

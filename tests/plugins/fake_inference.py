@@ -6,6 +6,7 @@ tests/integration.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import numpy as np
@@ -38,6 +39,7 @@ class FakeInference:
         self.calls: list[str] = []  # the version of every segment call
         self.prompts: list[list[PackedPrompt]] = []  # the prompt objects of every segment call
         self.per_point_s = 0.0  # segment-everything's speed: a grid that would pass its budget is stopped
+        self.delay_s = 0.0  # each segment call's time in the model tier
 
     def _check(self) -> None:
         if self.down:
@@ -45,6 +47,8 @@ class FakeInference:
 
     async def segment(self, digest: str, image: ImageBytes, prompts: list[PackedPrompt], version: str) -> SessionAnswer:
         self._check()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if version not in self.versions:
             raise InferenceUnavailable(f"version {version} is not loaded")
         self.calls.append(version)

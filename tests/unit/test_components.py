@@ -151,7 +151,7 @@ def test_shared_memory_a_killed_triton_left_is_released_unless_mapped_or_new(tmp
     import os
     import time
 
-    from maskserve.triton import server as tritonserver
+    from maskserve.triton import leftovers as tritonserver
 
     monkeypatch.setattr(tritonserver, "SHM_DIR", tmp_path)
     old = time.time() - 3600

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import numpy as np
 import pytest
@@ -205,3 +207,31 @@ def test_the_playground_policy_allows_the_object_store_only_when_links_redirect_
     assert "minio" not in content_security_policy(Settings(**s3, s3_downloads="proxy"))
     aws = content_security_policy(Settings(files_backend="s3", s3_bucket="b"))
     assert "img-src 'self' blob: data: https://*.amazonaws.com;" in aws
+
+
+async def test_the_async_backlog_is_bounded_with_a_fast_503(make_client, fake):
+    client = await make_client(async_backlog_images=2)
+    store = client.app[STORE]
+    key, secret = await store.create_key("backlog", 10)
+    fake.delay_s = 0.5
+    first = await client.post(
+        f"{SEG}/batch?points={POINT}&async=true",
+        data=form("files", image_bytes(seed=801), image_bytes(seed=802)),
+        headers=auth(secret),
+    )
+    assert first.status == 202
+    refused = await client.post(
+        f"{SEG}?points={POINT}&async=true", data=form("file", image_bytes(seed=803)), headers=auth(secret)
+    )
+    assert refused.status == 503 and refused.headers["Retry-After"] == "1"
+    assert "asynchronous images are waiting" in (await refused.json())["detail"]
+    assert (await store.get_key(key.id)).credits == 8  # the batch's two reserved, the refused one nothing
+    batch_id = (await first.json())["batch_id"]
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if (await (await client.get(f"/v1/batches/{batch_id}", headers=auth(secret))).json())["status"] != "processing":
+            break
+    later = await client.post(
+        f"{SEG}?points={POINT}&async=true", data=form("file", image_bytes(seed=803)), headers=auth(secret)
+    )
+    assert later.status == 202

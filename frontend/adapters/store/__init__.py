@@ -1,13 +1,14 @@
 """The store: one implementation of the money rules for SQLite and PostgreSQL (``ports.Store``).
 
 ``engine`` runs operations (transactions, reads, migrations) on either
-database; ``accounts``, ``jobs``, ``images`` and ``lifecycle`` hold the operations by
+database; ``accounts``, ``jobs``, ``deferred``, ``images`` and ``lifecycle`` hold the operations by
 subject, each written once over the schema in ``tables.py``.
 """
 
 from __future__ import annotations
 
 from maskserve.frontend.adapters.store.accounts import AccountRows
+from maskserve.frontend.adapters.store.deferred import DeferredRows
 from maskserve.frontend.adapters.store.engine import MIGRATIONS, database_url
 from maskserve.frontend.adapters.store.images import ImageRows
 from maskserve.frontend.adapters.store.jobs import JobRows
@@ -16,5 +17,5 @@ from maskserve.frontend.adapters.store.lifecycle import LifecycleRows
 __all__ = ["MIGRATIONS", "SqlStore", "database_url"]
 
 
-class SqlStore(AccountRows, JobRows, ImageRows, LifecycleRows):
+class SqlStore(AccountRows, JobRows, DeferredRows, ImageRows, LifecycleRows):
     """Every operation of the store over one set of connections."""

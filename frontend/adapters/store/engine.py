@@ -23,6 +23,7 @@ shared rate window.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +36,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from maskserve.frontend.domain.jobs import JobStatus
+from maskserve.frontend.errors import DatabaseUnavailable
 
 T = TypeVar("T")
 MIGRATIONS = Path(__file__).parent.parent / "migrations"
@@ -78,6 +80,42 @@ def _sqlite_engine(url: str, pool_size: int, writer: bool) -> sa.Engine:
     return engine
 
 
+UNREACHABLE = (
+    OSError,  # refused or reset connections, timeouts
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    sa.exc.InternalError,  # asyncpg: a connection left mid-operation by a server that went away
+    sa.exc.DisconnectionError,
+    sa.exc.TimeoutError,  # the pool had no connection to give
+    sqlite3.OperationalError,
+)
+UNREACHABLE_SQLSTATES = ("08", "53", "57")  # connection exception, insufficient resources, operator intervention
+ASYNCPG_UNREACHABLE = {
+    "InterfaceError",
+    "InternalClientError",
+    "ConnectionDoesNotExistError",
+    "ConnectionFailureError",
+    "PostgresConnectionError",
+}
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the database could not be reached, rather than a bug."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, UNREACHABLE) or (isinstance(seen, sa.exc.DBAPIError) and seen.connection_invalidated):
+            return True
+        sqlstate = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(UNREACHABLE_SQLSTATES):
+            return True
+        if type(seen).__module__.startswith("asyncpg") and type(seen).__name__ in ASYNCPG_UNREACHABLE:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def rows_of(conn: sa.Connection, query: sa.Executable) -> list[sa.Row[Any]]:
     return list(conn.execute(query).all())
 
@@ -107,7 +145,15 @@ class Database:
     # --- running an operation -------------------------------------------------
 
     async def _tx(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(connection, *args)`` in one transaction."""
+        """``fn(connection, *args)`` in one transaction; ``DatabaseUnavailable`` when it cannot reach the database."""
+        try:
+            return await self._tx_once(fn, *args)
+        except Exception as exc:
+            if unreachable(exc):
+                raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise
+
+    async def _tx_once(self, fn: Callable[..., T], *args: Any) -> T:
         if self._async is not None:
             async with self._async.begin() as conn:
                 return await conn.run_sync(fn, *args)
@@ -121,6 +167,14 @@ class Database:
             return fn(conn, *args)
 
     async def _read(self, query: sa.Executable) -> list[sa.Row[Any]]:
+        try:
+            return await self._read_once(query)
+        except Exception as exc:
+            if unreachable(exc):
+                raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise
+
+    async def _read_once(self, query: sa.Executable) -> list[sa.Row[Any]]:
         if self._async is not None:
             async with self._async.connect() as conn:
                 return list((await conn.execute(query)).all())
@@ -141,7 +195,14 @@ class Database:
 
     async def open(self) -> None:
         if self.postgres:
-            self._async = create_async_engine(self.url, pool_size=self.pool_size, max_overflow=0)
+            self._async = create_async_engine(
+                self.url,
+                pool_size=self.pool_size,
+                max_overflow=0,
+                pool_pre_ping=True,  # a connection broken by a restart is replaced, not reused
+                pool_timeout=10,
+                connect_args={"timeout": 5, "command_timeout": 30},
+            )
         else:
             Path(self.url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
             self._writer = _sqlite_engine(self.url, 1, writer=True)

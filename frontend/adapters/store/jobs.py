@@ -1,5 +1,5 @@
 """The store's jobs: reservations, completion and failure (each with its ledger row, exactly once), batches,
-accepted asynchronous requests, webhook deliveries, output-file rows and service state."""
+output-file rows and service state (accepted asynchronous requests and webhook deliveries: ``deferred``)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from maskserve.frontend.adapters.store.engine import COMPLETED, FAILED, PROCESSI
 from maskserve.frontend.adapters.tables import (
     api_keys,
     batches,
-    deferred,
-    deliveries,
     images,
     jobs,
     output_files,
@@ -25,16 +23,12 @@ from maskserve.frontend.domain.jobs import (
     INSUFFICIENT_CREDITS,
     BatchRecord,
     Completion,
-    Deferred,
-    Delivery,
     Job,
     JobDetails,
     JobKind,
     JobStatus,
-    KeptItem,
     NewJob,
 )
-from maskserve.frontend.domain.requests import RequestParams
 
 Renewal = tuple[str, float]
 """An image handle and the expiry a use renews it to."""
@@ -144,6 +138,32 @@ def _fail(conn: sa.Connection, job_id: str, error: str) -> bool:
     return True
 
 
+def _void(conn: sa.Connection, job_id: str, error: str, revoke: bool) -> tuple[JobStatus | None, list[str]]:
+    """Settle a job a database fault interrupted: refunded if still processing; with ``revoke``, a completed one
+    too (failed, its charge returned); → its status after, and the files of a revoked job to remove."""
+    row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+    if row is None:
+        return None, []
+    job = _job(row)
+    if job.status is JobStatus.PROCESSING:
+        _fail(conn, job_id, error)
+        return JobStatus.FAILED, []
+    if job.status is not JobStatus.COMPLETED or not revoke:
+        return job.status, []
+    stamp = now()
+    conn.execute(
+        jobs.update()
+        .where(jobs.c.id == job_id, jobs.c.status == COMPLETED)
+        .values(status=FAILED, error=error, credits_used=0, output_path=None, finished_at=stamp)
+    )
+    if job.credits_used:
+        conn.execute(
+            api_keys.update().where(api_keys.c.id == job.key_id).values(credits=api_keys.c.credits + job.credits_used)
+        )
+        add_ledger_row(conn, job.key_id, job.credits_used, LedgerReason.RELEASE, job_id, stamp)
+    return JobStatus.FAILED, [location for location in (job.output_path, *job.extra_files) if location]
+
+
 def _fail_all(conn: sa.Connection, job_ids: list[str], error: str) -> int:
     return sum(_fail(conn, job_id, error) for job_id in job_ids)
 
@@ -209,6 +229,9 @@ class JobRows(Database):
 
     async def fail_job(self, job_id: str, error: str) -> bool:
         return await self._tx(_fail, job_id, error)
+
+    async def void_job(self, job_id: str, error: str, revoke: bool) -> tuple[JobStatus | None, list[str]]:
+        return await self._tx(_void, job_id, error, revoke)
 
     async def fail_stale_processing(
         self, error: str, older_than_s: float = 0.0, keep: frozenset[str] = frozenset()
@@ -282,89 +305,3 @@ class JobRows(Database):
         """The jobs, in the order given (missing ones left out)."""
         rows = {r.id: _job(r) for r in await self._read(sa.select(jobs).where(jobs.c.id.in_(job_ids)))}
         return [rows[i] for i in job_ids if i in rows]
-
-    async def save_deferred(self, request: Deferred) -> None:
-        await self._execute(
-            deferred.insert().values(
-                id=request.id,
-                key_id=request.key_id,
-                kind=request.kind.value,
-                batch=request.batch,
-                items=json.dumps([item.public() for item in request.items]),
-                params=request.params.model_dump_json(),
-                webhook_url=request.webhook_url,
-                created_at=request.created_at,
-                base_url=request.base_url,
-            )
-        )
-
-    async def list_deferred(self) -> list[Deferred]:
-        rows = await self._read(sa.select(deferred).order_by(deferred.c.created_at))
-        return [
-            Deferred(
-                r.id,
-                r.key_id,
-                JobKind(r.kind),
-                bool(r.batch),
-                [KeptItem.model_validate(item) for item in json.loads(r.items)],
-                RequestParams.model_validate_json(r.params),
-                r.webhook_url,
-                float(r.created_at),
-                r.base_url,
-            )
-            for r in rows
-        ]
-
-    async def forget_deferred(self, request_id: str, webhook: tuple[str, str, str] | None = None) -> bool:
-        """Forget an ended request and, in the same transaction, owe its webhook (key id, URL, body).
-
-        Only the caller that removed the row owes the webhook: two frontends closing one request send one.
-        """
-
-        def forget(conn: sa.Connection) -> bool:
-            if not conn.execute(deferred.delete().where(deferred.c.id == request_id)).rowcount:
-                return False
-            if webhook is not None:
-                at = now()
-                key_id, url, body = webhook
-                conn.execute(
-                    deliveries.insert().values(
-                        key_id=key_id, url=url, body=body, attempts=0, state="pending", next_at=at, created_at=at
-                    )
-                )
-            return True
-
-        return await self._tx(forget)
-
-    async def claim_deliveries(self, lease_s: float, limit: int = 16) -> list[Delivery]:
-        """Due deliveries, each claimed for ``lease_s`` by a conditional update (one frontend sends each)."""
-        at = now()
-        rows = await self._read(
-            sa.select(deliveries)
-            .where(deliveries.c.state == "pending", deliveries.c.next_at <= at)
-            .order_by(deliveries.c.next_at)
-            .limit(limit)
-        )
-
-        def claim(conn: sa.Connection) -> list[Delivery]:
-            mine = []
-            for r in rows:
-                taken = conn.execute(
-                    deliveries.update()
-                    .where(deliveries.c.id == r.id, deliveries.c.next_at == r.next_at, deliveries.c.state == "pending")
-                    .values(next_at=at + lease_s)
-                )
-                if taken.rowcount:
-                    mine.append(Delivery(int(r.id), r.key_id, r.url, r.body, int(r.attempts)))
-            return mine
-
-        return await self._tx(claim) if rows else []
-
-    async def delivery_done(self, delivery_id: int, attempts: int, error: str | None, retry_at: float | None) -> None:
-        """After an attempt: delivered (no error), pending again at ``retry_at``, or failed for good."""
-        state = "delivered" if error is None else ("pending" if retry_at is not None else "failed")
-        await self._execute(
-            deliveries.update()
-            .where(deliveries.c.id == delivery_id)
-            .values(attempts=attempts, state=state, last_error=error, next_at=retry_at if retry_at else now())
-        )

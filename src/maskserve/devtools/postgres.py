@@ -20,6 +20,7 @@ class PostgresCluster:
     def __init__(self) -> None:
         self.url = ""
         self._stop: list[str] = []
+        self._start: list[str] = []
 
     @staticmethod
     def bindir() -> Path | None:
@@ -50,9 +51,8 @@ class PostgresCluster:
         )
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off"
         pg_ctl = [*run_as, str(bindir / "pg_ctl"), "-D", str(data)]
-        subprocess.run(
-            [*pg_ctl, "-w", "-l", str(root / "log"), "-o", options, "start"], check=True, capture_output=True
-        )
+        self._start = [*pg_ctl, "-w", "-l", str(root / "log"), "-o", options, "start"]
+        subprocess.run(self._start, check=True, capture_output=True)
         self._stop = [*pg_ctl, "-m", "fast", "stop"]
         self.url = f"postgresql://maskserve@127.0.0.1:{port}"
         return self
@@ -69,6 +69,13 @@ class PostgresCluster:
 
         asyncio.run(create())
         return f"{self.url}/{name}"
+
+    def halt(self) -> None:
+        """Stop the server (fast: clients are disconnected, open transactions roll back); ``resume`` starts it."""
+        subprocess.run(self._stop, check=True, capture_output=True)
+
+    def resume(self) -> None:
+        subprocess.run(self._start, check=True, capture_output=True)
 
     def stop(self) -> None:
 

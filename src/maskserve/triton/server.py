@@ -24,6 +24,7 @@ from importlib import util as importlib_util
 from pathlib import Path
 
 from maskserve.core import signatures as sig
+from maskserve.triton.leftovers import group_members, mapped_regions, release_leaked_shm
 
 log = logging.getLogger("maskserve.triton")
 
@@ -179,65 +180,41 @@ def server_command(dist: TritonDistribution, opts: TritonOptions, backends: Path
     return cmd
 
 
-SHM_DIR = Path("/dev/shm")
-SHM_PREFIX = "triton_python_backend_shm_region_"
-
-
-def _mapped_regions(pids: list[str] | None = None) -> set[str]:
-    """The python-backend regions these processes (default: all) map."""
-    names: set[str] = set()
-    for pid in pids if pids is not None else [p.name for p in Path("/proc").glob("[0-9]*")]:
-        with contextlib.suppress(OSError):
-            lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
-            names.update(line.rsplit("/", 1)[-1].split()[0] for line in lines if SHM_PREFIX in line)
-    return names
-
-
-def _group_members(pgid: int) -> list[str]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":  # a zombie holds no memory any more
-                members.append(stat.parent.name)
-    return members
-
-
-def release_leaked_shm(only: set[str] | None = None, min_age_s: float = 30.0) -> int:
-    """Remove python-backend shared-memory regions that no live process maps; → how many.
-
-    ``only``: just these regions (those of a server that just ended), whatever their age.
-    Otherwise a region younger than ``min_age_s`` is kept: a server starting now may not have
-    mapped it yet.
-    """
-    if not SHM_DIR.is_dir():
-        return 0
-    mapped = _mapped_regions()
-    removed = 0
-    now = time.time()
-    for region in SHM_DIR.glob(SHM_PREFIX + "*"):
-        with contextlib.suppress(OSError):
-            if region.name in mapped:
-                continue
-            if (only is not None and region.name in only) or (
-                only is None and now - region.stat().st_mtime > min_age_s
-            ):
-                region.unlink()
-                removed += 1
-    return removed
+def check_ports_free(opts: TritonOptions) -> None:
+    """Refuse to start where something already listens: we would talk to a Triton we do not supervise."""
+    for what, port in (("gRPC", opts.grpc_port), ("HTTP", opts.http_port), ("metrics", opts.metrics_port)):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((opts.host, port))
+            except OSError as exc:
+                raise TritonSetupError(
+                    f"Triton's {what} port {opts.host}:{port} is in use ({exc.strerror}): another Triton (perhaps "
+                    "one left running by a supervisor that was killed) or another program listens there. "
+                    "`maskserve serve` runs and supervises its own Triton and will not use one it did not start: "
+                    "stop that process, choose other ports (--triton-grpc-port, --triton-http-port, "
+                    "--triton-metrics-port), or use an external Triton with `maskserve frontend --triton-url`."
+                ) from None
 
 
 class TritonServer:
-    """One supervised ``tritonserver`` process with its logs forwarded to ours."""
+    """One supervised ``tritonserver`` process with its logs forwarded to ours.
+
+    It runs in a session of its own (our signals reach it only through
+    ``stop``), and a reaper process (``maskserve.triton.reaper``) ends that
+    session if we die without stopping it, so no Triton outlives its supervisor.
+    """
 
     def __init__(self, opts: TritonOptions) -> None:
         self.opts = opts
         self.process: subprocess.Popen[bytes] | None = None
+        self.reaper: subprocess.Popen[bytes] | None = None
         self._log_thread: threading.Thread | None = None
 
     def start(self) -> None:
         dist = find_distribution()
         check_repository(self.opts.model_repository, self.opts.models)
+        check_ports_free(self.opts)
         backends = prepare_backends(dist, self.opts.work_dir)
         cmd = server_command(dist, self.opts, backends)
         log.info("starting %s", " ".join(cmd))
@@ -248,6 +225,13 @@ class TritonServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # our signals reach it only through stop()
+        )
+        self._stop_reaper()
+        self.reaper = subprocess.Popen(
+            [sys.executable, "-m", "maskserve.triton.reaper", str(os.getpid()), str(self.process.pid)],
+            env=server_env(dist),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self._log_thread = threading.Thread(target=self._forward_logs, daemon=True)
         self._log_thread.start()
@@ -313,14 +297,21 @@ class TritonServer:
         proc = self.process
         if proc is None or proc.poll() is None:
             return
-        members = _group_members(proc.pid)
-        regions = _mapped_regions(members)
+        members = group_members(proc.pid)
+        regions = mapped_regions(members)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
-        while _group_members(proc.pid) and time.monotonic() < deadline:
+        while group_members(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         release_leaked_shm(only=regions)
+        self._stop_reaper()
+
+    def _stop_reaper(self) -> None:
+        reaper, self.reaper = self.reaper, None
+        if reaper is not None and reaper.poll() is None:
+            reaper.kill()
+            reaper.wait()
 
     def __enter__(self) -> TritonServer:
         self.start()
