@@ -210,3 +210,27 @@ def test_masks_render_to_the_pixels_of_the_whole_image_upsampling_and_a_plain_gr
         )
         decoded = Image.open(io.BytesIO(imaging.encode_mask_png(mask)))
         assert decoded.mode == "L" and np.array_equal(np.asarray(decoded), mask)
+
+
+def test_a_large_mask_deflated_in_two_halves_is_one_valid_png():
+    """Above ``PARALLEL_DEFLATE_BYTES`` the halves are deflated on two threads: libpng (OpenCV), Pillow and zlib
+    (which checks the Adler-32 of the whole stream) all read the same pixels."""
+    import io
+    import struct
+    import zlib
+
+    import cv2
+    from PIL import Image
+
+    rng = np.random.default_rng(11)
+    for height, width in [(1080, 1920), (3024, 4032), (1025, 1023)]:
+        mask = np.where(rng.random((height, width)) > 0.7, 255, 0).astype(np.uint8)
+        mask[: height // 3] = 0  # long runs too
+        png = imaging.encode_mask_png(mask)
+        assert height * (width + 1) >= imaging.PARALLEL_DEFLATE_BYTES
+        assert np.array_equal(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED), mask)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), mask)
+        length = struct.unpack(">I", png[33:37])[0]
+        assert png[37:41] == b"IDAT"
+        rows = zlib.decompress(png[41 : 41 + length])
+        assert rows == np.hstack([np.zeros((height, 1), np.uint8), mask]).tobytes()
