@@ -87,7 +87,7 @@ Window = tuple[slice, slice]
 """Rows and columns of a mask outside which every pixel is 0."""
 
 
-def mask_and_window(logits: np.ndarray, height: int, width: int) -> tuple[np.ndarray, Window]:
+def mask_and_window(logits: np.ndarray, height: int, width: int, scratch: bool = False) -> tuple[np.ndarray, Window]:
     """The binary mask (uint8 0/255) at the original size, thresholded at 0, and a window that holds it.
 
     Bilinear interpolation never exceeds its four neighbours, so no pixel is
@@ -96,11 +96,13 @@ def mask_and_window(logits: np.ndarray, height: int, width: int) -> tuple[np.nda
     is empty without upsampling, and its box and area are counted in the
     window. The pixels themselves come from the whole image's upsampling, as
     before: an upsampling of the window alone rounds differently near 0.
+    With ``scratch`` the mask is this thread's scratch buffer, valid until the
+    thread renders its next one (a fresh multi-MiB array costs page faults).
     """
     rows, cols = reach(logits, height, width)
     if not (rows.stop > rows.start and cols.stop > cols.start):
         return np.zeros((height, width), np.uint8), (rows, cols)
-    mask = np.empty((height, width), np.uint8)
+    mask = _scratch_array("mask", (height, width), np.uint8) if scratch else np.empty((height, width), np.uint8)
     full = upsample_logits(logits, height, width, out=_scratch_array("logits", (height, width), np.float32))
     np.greater(full, 0.0, out=mask.view(np.bool_))
     mask *= 255

@@ -119,7 +119,7 @@ async def _batch_response(request: web.Request, outcome: BatchOutcome) -> web.Re
     return web.json_response(
         body,
         status=202 if body["status"] == JobStatus.PROCESSING else 200,
-        headers=await _service_headers(request, outcome.jobs, outcome.stages),
+        headers=await _service_headers(request, outcome.jobs, outcome.stages, outcome.balance),
     )
 
 

@@ -43,6 +43,7 @@ class BatchOutcome:
     jobs: list[Job]
     wall_ms: float
     stages: Stages = field(default_factory=Stages)
+    balance: int | None = None  # read inside the request's journalled part: a fault after a charge is settled
 
 
 def _item_error(error: ApiError) -> str:
@@ -145,6 +146,10 @@ class ImageRequests(Service):
             with self.routing.running(versions(ready)):
                 return await self._run_batch(key, kind, items, prompts, opts, prepared, started, later)
 
+    async def _balance(self, key: ApiKey) -> int | None:
+        found = await self.store.get_key(key.id)
+        return None if found is None else found.credits
+
     async def _accept_one(
         self, key: ApiKey, kind: JobKind, prep: Prepared, prompts: Prompts | None, opts: Options, later: Later
     ) -> Served:
@@ -155,7 +160,7 @@ class ImageRequests(Service):
         await self.later.accept(key, kind, prep.job.id, False, [prep], prompts, opts, later)
         accepted = await self.store.get_job(prep.job.id)
         assert accepted is not None
-        return Served(accepted, prep.stages)
+        return Served(accepted, prep.stages, await self._balance(key))
 
     async def _run_batch(
         self,
@@ -207,7 +212,8 @@ class ImageRequests(Service):
         to_run = [p for p in ready if p.job.id in paid]
         if later is not None:
             await self.later.accept(key, kind, batch_id, True, to_run, prompts, opts, later)
-            return BatchOutcome(batch_id, await self.store.get_jobs(job_ids), ms_since(started), _merged(ready))
+            jobs = await self.store.get_jobs(job_ids)
+            return BatchOutcome(batch_id, jobs, ms_since(started), _merged(ready), await self._balance(key))
 
         async def run(prep: Prepared) -> Job:
             job, _ = await self.runner.run(kind, prep, prompts, opts)
@@ -216,7 +222,13 @@ class ImageRequests(Service):
         runs = {p.job.id: asyncio.ensure_future(run(p)) for p in to_run}
         if runs:
             await asyncio.wait(runs.values())
+        for task in runs.values():  # a database fault fails the whole batch (503); every task's result is read
+            if task.exception() is not None and not isinstance(task.exception(), DatabaseUnavailable):
+                raise task.exception()  # type: ignore[misc]
+        fault = next((t.exception() for t in runs.values() if t.exception() is not None), None)
+        if fault is not None:
+            raise fault
         ran = {job_id: task.result() for job_id, task in runs.items()}
         others = {j.id: j for j in await self.store.get_jobs([i for i in job_ids if i not in ran])}
         jobs = [ran[i] if i in ran else others[i] for i in job_ids]
-        return BatchOutcome(batch_id, jobs, ms_since(started), _merged(ready))
+        return BatchOutcome(batch_id, jobs, ms_since(started), _merged(ready), await self._balance(key))

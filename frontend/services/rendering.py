@@ -59,7 +59,7 @@ def union(masks: list[Masked]) -> Masked:
 def _described(masked: Masked, score: float, mask_format: str) -> dict[str, Any]:
     """Score, box and area (counted in the mask's window, the same as over the whole image), inline mask."""
     mask, (rows, cols) = masked
-    inside = mask[rows, cols] > 0
+    inside = mask[rows, cols]  # a view: 0 or 255, counted as it is
     box = encodings.bbox(inside)
     found: dict[str, Any] = {
         "score": round(float(score), 6),
@@ -79,11 +79,12 @@ def render_segmentation(
     With several objects the top-level ``score`` is the mean of the objects'
     (the union has no prediction of its own).
     """
-    masks = object_masks(logits, height, width)
-    if not several:
+    if not several:  # the mask lives only until its PNG is written: in this thread's scratch buffer
+        masks = [imaging.mask_and_window(logits[0], height, width, scratch=True)]
         result = ResultExtras.model_validate(_described(masks[0], scores[0], mask_format))
         raw = np.ascontiguousarray(logits[0], np.float32).tobytes()
         return Rendered(imaging.encode_mask_png(masks[0][0]), "png", result, logits=raw)
+    masks = object_masks(logits, height, width)
     combined = union(masks)
     objects = [
         {"index": i, **_described(mask, score, mask_format)}
