@@ -5,8 +5,10 @@ bytes in and out. Everything here is CPU-bound and runs in an executor."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
+import os
 import struct
 import threading
 import zlib
@@ -240,9 +242,25 @@ def _zlib_stream(data: memoryview) -> bytes:
         parts = [_deflate(data, last=True)]
     else:
         half = len(data) // 2
-        second = _deflate_pool().submit(_deflate, data[half:], True)
+        second = _deflate_pool().submit(_deflate_as, _niceness(), data[half:])
         parts = [_deflate(data[:half], last=False), second.result()]
     return b"\x78\x01" + b"".join(parts) + struct.pack(">I", zlib.adler32(data))
+
+
+def _niceness() -> int | None:
+    """This thread's niceness (image work runs below the models on shared cores, ``frontend/app.py``)."""
+    try:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    except (OSError, AttributeError):
+        return None
+
+
+def _deflate_as(niceness: int | None, data: memoryview) -> bytes:
+    """The second half, deflated at the niceness of the thread that asked for it."""
+    if niceness is not None and niceness != _niceness():
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    return _deflate(data, last=True)
 
 
 @functools.cache
