@@ -178,57 +178,37 @@ class ImageRequests(Service):
         if later is not None:
             self.later.check_backlog(len(ready))
         try:
-            return await self._reserved_batch(
-                key, kind, items, prompts, opts, prepared, ready, batch_id, started, later
-            )
+            reserved = await self.store.reserve_jobs(key.id, batch_id, [p.job for p in ready])
+            paid = {p.job.id for p, ok in zip(ready, reserved, strict=False) if ok}
+            job_ids = []
+            for item, prep in zip(items, prepared, strict=False):
+                if isinstance(prep, ApiError):
+                    failed = NewJob(uuid.uuid4().hex, kind, item.filename, item.size)
+                    await self.store.record_failed(key.id, batch_id, failed, _item_error(prep))
+                    job_ids.append(failed.id)
+                else:
+                    job_ids.append(prep.job.id)
+            await self.store.record_batch(BatchRecord(batch_id, key.id, job_ids, time.time()))
+            to_run = [p for p in ready if p.job.id in paid]
+            if later is not None:
+                await self.later.accept(key, kind, batch_id, True, to_run, prompts, opts, later)
+                jobs = await self.store.get_jobs(job_ids)
+                return BatchOutcome(batch_id, jobs, ms_since(started), _merged(ready), await self._balance(key))
+
+            async def run(prep: Prepared) -> Job:
+                job, _ = await self.runner.run(kind, prep, prompts, opts)
+                return job
+
+            runs = {p.job.id: asyncio.ensure_future(run(p)) for p in to_run}
+            if runs:
+                await asyncio.wait(runs.values())
+            errors = [e for e in (t.exception() for t in runs.values()) if e is not None]  # every one read
+            if errors:  # a bug first; else a database fault, which fails the whole batch (503)
+                raise next((e for e in errors if not isinstance(e, DatabaseUnavailable)), errors[0])
+            ran = {job_id: task.result() for job_id, task in runs.items()}
+            others = {j.id: j for j in await self.store.get_jobs([i for i in job_ids if i not in ran])}
+            jobs = [ran[i] if i in ran else others[i] for i in job_ids]
+            return BatchOutcome(batch_id, jobs, ms_since(started), _merged(ready), await self._balance(key))
         except DatabaseUnavailable:  # answered 503: none of its images may stay charged
             await self.runner.settlements.owe_jobs([p.job.id for p in ready], revoke=True)
             raise
-
-    async def _reserved_batch(
-        self,
-        key: ApiKey,
-        kind: JobKind,
-        items: list[Item],
-        prompts: Prompts | None,
-        opts: ExtractionOptions | None,
-        prepared: list[Prepared | ApiError],
-        ready: list[Prepared],
-        batch_id: str,
-        started: float,
-        later: Later | None,
-    ) -> BatchOutcome:
-        reserved = await self.store.reserve_jobs(key.id, batch_id, [p.job for p in ready])
-        paid = {p.job.id for p, ok in zip(ready, reserved, strict=False) if ok}
-        job_ids = []
-        for item, prep in zip(items, prepared, strict=False):
-            if isinstance(prep, ApiError):
-                failed = NewJob(uuid.uuid4().hex, kind, item.filename, item.size)
-                await self.store.record_failed(key.id, batch_id, failed, _item_error(prep))
-                job_ids.append(failed.id)
-            else:
-                job_ids.append(prep.job.id)
-        await self.store.record_batch(BatchRecord(batch_id, key.id, job_ids, time.time()))
-        to_run = [p for p in ready if p.job.id in paid]
-        if later is not None:
-            await self.later.accept(key, kind, batch_id, True, to_run, prompts, opts, later)
-            jobs = await self.store.get_jobs(job_ids)
-            return BatchOutcome(batch_id, jobs, ms_since(started), _merged(ready), await self._balance(key))
-
-        async def run(prep: Prepared) -> Job:
-            job, _ = await self.runner.run(kind, prep, prompts, opts)
-            return job
-
-        runs = {p.job.id: asyncio.ensure_future(run(p)) for p in to_run}
-        if runs:
-            await asyncio.wait(runs.values())
-        for task in runs.values():  # a database fault fails the whole batch (503); every task's result is read
-            if task.exception() is not None and not isinstance(task.exception(), DatabaseUnavailable):
-                raise task.exception()  # type: ignore[misc]
-        fault = next((t.exception() for t in runs.values() if t.exception() is not None), None)
-        if fault is not None:
-            raise fault
-        ran = {job_id: task.result() for job_id, task in runs.items()}
-        others = {j.id: j for j in await self.store.get_jobs([i for i in job_ids if i not in ran])}
-        jobs = [ran[i] if i in ran else others[i] for i in job_ids]
-        return BatchOutcome(batch_id, jobs, ms_since(started), _merged(ready), await self._balance(key))

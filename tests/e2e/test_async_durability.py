@@ -12,7 +12,7 @@ import requests
 from maskserve.devtools.pictures import image_bytes
 from maskserve.triton.server import free_port
 from tests.plugins.calls import ledger_state
-from tests.plugins.processes import start_cli, wait_for_line
+from tests.plugins.processes import create_key, start_cli, wait_for_line
 
 IMAGES = 8
 
@@ -25,11 +25,7 @@ def test_sigkill_after_202_resumes_the_batch_after_restart(triton_server, tmp_pa
     first = start_cli(args, tmp_path, tmp_path)
     try:
         wait_for_line(first, "maskserve is listening", timeout=60)
-        create = ["keys", "create", "--name", "k", "--credits", "100", "--data-dir", str(data)]
-        created = start_cli(create, tmp_path, tmp_path)
-        out, _ = created.communicate(timeout=60)
-        key = next(line.split()[-1] for line in out.splitlines() if line.startswith("api key:"))
-        key_id = next(line.split()[-1] for line in out.splitlines() if line.strip().startswith("key id:"))
+        key, key_id = create_key(["--data-dir", str(data)], tmp_path, tmp_path)
         files = [("files", (f"{i}.jpg", image_bytes(640, 480, seed=900 + i), "image/jpeg")) for i in range(IMAGES)]
         r = requests.post(
             f"{url}/v1/services/image-segmentation/batch",
@@ -110,10 +106,7 @@ def test_another_frontend_takes_over_the_async_batch_of_one_sigkilled(triton_ser
     try:
         for proc in procs:
             wait_for_line(proc, "maskserve is listening", timeout=60)
-        create = ["keys", "create", "--name", "k", "--credits", "100", "--database-url", postgres_url]
-        out, _ = start_cli(create, tmp_path, tmp_path).communicate(timeout=60)
-        key = next(line.split()[-1] for line in out.splitlines() if line.startswith("api key:"))
-        key_id = next(line.split()[-1] for line in out.splitlines() if line.strip().startswith("key id:"))
+        key, key_id = create_key(["--database-url", postgres_url], tmp_path, tmp_path)
         files = [
             ("files", (f"{i}.jpg", image_bytes(640, 480, seed=950 + i), "image/jpeg")) for i in range(TAKEOVER_IMAGES)
         ]

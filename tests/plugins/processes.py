@@ -36,6 +36,17 @@ def wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 240) -> li
     raise AssertionError("exited early:\n" + "".join(lines[-40:]))
 
 
+def create_key(store_args: list[str], cwd, home, credits: int = 100) -> tuple[str, str]:
+    """``maskserve keys create`` on the store ``store_args`` name (``--data-dir D`` or ``--database-url U``);
+    → (the API key, its id)."""
+    out, _ = start_cli(
+        ["keys", "create", "--name", "k", "--credits", str(credits), *store_args], cwd, home
+    ).communicate(timeout=60)
+    key = next(line.split()[-1] for line in out.splitlines() if line.startswith("api key:"))
+    key_id = next(line.split()[-1] for line in out.splitlines() if line.strip().startswith("key id:"))
+    return key, key_id
+
+
 def stop_cli(proc: subprocess.Popen) -> tuple[int, str]:
     proc.send_signal(signal.SIGTERM)
     try:
