@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 from maskserve.frontend.domain.accounts import ApiKey
@@ -63,6 +64,9 @@ class AsyncRequests(Service):
         self.owner = owner  # this frontend, as the leases name it
         self._running: set[asyncio.Task[None]] = set()
         self._leased: dict[str, asyncio.Task[None]] = {}  # request id → the task running it here
+        self._turns = asyncio.Semaphore(deps.settings.inflight_images)  # async images running at once
+        self.held = 0  # async images waiting or running as prepared (in memory)
+        self.held_peak = 0
         self.waiting = 0  # images accepted here and not yet ended
 
     def check_backlog(self, images: int) -> None:
@@ -109,17 +113,39 @@ class AsyncRequests(Service):
         await self.store.save_deferred(request, self.owner, time.time() + LEASE_S)
         self._in_background(request, preps, prompts, opts)
 
-    def _in_background(self, request: Deferred, preps: list[Prepared], prompts: Prompts | None, opts: Options) -> None:
-        running = versions(preps)
+    def _in_background(
+        self, request: Deferred, work: Sequence[Prepared | KeptItem], prompts: Prompts | None, opts: Options
+    ) -> None:
+        """Run the request's images: at most ``inflight_images`` of this process's waiting async images are held
+        in memory as prepared; the others wait as their kept inputs and are prepared again when their turn comes."""
+        held: list[Prepared | KeptItem] = []
+        for unit in work:
+            if isinstance(unit, Prepared) and self.held >= self.settings.inflight_images:
+                unit = next(item for item in request.items if item.job_id == unit.job.id)
+            if isinstance(unit, Prepared):
+                self.held += 1
+                self.held_peak = max(self.held_peak, self.held)
+            held.append(unit)
+        running = versions([u for u in held if isinstance(u, Prepared)])
         self.routing.in_flight.update(running)  # counted from now: a promotion's drain waits for these images
-        self.waiting += len(preps)
+        self.waiting += len(held)
+
+        async def one(unit: Prepared | KeptItem) -> None:
+            async with self._turns:
+                if isinstance(unit, Prepared):
+                    try:
+                        await self.runner.run(request.kind, unit, prompts, opts, answered_now=False)
+                    finally:
+                        self.held -= 1
+                    return
+                prep = await self._revive(request, unit, await self.store.get_key(request.key_id), prompts)
+                if prep is not None:
+                    with self.routing.running(versions([prep])):
+                        await self.runner.run(request.kind, prep, prompts, opts, answered_now=False)
 
         async def finish() -> None:
             try:
-                ran = await asyncio.gather(
-                    *(self.runner.run(request.kind, prep, prompts, opts, answered_now=False) for prep in preps),
-                    return_exceptions=True,
-                )
+                ran = await asyncio.gather(*(one(unit) for unit in held), return_exceptions=True)
                 for outcome in ran:  # a database fault left its job to the journal; anything else is a bug
                     if isinstance(outcome, BaseException) and not isinstance(outcome, DatabaseUnavailable):
                         log.error("async request %s", request.id, exc_info=outcome)
@@ -128,7 +154,7 @@ class AsyncRequests(Service):
                 log.warning("async request %s: closing it waits for the database: %s", request.id, exc)
             finally:
                 self.routing.in_flight.subtract(running)
-                self.waiting -= len(preps)
+                self.waiting -= len(held)
 
         task = asyncio.ensure_future(finish())
         self._running.add(task)
@@ -192,24 +218,21 @@ class AsyncRequests(Service):
                 await self._close(request)
 
     async def resume(self, requests: list[Deferred]) -> int:
-        """After a restart: run again every image of these accepted requests still ``processing``; → images resumed."""
+        """After a restart or a takeover: run again every image of these accepted requests still ``processing``
+        (each prepared from its kept inputs when its turn comes); → images resumed."""
         resumed = 0
         for request in requests:
             params = request.params
             prompts, opts = params.prompts, params.extraction or params.everything
             jobs = {j.id: j for j in await self.store.get_jobs(request.job_ids)}
-            key = await self.store.get_key(request.key_id)
-            preps = []
-            for item in request.items:
-                job = jobs.get(item.job_id)
-                if job is None or job.status is not JobStatus.PROCESSING:
-                    continue
-                prep = await self._revive(request, item, key, prompts)
-                if prep is not None:
-                    preps.append(prep)
-            if preps:
-                resumed += len(preps)
-                self._in_background(request, preps, prompts, opts)
+            waiting: list[Prepared | KeptItem] = [
+                item
+                for item in request.items
+                if (job := jobs.get(item.job_id)) is not None and job.status is JobStatus.PROCESSING
+            ]
+            if waiting:
+                resumed += len(waiting)
+                self._in_background(request, waiting, prompts, opts)
             else:
                 await self._close(request)
         return resumed
@@ -236,7 +259,7 @@ class AsyncRequests(Service):
             prep.job = replace(prep.job, id=item.job_id)
             return prep
         except Exception as exc:
-            log.warning("async job %s cannot run again after the restart: %s", item.job_id, exc)
+            log.warning("async job %s cannot be prepared again from its kept inputs: %s", item.job_id, exc)
             await self.store.fail_job(item.job_id, Failure.RESTARTED)
             return None
 

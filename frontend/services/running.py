@@ -229,8 +229,13 @@ class Runner(Service):
             done = await self._produce(kind, prep, prompts, opts, written)
             storing = time.perf_counter()
             if not await self.store.complete_job(job_id, done):
-                await self.discard([done.output_path, *done.details.files.locations])  # no result without its charge
-                raise RuntimeError(f"job {job_id} was no longer processing")
+                ended = await self.store.get_job(job_id)
+                if ended is None or ended.status is not JobStatus.COMPLETED:
+                    await self.discard(written)  # no result without its charge
+                    raise RuntimeError(f"job {job_id} was no longer processing")
+                # another frontend, which took over its lease, completed it first: the files under its id are
+                # that completion's now (whichever run wrote them last), so they stay
+                log.warning("job %s was completed by another frontend", job_id)
             prep.stages.add("store", ms_since(storing))
         except InferenceUnavailable as exc:
             log.warning("job %s: %s", job_id, exc)

@@ -235,3 +235,30 @@ async def test_the_async_backlog_is_bounded_with_a_fast_503(make_client, fake):
         f"{SEG}?points={POINT}&async=true", data=form("file", image_bytes(seed=803)), headers=auth(secret)
     )
     assert later.status == 202
+
+
+async def test_waiting_async_images_beyond_the_inflight_bound_wait_as_their_kept_inputs(make_client, fake):
+    """At most ``inflight_images`` async images are held prepared in memory; the rest are prepared again from
+    their kept inputs when their turn comes, and all complete, each charged once."""
+    from maskserve.frontend.http.state import SERVICES
+
+    client = await make_client(inflight_images=2)
+    store = client.app[STORE]
+    key, secret = await store.create_key("held", 10)
+    fake.delay_s = 0.1
+    r = await client.post(
+        f"{SEG}/batch?points={POINT}&async=true",
+        data=form("files", *(image_bytes(seed=820 + i) for i in range(5))),
+        headers=auth(secret),
+    )
+    assert r.status == 202
+    batch_id = (await r.json())["batch_id"]
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        body = await (await client.get(f"/v1/batches/{batch_id}", headers=auth(secret))).json()
+        if body["status"] != "processing":
+            break
+    assert body["completed"] == 5, body
+    later = client.app[SERVICES].later
+    assert later.held_peak == 2 and later.held == 0 and later.waiting == 0
+    assert (await store.get_key(key.id)).credits == 5
