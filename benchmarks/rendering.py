@@ -66,9 +66,20 @@ def _opencv(level: int, strategy: int) -> Callable[[np.ndarray], bytes]:
     return encode
 
 
+def _one_thread(mask: np.ndarray) -> bytes:
+    """The service's PNG with the whole stream deflated on the calling thread (before the two halves)."""
+    threshold = imaging.PARALLEL_DEFLATE_BYTES
+    imaging.PARALLEL_DEFLATE_BYTES = 1 << 62
+    try:
+        return imaging.encode_mask_png(mask)
+    finally:
+        imaging.PARALLEL_DEFLATE_BYTES = threshold
+
+
 def encoders() -> dict[str, Callable[[np.ndarray], bytes]]:
     found = {
-        "zlib run-length, rows unfiltered (the service)": imaging.encode_mask_png,
+        "zlib run-length, rows unfiltered, two halves on two threads (the service)": imaging.encode_mask_png,
+        "zlib run-length, rows unfiltered, one thread": _one_thread,
         "pillow level 1 (before)": _pillow(1),
         "pillow level 0": _pillow(0),
         "pillow level 3": _pillow(3),
