@@ -210,6 +210,8 @@ def test_the_playground_policy_allows_the_object_store_only_when_links_redirect_
 
 
 async def test_the_async_backlog_is_bounded_with_a_fast_503(make_client, fake):
+    from maskserve.frontend.http.state import SERVICES
+
     client = await make_client(async_backlog_images=2)
     store = client.app[STORE]
     key, secret = await store.create_key("backlog", 10)
@@ -227,9 +229,11 @@ async def test_the_async_backlog_is_bounded_with_a_fast_503(make_client, fake):
     assert "asynchronous images are waiting" in (await refused.json())["detail"]
     assert (await store.get_key(key.id)).credits == 8  # the batch's two reserved, the refused one nothing
     batch_id = (await first.json())["batch_id"]
+    later_service = client.app[SERVICES].later
     for _ in range(100):
         await asyncio.sleep(0.05)
-        if (await (await client.get(f"/v1/batches/{batch_id}", headers=auth(secret))).json())["status"] != "processing":
+        body = await (await client.get(f"/v1/batches/{batch_id}", headers=auth(secret))).json()
+        if body["status"] != "processing" and later_service.waiting == 0:  # its task has ended too
             break
     later = await client.post(
         f"{SEG}?points={POINT}&async=true", data=form("file", image_bytes(seed=803)), headers=auth(secret)
@@ -253,12 +257,12 @@ async def test_waiting_async_images_beyond_the_inflight_bound_wait_as_their_kept
     )
     assert r.status == 202
     batch_id = (await r.json())["batch_id"]
+    later = client.app[SERVICES].later
     for _ in range(200):
         await asyncio.sleep(0.05)
         body = await (await client.get(f"/v1/batches/{batch_id}", headers=auth(secret))).json()
-        if body["status"] != "processing":
+        if body["status"] != "processing" and later.waiting == 0:  # the request's task has ended too
             break
     assert body["completed"] == 5, body
-    later = client.app[SERVICES].later
     assert later.held_peak == 2 and later.held == 0 and later.waiting == 0
     assert (await store.get_key(key.id)).credits == 5
