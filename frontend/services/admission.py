@@ -1,4 +1,4 @@
-"""Bounding the images this process has accepted and not yet answered."""
+"""Bounding the images this process has accepted and not yet answered (and, apart, its waiting async images)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ class Admission:
     admitted requests stays bounded by the bound over the service rate.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, refusal: str = OVERLOADED) -> None:
         self.limit = limit
+        self.refusal = refusal
         self.admitted = 0
 
     def full(self, images: int = 1) -> bool:
@@ -27,7 +28,7 @@ class Admission:
     def check(self, images: int = 1) -> None:
         """503 at once when ``images`` more would not fit (before the body is read)."""
         if self.full(images):
-            raise Unavailable(OVERLOADED)
+            raise Unavailable(self.refusal)
 
     @contextlib.contextmanager
     def admit(self, images: int) -> Iterator[None]:

@@ -35,6 +35,7 @@ from maskserve.frontend.domain.requests import (
 )
 from maskserve.frontend.errors import DatabaseUnavailable, NotFound, StorageUnavailable, Unavailable
 from maskserve.frontend.services import shapes
+from maskserve.frontend.services.admission import Admission
 from maskserve.frontend.services.base import Deps, Service
 from maskserve.frontend.services.preparation import Item, Preparation, Prepared, Upload, versions
 from maskserve.frontend.services.routing import ModelRouting
@@ -67,12 +68,12 @@ class AsyncRequests(Service):
         self._turns = asyncio.Semaphore(deps.settings.inflight_images)  # async images running at once
         self.held = 0  # async images waiting or running as prepared (in memory)
         self.held_peak = 0
-        self.waiting = 0  # images accepted here and not yet ended
+        # images accepted here and not yet ended; ``backlog.check`` refuses more at once, before credits move
+        self.backlog = Admission(deps.settings.async_backlog_images, BACKLOG_FULL)
 
-    def check_backlog(self, images: int) -> None:
-        """503 at once (before any credit moves) when ``images`` more would pass ``async_backlog_images``."""
-        if self.waiting + images > self.settings.async_backlog_images:
-            raise Unavailable(BACKLOG_FULL)
+    @property
+    def waiting(self) -> int:
+        return self.backlog.admitted
 
     async def _keep(self, prep: Prepared, written: list[str]) -> KeptItem:
         """The request's inputs in the output storage; an image named by its handle stays the handle's."""
@@ -128,7 +129,7 @@ class AsyncRequests(Service):
             held.append(unit)
         running = versions([u for u in held if isinstance(u, Prepared)])
         self.routing.in_flight.update(running)  # counted from now: a promotion's drain waits for these images
-        self.waiting += len(held)
+        self.backlog.admitted += len(held)
 
         async def one(unit: Prepared | KeptItem) -> None:
             async with self._turns:
@@ -154,7 +155,7 @@ class AsyncRequests(Service):
                 log.warning("async request %s: closing it waits for the database: %s", request.id, exc)
             finally:
                 self.routing.in_flight.subtract(running)
-                self.waiting -= len(held)
+                self.backlog.admitted -= len(held)
 
         task = asyncio.ensure_future(finish())
         self._running.add(task)

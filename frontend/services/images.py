@@ -153,7 +153,7 @@ class ImageRequests(Service):
     async def _accept_one(
         self, key: ApiKey, kind: JobKind, prep: Prepared, prompts: Prompts | None, opts: Options, later: Later
     ) -> Served:
-        self.later.check_backlog(1)
+        self.later.backlog.check(1)
         if not (await self.store.reserve_jobs(key.id, None, [prep.job]))[0]:
             raise InsufficientCredits()
         await self.preparation.handles.renew(prep.image_id)
@@ -176,7 +176,7 @@ class ImageRequests(Service):
         batch_id = uuid.uuid4().hex
         ready = [p for p in prepared if isinstance(p, Prepared)]
         if later is not None:
-            self.later.check_backlog(len(ready))
+            self.later.backlog.check(len(ready))
         try:
             reserved = await self.store.reserve_jobs(key.id, batch_id, [p.job for p in ready])
             paid = {p.job.id for p, ok in zip(ready, reserved, strict=False) if ok}

@@ -35,9 +35,11 @@ class Settlements(Service):
 
     async def owe_jobs(self, job_ids: list[str], revoke: bool, locations: list[str] | None = None) -> None:
         """These jobs met a database fault: refund them (``revoke``: even if completed) once it is back."""
-        entries = [Owed(job_id=j, error=Failure.DATABASE.value, revoke=revoke) for j in job_ids]
-        if locations and entries:
-            entries[0] = Owed(entries[0].job_id, entries[0].error, revoke, tuple(locations))
+        files = tuple(locations or ())  # the files the (single) run wrote, kept with its entry
+        entries = [
+            Owed(job_id=j, error=Failure.DATABASE.value, revoke=revoke, locations=files if i == 0 else ())
+            for i, j in enumerate(job_ids)
+        ]
         await asyncio.shield(self.journal.owe(entries))
         self._wake.set()
 

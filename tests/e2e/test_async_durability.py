@@ -17,6 +17,23 @@ from tests.plugins.processes import create_key, start_cli, wait_for_line
 IMAGES = 8
 
 
+def _accept_then_kill(url: str, key: str, frontend, images: int, seed: int) -> tuple[dict, float]:
+    """An async batch of ``images`` distinct JPEGs answered 202, then its frontend SIGKILLed at once;
+    → the 202's body and when the kill ended the process."""
+    files = [("files", (f"{i}.jpg", image_bytes(640, 480, seed=seed + i), "image/jpeg")) for i in range(images)]
+    r = requests.post(
+        f"{url}/v1/services/image-segmentation/batch",
+        params={"points": "[[320, 240]]", "async": "true"},
+        files=files,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=120,
+    )
+    assert r.status_code == 202, r.text
+    frontend.send_signal(signal.SIGKILL)
+    frontend.wait(timeout=30)
+    return r.json(), time.monotonic()
+
+
 def test_sigkill_after_202_resumes_the_batch_after_restart(triton_server, tmp_path, report):
     port = free_port()
     data = tmp_path / "d"
@@ -26,22 +43,10 @@ def test_sigkill_after_202_resumes_the_batch_after_restart(triton_server, tmp_pa
     try:
         wait_for_line(first, "maskserve is listening", timeout=60)
         key, key_id = create_key(["--data-dir", str(data)], tmp_path, tmp_path)
-        files = [("files", (f"{i}.jpg", image_bytes(640, 480, seed=900 + i), "image/jpeg")) for i in range(IMAGES)]
-        r = requests.post(
-            f"{url}/v1/services/image-segmentation/batch",
-            params={"points": "[[320, 240]]", "async": "true"},
-            files=files,
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=120,
-        )
-        assert r.status_code == 202, r.text
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
-        killed_at = time.monotonic()
+        accepted, killed_at = _accept_then_kill(url, key, first, IMAGES, seed=900)
     finally:
         if first.poll() is None:
             first.kill()
-    accepted = r.json()
     with sqlite3.connect(data / "maskserve.db") as db:
         done_before = db.execute("SELECT count(*) FROM jobs WHERE status = 'completed'").fetchone()[0]
         kept = db.execute("SELECT count(*) FROM deferred").fetchone()[0]
@@ -107,21 +112,7 @@ def test_another_frontend_takes_over_the_async_batch_of_one_sigkilled(triton_ser
         for proc in procs:
             wait_for_line(proc, "maskserve is listening", timeout=60)
         key, key_id = create_key(["--database-url", postgres_url], tmp_path, tmp_path)
-        files = [
-            ("files", (f"{i}.jpg", image_bytes(640, 480, seed=950 + i), "image/jpeg")) for i in range(TAKEOVER_IMAGES)
-        ]
-        r = requests.post(
-            f"http://127.0.0.1:{ports[0]}/v1/services/image-segmentation/batch",
-            params={"points": "[[320, 240]]", "async": "true"},
-            files=files,
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=120,
-        )
-        assert r.status_code == 202, r.text
-        procs[0].send_signal(signal.SIGKILL)
-        procs[0].wait(timeout=30)
-        killed_at = time.monotonic()
-        accepted = r.json()
+        accepted, killed_at = _accept_then_kill(f"http://127.0.0.1:{ports[0]}", key, procs[0], TAKEOVER_IMAGES, 950)
         survivor = f"http://127.0.0.1:{ports[1]}"
         done_at_kill = None
         while True:

@@ -209,9 +209,20 @@ def test_the_playground_policy_allows_the_object_store_only_when_links_redirect_
     assert "img-src 'self' blob: data: https://*.amazonaws.com;" in aws
 
 
-async def test_the_async_backlog_is_bounded_with_a_fast_503(make_client, fake):
+async def _until_async_ended(client, batch_id: str, secret: str) -> dict:
+    """Poll an async batch until it ended and its request's task has ended too; → its last body."""
     from maskserve.frontend.http.state import SERVICES
 
+    later = client.app[SERVICES].later
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        body = await (await client.get(f"/v1/batches/{batch_id}", headers=auth(secret))).json()
+        if body["status"] != "processing" and later.waiting == 0:
+            break
+    return body
+
+
+async def test_the_async_backlog_is_bounded_with_a_fast_503(make_client, fake):
     client = await make_client(async_backlog_images=2)
     store = client.app[STORE]
     key, secret = await store.create_key("backlog", 10)
@@ -228,13 +239,7 @@ async def test_the_async_backlog_is_bounded_with_a_fast_503(make_client, fake):
     assert refused.status == 503 and refused.headers["Retry-After"] == "1"
     assert "asynchronous images are waiting" in (await refused.json())["detail"]
     assert (await store.get_key(key.id)).credits == 8  # the batch's two reserved, the refused one nothing
-    batch_id = (await first.json())["batch_id"]
-    later_service = client.app[SERVICES].later
-    for _ in range(100):
-        await asyncio.sleep(0.05)
-        body = await (await client.get(f"/v1/batches/{batch_id}", headers=auth(secret))).json()
-        if body["status"] != "processing" and later_service.waiting == 0:  # its task has ended too
-            break
+    await _until_async_ended(client, (await first.json())["batch_id"], secret)
     later = await client.post(
         f"{SEG}?points={POINT}&async=true", data=form("file", image_bytes(seed=803)), headers=auth(secret)
     )
@@ -256,13 +261,8 @@ async def test_waiting_async_images_beyond_the_inflight_bound_wait_as_their_kept
         headers=auth(secret),
     )
     assert r.status == 202
-    batch_id = (await r.json())["batch_id"]
+    body = await _until_async_ended(client, (await r.json())["batch_id"], secret)
     later = client.app[SERVICES].later
-    for _ in range(200):
-        await asyncio.sleep(0.05)
-        body = await (await client.get(f"/v1/batches/{batch_id}", headers=auth(secret))).json()
-        if body["status"] != "processing" and later.waiting == 0:  # the request's task has ended too
-            break
     assert body["completed"] == 5, body
     assert later.held_peak == 2 and later.held == 0 and later.waiting == 0
     assert (await store.get_key(key.id)).credits == 5

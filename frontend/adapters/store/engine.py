@@ -23,8 +23,9 @@ shared rate window.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -116,6 +117,17 @@ def unreachable(exc: BaseException) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def reaching_database() -> Iterator[None]:
+    """A failure to reach the database inside leaves as ``DatabaseUnavailable``; any other error as it is."""
+    try:
+        yield
+    except Exception as exc:
+        if unreachable(exc):
+            raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        raise
+
+
 def rows_of(conn: sa.Connection, query: sa.Executable) -> list[sa.Row[Any]]:
     return list(conn.execute(query).all())
 
@@ -146,20 +158,13 @@ class Database:
 
     async def _tx(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(connection, *args)`` in one transaction; ``DatabaseUnavailable`` when it cannot reach the database."""
-        try:
-            return await self._tx_once(fn, *args)
-        except Exception as exc:
-            if unreachable(exc):
-                raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
-            raise
-
-    async def _tx_once(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._async is not None:
-            async with self._async.begin() as conn:
-                return await conn.run_sync(fn, *args)
-        if self._writer is None:
-            raise RuntimeError("store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._write_thread, self._sync_tx, fn, args)
+        with reaching_database():
+            if self._async is not None:
+                async with self._async.begin() as conn:
+                    return await conn.run_sync(fn, *args)
+            if self._writer is None:
+                raise RuntimeError("store is not open")
+            return await asyncio.get_running_loop().run_in_executor(self._write_thread, self._sync_tx, fn, args)
 
     def _sync_tx(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         assert self._writer is not None
@@ -167,20 +172,13 @@ class Database:
             return fn(conn, *args)
 
     async def _read(self, query: sa.Executable) -> list[sa.Row[Any]]:
-        try:
-            return await self._read_once(query)
-        except Exception as exc:
-            if unreachable(exc):
-                raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
-            raise
-
-    async def _read_once(self, query: sa.Executable) -> list[sa.Row[Any]]:
-        if self._async is not None:
-            async with self._async.connect() as conn:
-                return list((await conn.execute(query)).all())
-        if self._reader is None:
-            raise RuntimeError("store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._read_threads, self._sync_read, query)
+        with reaching_database():
+            if self._async is not None:
+                async with self._async.connect() as conn:
+                    return list((await conn.execute(query)).all())
+            if self._reader is None:
+                raise RuntimeError("store is not open")
+            return await asyncio.get_running_loop().run_in_executor(self._read_threads, self._sync_read, query)
 
     def _sync_read(self, query: sa.Executable) -> list[sa.Row[Any]]:
         assert self._reader is not None
