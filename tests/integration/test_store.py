@@ -252,3 +252,21 @@ def test_a_promoted_version_of_the_previous_schema_becomes_the_routing(settings)
         assert await store.get_state("active_model_version") is None
 
     run(settings, scenario)
+
+
+def test_the_same_handle_kept_by_many_requests_at_once(settings):
+    """Two first uploads of one image by one key at once (the release test found it): both keep the handle."""
+    from maskserve.frontend.domain.images import ImageHandle
+
+    async def scenario(store):
+        key, _ = await store.create_key("k", 5)
+        now = time.time()
+
+        def handle(expires: float) -> ImageHandle:
+            return ImageHandle("img_" + "a" * 32, key.id, "d" * 64, "loc", "a.jpg", "file", 8, 6, 100, now, now, expires)
+
+        await asyncio.gather(*(store.save_image(handle(now + 60 + i)) for i in range(8)))
+        kept = await store.get_image("img_" + "a" * 32)
+        assert kept is not None and kept.key_id == key.id and now + 60 <= kept.expires_at <= now + 67
+
+    run(settings, scenario)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from maskserve.frontend.adapters.store.engine import Database
 from maskserve.frontend.adapters.tables import images
@@ -29,9 +30,11 @@ def _handle(row: sa.Row[Any]) -> ImageHandle:
 
 
 def _save(conn: sa.Connection, handle: ImageHandle) -> None:
+    """One upsert: two first uploads of one image by one key at once both keep it (an update, then an insert,
+    let the second insert fail on the id)."""
     values = {k: v for k, v in handle.__dict__.items() if k != "id"}
-    if not conn.execute(images.update().where(images.c.id == handle.id).values(**values)).rowcount:
-        conn.execute(images.insert().values(id=handle.id, **values))
+    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(images)
+    conn.execute(insert.values(id=handle.id, **values).on_conflict_do_update(index_elements=[images.c.id], set_=values))
 
 
 def _renew(conn: sa.Connection, image_id: str, at: float, expires_at: float) -> ImageHandle | None:
