@@ -119,7 +119,7 @@ class TritonClient:
         try:
             return await asyncio.wait_for(
                 self._client.infer(
-                    model, inputs, model_version=version, outputs=outputs, client_timeout=self.timeout_s
+                    sig.served_name(model, version or 1), inputs, outputs=outputs, client_timeout=self.timeout_s
                 ),
                 timeout=self.timeout_s + 5,
             )
@@ -135,7 +135,7 @@ class TritonClient:
         return [result.as_numpy(n) for n in outputs]
 
     async def encode(self, image: np.ndarray, version: str = "") -> Embeddings:
-        """``version`` "" lets Triton pick its newest loaded version."""
+        """``version`` "" is version 1."""
         outputs = tuple(spec.name for spec in sig.ENCODER_OUTPUTS)
 
         async def plain() -> Embeddings:

@@ -22,7 +22,7 @@ class DecoderStats:
 def decoder_stats(grpc_url: str) -> DecoderStats:
     client = grpcclient.InferenceServerClient(grpc_url)
     try:
-        found = client.get_inference_statistics(sig.DECODER_MODEL).model_stats
+        found = client.get_inference_statistics(sig.served_name(sig.DECODER_MODEL, 1)).model_stats
         return DecoderStats(
             sum(s.inference_count for s in found),
             sum(s.inference_stats.compute_infer.ns for s in found),

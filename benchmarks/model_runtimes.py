@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from maskserve.export import reference
     from maskserve.export.checkpoints import build_model
     from maskserve.export.command import ExportRequest, run_export
-    from maskserve.export.repository import read_manifest
+    from maskserve.export.repository import existing_versions, read_manifest, version_dir
     from maskserve.export.variants import get_variant
 
     torch.set_num_threads(args.threads)
@@ -70,13 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     if repo is None:
         repo = Path(tempfile.mkdtemp(prefix="maskserve-bench-"))
         run_export(ExportRequest(out=repo, random_weights=True, seed=0))
-    version_dir = sorted((repo / sig.ENCODER_MODEL).glob("[0-9]*"), key=lambda p: int(p.name))[-1]
-    manifest = read_manifest(version_dir)
+    version = existing_versions(repo)[-1]
+    manifest = read_manifest(version_dir(repo, sig.ENCODER_MODEL, version))
     model = build_model(get_variant(manifest["model"]), seed=manifest["weights"].get("seed") or 0)
     if manifest["weights"]["kind"] == "checkpoint":
         raise SystemExit("pass the checkpoint's export only together with the checkpoint (not supported here)")
-    enc_path = version_dir / "model.onnx"
-    dec_path = repo / sig.DECODER_MODEL / version_dir.name / "model.onnx"
+    enc_path = version_dir(repo, sig.ENCODER_MODEL, version) / "model.onnx"
+    dec_path = version_dir(repo, sig.DECODER_MODEL, version) / "model.onnx"
 
     rng = np.random.default_rng(0)
     image = rng.standard_normal((1, 3, 1024, 1024), dtype=np.float32)

@@ -29,7 +29,15 @@ import numpy as np
 from benchmarks.loadgen import percentile
 from benchmarks.stack import export_default
 from maskserve.core import signatures as sig
-from maskserve.export.repository import CPU_BATCHING, CpuRuntime, ModelRuntime, render_config, repository_provenance
+from maskserve.export.repository import (
+    CPU_BATCHING,
+    CpuRuntime,
+    ModelRuntime,
+    provenance_of,
+    read_manifest,
+    render_config,
+    version_dir,
+)
 
 
 @dataclass(frozen=True)
@@ -64,21 +72,21 @@ CONFIGS = [
 
 
 def variant_repo(source: Path, config: Config, work: Path) -> Path:
-    """Same version directories (linked), this configuration's config.pbtxt."""
+    """Version 1's files (linked), this configuration's config.pbtxt."""
     repo = work / config.name.replace(" ", "_").replace(":", "").replace(",", "")
     cpu = CpuRuntime(encoder=config.encoder, decoder=config.decoder, threads=config.threads)
     for model in sig.SIGNATURES:
-        version = sorted((p for p in (source / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))[-1]
-        (repo / model).mkdir(parents=True)
-        (repo / model / version.name).symlink_to(version.resolve())
+        served = repo / sig.served_name(model, 1)
+        served.mkdir(parents=True)
+        (served / sig.TRITON_VERSION).symlink_to(version_dir(source, model, 1).resolve())
         is_encoder = model == sig.ENCODER_MODEL
         batching = replace(
             CPU_BATCHING[model],
             max_batch_size=config.encoder_batch if is_encoder else config.decoder_batch,
             instances=config.encoder_instances if is_encoder else config.decoder_instances,
         )
-        text = render_config(model, "cpu", cpu, repository_provenance(source / model), batching)
-        (repo / model / "config.pbtxt").write_text(text)
+        provenance = provenance_of(read_manifest(version_dir(source, model, 1)))
+        (served / "config.pbtxt").write_text(render_config(model, 1, "cpu", cpu, provenance, batching))
     return repo
 
 
@@ -164,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         opts = TritonOptions.on_free_ports(
             repo,
             work / "triton",
-            models=tuple(sig.SIGNATURES),  # the two graphs alone: this harness measures them
+            models=tuple(
+                sig.served_name(m, 1) for m in sig.SIGNATURES
+            ),  # the two graphs alone: this harness measures them
         )
         client_batch = min(args.client_batch, config.encoder_batch)
         with TritonServer(opts):

@@ -174,8 +174,8 @@ def run_export(req: ExportRequest) -> int:
     req.out.mkdir(parents=True, exist_ok=True)
     version = req.version if req.version is not None else repository.next_version(req.out)
     for name in sig.LIFECYCLE_MODELS:
-        if (req.out / name / str(version)).exists():
-            raise ExportError(f"{req.out / name / str(version)} already exists")
+        if repository.model_dir(req.out, name, version).exists():
+            raise ExportError(f"{repository.model_dir(req.out, name, version)} already exists")
     manifest = {
         "model": variant.name,
         "family": variant.family,

@@ -1,14 +1,15 @@
-"""Writing exported models into a versioned Triton model repository.
+"""Writing exported models into a Triton model repository, every version a model of its own.
 
-Layout: ``<out>/<model>/config.pbtxt`` and ``<out>/<model>/<version>/`` with
-``model.onnx``, ``manifest.json``, the version's own ``config.pbtxt`` and, for
-the ``cpu`` target, the python-backend ``model.py`` that runs the ONNX file.
-Both models of one export share one version number, so version N of the
-decoder always belongs to version N of the encoder.
+Layout: version N of a model is the Triton model ``<model>_vN``
+(``signatures.served_name``): ``<out>/<model>_vN/config.pbtxt`` (its own
+configuration, named after it) and ``<out>/<model>_vN/1/`` with ``model.onnx``,
+``manifest.json`` and, for the ``cpu`` target, the python-backend ``model.py``
+that runs the ONNX file. The three models of one export share one version
+number, so version N of the session calls version N of the graphs.
 
-The model-level ``config.pbtxt`` (what Triton reads at start) is composed from
-the versions' own files (``maskserve.triton.config``): the newest version's
-model-wide settings, and every version's parameters under ``_v<version>``.
+Each version's configuration is its own: loading or unloading one version
+never changes what another runs with, and Triton never restarts the others
+(the reason for the layout: benchmarks/README.md, "Releases").
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from pathlib import Path
 from maskserve import session
 from maskserve.core import signatures as sig
 from maskserve.export.checkpoints import sha256_of
-from maskserve.triton import config as model_config
 
 # The python-backend models live in maskserve.session (they import Triton's python-backend utilities,
 # which exist only inside Triton, so they are located as files rather than imported here).
@@ -137,6 +137,7 @@ def _param(key: str, value: str) -> str:
 
 def render_config(
     model: str,
+    version: int | str,
     target: str,
     cpu: CpuRuntime | None = None,
     provenance: dict[str, str] | None = None,
@@ -150,7 +151,7 @@ def render_config(
     """
     inputs, outputs = sig.SIGNATURES[model]
     batching = batching or (CPU_BATCHING if target == "cpu" else GPU_BATCHING)[model]
-    parts = [f'name: "{model}"']
+    parts = [f'name: "{sig.served_name(model, version)}"']
     cpu = cpu or CpuRuntime()
     if target == "cpu":
         parts.append('backend: "python"')
@@ -158,7 +159,6 @@ def render_config(
         parts.append('platform: "onnxruntime_onnx"')
     parts += [
         f"max_batch_size: {batching.max_batch_size}",
-        "version_policy: { latest: { num_versions: 2 } }",
         _tensor_block("input", inputs),
         _tensor_block("output", outputs),
         _dynamic_batching(batching),
@@ -187,22 +187,23 @@ def render_config(
     return "\n".join(parts) + "\n"
 
 
-def render_session_config(target: str, session: SessionSettings, provenance: dict[str, str] | None = None) -> str:
-    """``config.pbtxt`` of ``sam2_session``: a decoupled python-backend model in both targets.
+def render_session_config(
+    version: int | str, target: str, session: SessionSettings, provenance: dict[str, str] | None = None
+) -> str:
+    """``config.pbtxt`` of ``sam2_session_v<version>``: a decoupled python-backend model in both targets.
 
     It is decoupled so that its ``async`` execute serves many requests at once
     in one instance (one store per version); batching happens where it pays,
     in the encoder's and decoder's own dynamic batchers, which it calls
-    through BLS. On the ``gpu`` target the graphs run on the GPU; the store
-    holds the embeddings in host memory in this version (see docs/TRITON.md).
+    through BLS. On the ``gpu`` target the graphs run on the GPU and the store
+    holds the embeddings there too (``embeddings_memory device``, see docs/TRITON.md).
     """
     inputs, outputs = sig.SESSION_INPUTS, sig.SESSION_OUTPUTS
     decoder = (CPU_BATCHING if target == "cpu" else GPU_BATCHING)[sig.DECODER_MODEL]
     parts = [
-        f'name: "{sig.SESSION_MODEL}"',
+        f'name: "{sig.served_name(sig.SESSION_MODEL, version)}"',
         'backend: "python"',
         "max_batch_size: 0",
-        "version_policy: { latest: { num_versions: 2 } }",
         "model_transaction_policy { decoupled: true }",
         _tensor_block("input", inputs),
         _tensor_block("output", outputs),
@@ -211,63 +212,62 @@ def render_session_config(target: str, session: SessionSettings, provenance: dic
         _param("storage", session.storage),
         _param("preprocess_threads", "2" if target == "cpu" else "4"),
         _param("decoder_batch", str(decoder.max_batch_size)),
+        # on the gpu target the store holds the embeddings on the GPU and passes them by DLPack
+        _param("embeddings_memory", "host" if target == "cpu" else "device"),
     ]
     for key, value in (provenance or {}).items():
         parts.append(_param(f"maskserve_{key}", value.replace('"', "'")))
     return "\n".join(parts) + "\n"
 
 
-def _staging(model_dir: Path, version: int) -> tuple[Path, Path]:
-    """A fresh staging directory for ``version``, and where it goes once complete."""
-    version_dir = model_dir / str(version)
-    if version_dir.exists():
-        raise FileExistsError(f"{version_dir} already exists; export a new version instead")
-    staging = model_dir / f".{version}.partial"
+def model_dir(out: Path, model: str, version: int | str) -> Path:
+    """Where Triton finds ``version`` of ``model``: the directory of its served model."""
+    return out / sig.served_name(model, version)
+
+
+def version_dir(out: Path, model: str, version: int | str) -> Path:
+    """The files of ``version`` of ``model`` (``model.onnx``, ``manifest.json``, ``model.py``)."""
+    return model_dir(out, model, version) / sig.TRITON_VERSION
+
+
+def _staging(out: Path, model: str, version: int) -> tuple[Path, Path]:
+    """A fresh staging directory for ``version`` of ``model``, and where it goes once complete."""
+    final = model_dir(out, model, version)
+    if final.exists():
+        raise FileExistsError(f"{final} already exists; export a new version instead")
+    staging = out / f".{final.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    return staging, version_dir
+    (staging / sig.TRITON_VERSION).mkdir(parents=True)
+    return staging, final
 
 
-def _install(staging: Path, version_dir: Path, manifest: dict, specs: tuple[tuple[sig.TensorSpec, ...], ...]) -> None:
-    """Write the manifest (with the tensors), then move the version in: it appears whole or not at all."""
+def _install(staging: Path, final: Path, manifest: dict, specs: tuple[tuple[sig.TensorSpec, ...], ...]) -> None:
+    """Write the manifest (with the tensors), then move the model in: it appears whole or not at all."""
     inputs, outputs = specs
     full = {**manifest, "inputs": [s.__dict__ for s in inputs], "outputs": [s.__dict__ for s in outputs]}
-    (staging / "manifest.json").write_text(json.dumps(full, indent=2) + "\n")
-    staging.rename(version_dir)
+    (staging / sig.TRITON_VERSION / "manifest.json").write_text(json.dumps(full, indent=2) + "\n")
+    staging.rename(final)
 
 
 def write_session_version(
     out: Path, version: int, target: str, manifest: dict, session: SessionSettings | None = None
 ) -> Path:
-    """Install the session model as ``<out>/sam2_session/<version>`` and (re)write its config."""
+    """Install the session model as ``<out>/sam2_session_v<version>``."""
     session = session or SessionSettings()
-    model_dir = out / sig.SESSION_MODEL
-    staging, version_dir = _staging(model_dir, version)
-    shutil.copyfile(SESSION_SOURCE, staging / "model.py")
+    staging, final = _staging(out, sig.SESSION_MODEL, version)
+    shutil.copyfile(SESSION_SOURCE, staging / sig.TRITON_VERSION / "model.py")
     stored = {"cache_bytes": session.cache_bytes, "storage": session.storage}
-    info = {**manifest, "triton_model": sig.SESSION_MODEL, "version": version, "target": target, "session": stored}
-    (staging / "config.pbtxt").write_text(render_session_config(target, session, provenance_of(info)))
-    _install(staging, version_dir, info, (sig.SESSION_INPUTS, sig.SESSION_OUTPUTS))
-    _write_model_config(model_dir)
-    return version_dir
-
-
-def _write_model_config(model_dir: Path) -> None:
-    """The model-level file from every version's own configuration, the newest one's settings first."""
-    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-    config = model_config.compose(model_dir, versions, max(versions))
-    tmp = model_dir / "config.pbtxt.tmp"
-    tmp.write_text(model_config.render(config))
-    tmp.replace(model_dir / "config.pbtxt")
+    served = sig.served_name(sig.SESSION_MODEL, version)
+    info = {**manifest, "triton_model": served, "version": version, "target": target, "session": stored}
+    (staging / "config.pbtxt").write_text(render_session_config(version, target, session, provenance_of(info)))
+    _install(staging, final, info, (sig.SESSION_INPUTS, sig.SESSION_OUTPUTS))
+    return final
 
 
 def existing_versions(out: Path) -> list[int]:
-    versions: set[int] = set()
-    for model in sig.LIFECYCLE_MODELS:
-        model_dir = out / model
-        if model_dir.is_dir():
-            versions.update(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-    return sorted(versions)
+    """The versions any lifecycle model has in ``out``."""
+    found = (sig.release_of(p.name) for p in out.iterdir() if p.is_dir()) if out.is_dir() else iter(())
+    return sorted({int(release[1]) for release in found if release is not None})
 
 
 def next_version(out: Path) -> int:
@@ -284,25 +284,24 @@ def write_version(
     manifest: dict,
     cpu: CpuRuntime | None = None,
 ) -> Path:
-    """Install ``onnx_file`` as ``<out>/<model>/<version>`` and (re)write the config."""
+    """Install ``onnx_file`` as the served model ``<out>/<model>_v<version>``."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
-    model_dir = out / model
-    staging, version_dir = _staging(model_dir, version)
-    shutil.move(str(onnx_file), staging / "model.onnx")
+    staging, final = _staging(out, model, version)
+    files = staging / sig.TRITON_VERSION
+    shutil.move(str(onnx_file), files / "model.onnx")
     if target == "cpu":
-        shutil.copyfile(BACKEND_SOURCE, staging / "model.py")
+        shutil.copyfile(BACKEND_SOURCE, files / "model.py")
     info = {
         **manifest,
-        "triton_model": model,
+        "triton_model": sig.served_name(model, version),
         "version": version,
         "target": target,
-        "onnx_sha256": sha256_of(staging / "model.onnx"),
+        "onnx_sha256": sha256_of(files / "model.onnx"),
     }
-    (staging / "config.pbtxt").write_text(render_config(model, target, cpu, provenance=provenance_of(info)))
-    _install(staging, version_dir, info, sig.SIGNATURES[model])
-    _write_model_config(model_dir)
-    return version_dir
+    (staging / "config.pbtxt").write_text(render_config(model, version, target, cpu, provenance=provenance_of(info)))
+    _install(staging, final, info, sig.SIGNATURES[model])
+    return final
 
 
 def provenance_of(manifest: dict) -> dict[str, str]:
@@ -312,21 +311,6 @@ def provenance_of(manifest: dict) -> dict[str, str]:
     else:
         described = f"checkpoint {weights['file']} (sha256 {weights['sha256']})"
     return {"model": manifest["model"], "weights": described, "version": str(manifest["version"])}
-
-
-def repository_provenance(model_dir: Path) -> dict[str, str]:
-    """Provenance of every version in ``model_dir`` (``model_vN``, ``weights_vN``), the newest unsuffixed too."""
-    out: dict[str, str] = {}
-    versions = sorted(
-        (p for p in model_dir.iterdir() if p.name.isdigit() and (p / "manifest.json").is_file()),
-        key=lambda p: int(p.name),
-    )
-    for version_dir in versions:
-        info = provenance_of(read_manifest(version_dir))
-        out[f"model_v{version_dir.name}"] = info["model"]
-        out[f"weights_v{version_dir.name}"] = info["weights"]
-        out.update(info)
-    return out
 
 
 def read_manifest(version_dir: Path) -> dict:

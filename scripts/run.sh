@@ -34,7 +34,7 @@ case "${1:-}" in
   serve)
     shift
     repo=${MASKSERVE_MODEL_REPOSITORY:-model_repository}
-    if ! ls "$repo"/sam2_image_encoder/*/model.onnx "$repo"/sam2_session/*/model.py >/dev/null 2>&1; then
+    if ! ls "$repo"/sam2_image_encoder_v*/1/model.onnx "$repo"/sam2_session_v*/1/model.py >/dev/null 2>&1; then
       model=${MASKSERVE_MODEL:-sam2.1_hiera_tiny}
       if [ -n "${MASKSERVE_CHECKPOINT:-}" ]; then
         maskserve export --model "$model" --checkpoint "$MASKSERVE_CHECKPOINT" --out "$repo"
@@ -53,7 +53,7 @@ case "${1:-}" in
         maskserve export --model "$model" "$weights" "${mirror[@]}" \
           --download-dir "${MASKSERVE_CHECKPOINT_DIR:-$HOME/.cache/maskserve/checkpoints}" --out "$repo"
       fi
-      if grep -qs '"kind": "random"' "$repo"/sam2_image_encoder/*/manifest.json; then
+      if grep -qs '"kind": "random"' "$repo"/sam2_image_encoder_v*/1/manifest.json; then
         echo "[serve] the model was exported with RANDOM WEIGHTS: masks are meaningless" >&2
       fi
     fi

@@ -90,8 +90,7 @@ class TritonReplica:
 
     async def _ask(self, request: SessionRequest, version: str) -> SessionAnswer:
         call = {
-            "model_name": sig.SESSION_MODEL,
-            "model_version": version,
+            "model_name": sig.served_name(sig.SESSION_MODEL, version),
             "inputs": self._inputs(request),
             "outputs": [grpcaio.InferRequestedOutput(name) for name in OUTPUTS],
             "request_id": uuid.uuid4().hex,

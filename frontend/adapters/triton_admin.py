@@ -3,16 +3,15 @@
 ``TritonAdmin`` speaks to one server; the model tier uses it for readiness and
 provenance, and ``TritonFleet`` (the ``ModelAdmin`` port of the lifecycle
 service, ``maskserve models``) makes each change on every replica of a
-deployment. Loading a version sends Triton the configuration composed from
-the version's own ``config.pbtxt`` on disk (``maskserve.triton.config``), so
-the settings of the export being loaded always apply, never the ones Triton
-held for another version.
+deployment. Every version of a model is a Triton model of its own
+(``signatures.served_name``) with its own ``config.pbtxt``, so loading or
+unloading a version is a load or an unload of its three models, and the
+versions beside it keep their instances and their stores untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from maskserve.core import signatures as sig
 from maskserve.core.prompts import pack_prompt
 from maskserve.frontend.domain.models import ModelInfo, ready_everywhere
 from maskserve.frontend.errors import InferenceUnavailable, LifecycleRefused
-from maskserve.triton import config as model_config
 
 ADMIN_TIMEOUT_S = 5.0
 LOAD_TIMEOUT_S = 300.0
@@ -40,8 +38,18 @@ def _input(name: str, array: np.ndarray) -> grpcaio.InferInput:
 
 
 def ready_of(entries: list[dict[str, Any]], model: str) -> set[str]:
-    """The versions of ``model`` a repository index lists as READY."""
-    return {e["version"] for e in entries if e.get("name") == model and e.get("state") == "READY" and e.get("version")}
+    """The versions of ``model`` whose served model a repository index lists as READY."""
+    ready = set()
+    for entry in entries:
+        served = sig.release_of(entry.get("name", ""))
+        if served is not None and served[0] == model and entry.get("state") == "READY":
+            ready.add(served[1])
+    return ready
+
+
+def _ready_anywhere(entries: list[dict[str, Any]]) -> set[str]:
+    """The versions of which any lifecycle model is READY."""
+    return set().union(*(ready_of(entries, model) for model in sig.LIFECYCLE_MODELS))
 
 
 class TritonAdmin:
@@ -71,71 +79,67 @@ class TritonAdmin:
         """Readiness and provenance of ``version`` of every model; raises if one is not ready."""
         infos = []
         for model in sig.LIFECYCLE_MODELS:
-            if not await self._call(self.client.is_model_ready(model, version, client_timeout=ADMIN_TIMEOUT_S)):
-                raise InferenceUnavailable(f"{self.url}: {model} version {version} is not ready")
-            found = await self._call(self.client.get_model_config(model, client_timeout=ADMIN_TIMEOUT_S))
+            name = sig.served_name(model, version)
+            if not await self._call(self.client.is_model_ready(name, client_timeout=ADMIN_TIMEOUT_S)):
+                raise InferenceUnavailable(f"{self.url}: {name} is not ready")
+            found = await self._call(self.client.get_model_config(name, client_timeout=ADMIN_TIMEOUT_S))
             params = {k: v.string_value for k, v in found.config.parameters.items()}
-            infos.append(
-                ModelInfo(
-                    name=model,
-                    version=version,
-                    variant=params.get(f"maskserve_model_v{version}", params.get("maskserve_model", "unknown")),
-                    weights=params.get(f"maskserve_weights_v{version}", params.get("maskserve_weights", "unknown")),
-                )
-            )
+            variant, weights = params.get("maskserve_model", "unknown"), params.get("maskserve_weights", "unknown")
+            infos.append(ModelInfo(name=model, version=version, variant=variant, weights=weights))
         return infos
 
-    async def load(self, model: str, config: str) -> None:
-        await self._call(self.client.load_model(model, config=config))
-
-    async def config(self, model: str) -> dict[str, Any]:
-        found = await self._call(self.client.get_model_config(model, as_json=True, client_timeout=ADMIN_TIMEOUT_S))
-        return dict(found["config"])
-
-    async def check_loaded(self, version: str) -> None:
-        """Right after a load: every model must list ``version``; one that does not has no such directory.
-
-        Triton loads the versions it finds and says nothing to the client about a
-        missing one, so without this a promote would wait for a version that can
-        never become ready.
-        """
+    async def load(self, version: str) -> bool:
+        """Load ``version``'s models that are not READY here, all at once, each graph warmed up by one real call
+        as soon as it is loaded (the session calls the graphs only when a request comes, and none comes before
+        this returns); → whether any was loaded. The models already loaded, of any version, are not touched."""
         entries = await self.index()
-        for model in sig.LIFECYCLE_MODELS:
-            found = [e for e in entries if e["name"] == model and e.get("version") == version]
-            if not found:
-                loaded = ", ".join(sorted(ready_of(entries, model), key=int)) or "none"
-                raise LifecycleRefused(
-                    f"{model} has no version {version} in Triton's model repository; export it first "
-                    f"(maskserve export ... --version {version}); loaded versions: {loaded}"
-                )
-            if found[0].get("state") not in ("READY", "LOADING"):
-                state, reason = found[0].get("state"), found[0].get("reason", "")
-                raise LifecycleRefused(f"{model} version {version} is {state}: {reason}")
+        missing = [model for model in sig.LIFECYCLE_MODELS if version not in ready_of(entries, model)]
 
-    async def wait_ready(self, version: str) -> None:
+        async def one(model: str) -> None:
+            await self._load_model(model, version)
+            if model in sig.SIGNATURES:
+                await self._call(self.client.infer(sig.served_name(model, version), _warm_up_inputs(model)))
+
+        await asyncio.gather(*(one(model) for model in missing))
+        return bool(missing)
+
+    async def _load_model(self, model: str, version: str) -> None:
+        name = sig.served_name(model, version)
+        try:
+            await self.client.load_model(name, client_timeout=LOAD_TIMEOUT_S)
+        except (InferenceServerException, grpc.aio.AioRpcError) as exc:
+            loaded = ", ".join(sorted(ready_of(await self.index(), model), key=int)) or "none"
+            raise LifecycleRefused(
+                f"{self.url} could not load {name} (is version {version} exported in the repository this Triton "
+                f"serves?): {exc}; loaded versions: {loaded}"
+            ) from exc
+
+    async def unload(self, version: str) -> None:
+        """Unload ``version``'s models (the session first: it calls the graphs); the other versions run on."""
+        for model in (sig.SESSION_MODEL, sig.ENCODER_MODEL, sig.DECODER_MODEL):
+            await self._call(self.client.unload_model(sig.served_name(model, version), client_timeout=ADMIN_TIMEOUT_S))
         deadline = time.monotonic() + LOAD_TIMEOUT_S
-        while True:
-            ready = [await self._call(self.client.is_model_ready(m, version)) for m in sig.LIFECYCLE_MODELS]
-            if all(ready):
-                return
+        while version in _ready_anywhere(await self.index()):
             if time.monotonic() > deadline:
-                raise LifecycleRefused(f"version {version} not READY after {LOAD_TIMEOUT_S:.0f} s")
-            await asyncio.sleep(0.5)
+                raise LifecycleRefused(
+                    f"{self.url}: version {version} still READY {LOAD_TIMEOUT_S:.0f} s after unloading"
+                )
+            await asyncio.sleep(0.1)
 
-    async def warm_up(self, version: str) -> None:
-        """One real encoder and decoder call on the new version before any client sees it."""
-        image = np.zeros((1, 3, sig.IMAGE_SIZE, sig.IMAGE_SIZE), np.float32)
-        result = await self._call(self.client.infer(sig.ENCODER_MODEL, [_input("image", image)], model_version=version))
-        coords, labels = pack_prompt(np.array([[512.0, 512.0]]), np.array([1]), None)
-        arrays = {spec.name: result.as_numpy(spec.name) for spec in sig.ENCODER_OUTPUTS}
-        arrays.update(
-            point_coords=coords[None],
-            point_labels=labels[None],
-            mask_input=np.zeros((1, 1, sig.LOW_RES_MASK_SIZE, sig.LOW_RES_MASK_SIZE), np.float32),
-            has_mask_input=np.zeros((1, 1), np.float32),
-        )
-        inputs = [_input(name, array) for name, array in arrays.items()]
-        await self._call(self.client.infer(sig.DECODER_MODEL, inputs, model_version=version))
+
+def _warm_up_inputs(model: str) -> list[grpcaio.InferInput]:
+    """One item of zeros for ``model`` (a point in the middle for the decoder)."""
+    if model == sig.ENCODER_MODEL:
+        return [_input("image", np.zeros((1, 3, sig.IMAGE_SIZE, sig.IMAGE_SIZE), np.float32))]
+    coords, labels = pack_prompt(np.array([[512.0, 512.0]]), np.array([1]), None)
+    arrays = {spec.name: np.zeros((1, *spec.dims), np.float32) for spec in sig.ENCODER_OUTPUTS}
+    arrays.update(
+        point_coords=coords[None],
+        point_labels=labels[None],
+        mask_input=np.zeros((1, 1, sig.LOW_RES_MASK_SIZE, sig.LOW_RES_MASK_SIZE), np.float32),
+        has_mask_input=np.zeros((1, 1), np.float32),
+    )
+    return [_input(name, array) for name, array in arrays.items()]
 
 
 class TritonFleet:
@@ -158,38 +162,31 @@ class TritonFleet:
         return ready_everywhere([await server.ready_versions() for server in self.servers])
 
     async def load(self, version: str) -> list[str]:
-        """Load ``version`` beside the loaded ones with its export's configuration, then warm it up; → what
-        happened on each replica."""
+        """Load ``version`` beside the loaded ones on every replica at once, each with its own configuration,
+        then warm it up where it was not loaded yet; → what happened on each replica."""
         for model in sig.LIFECYCLE_MODELS:
-            if not (self.repository / model / version).is_dir():
+            path = self.repository / sig.served_name(model, version)
+            if not (path / "config.pbtxt").is_file():
                 raise LifecycleRefused(
-                    f"{self.repository / model / version} does not exist: export version {version} first "
+                    f"{path} does not exist: export version {version} first "
                     f"(or pass --model-repository, the directory the Tritons serve)"
                 )
-        done = []
-        for server in self.servers:
-            entries = await server.index()
-            for model in sig.LIFECYCLE_MODELS:
-                versions = ready_of(entries, model) | {version}
-                config = model_config.compose(self.repository / model, versions, version)
-                await server.load(model, model_config.to_json(model_config.with_versions(config, versions)))
-            await server.check_loaded(version)
-            await server.wait_ready(version)
-            await server.warm_up(version)
-            done.append(f"{server.url}: version {version} loaded with its own configuration and warmed up")
-        return done
+
+        async def on(server: TritonAdmin) -> str:
+            started = time.monotonic()
+            if not await server.load(version):
+                return f"{server.url}: version {version} already loaded"
+            return f"{server.url}: version {version} loaded and warmed up in {time.monotonic() - started:.1f} s"
+
+        return list(await asyncio.gather(*(on(server) for server in self.servers)))
 
     async def unload(self, versions: set[str]) -> None:
-        """Unload ``versions``; the versions that stay keep the configuration they are running with."""
+        """Unload ``versions`` on every replica; the versions that stay are not touched."""
         for server in self.servers:
             entries = await server.index()
-            for model in sig.LIFECYCLE_MODELS:
-                loaded = ready_of(entries, model)
-                keep = loaded - versions
-                if keep == loaded:
-                    continue
-                if not keep:
-                    raise LifecycleRefused(f"refusing to unload every version of {model}")
-                config = await server.config(model)
-                config["version_policy"] = {"specific": {"versions": sorted(int(v) for v in keep)}}
-                await server.load(model, json.dumps(config))
+            loaded = ready_everywhere(ready_of(entries, model) for model in sig.LIFECYCLE_MODELS)
+            if loaded and not loaded - versions:
+                raise LifecycleRefused(f"{server.url}: refusing to unload every loaded version")
+        for server in self.servers:
+            for version in sorted(versions, key=int):
+                await server.unload(version)

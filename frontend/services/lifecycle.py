@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from maskserve.core import signatures as sig
 from maskserve.frontend.domain.accounts import now
 from maskserve.frontend.domain.models import Canary, Routing, newest
 from maskserve.frontend.errors import LifecycleRefused
@@ -178,8 +179,9 @@ class Lifecycle:
         """The versions in every Triton with their state, the routing, the pins and the frontends reporting."""
         lines = [f"{'triton':22s} {'model':22s} {'version':>7s}  state"]
         for url, index in await self.admin.indexes():
-            for m in sorted(index, key=lambda m: (m["name"], int(m.get("version") or 0))):
-                lines.append(f"{url:22s} {m['name']:22s} {m.get('version', ''):>7s}  {m.get('state', '')}")
+            served = [(release, m.get("state", "")) for m in index if (release := sig.release_of(m["name"]))]
+            for (model, version), state in sorted(served, key=lambda s: (s[0][0], int(s[0][1]))):
+                lines.append(f"{url:22s} {model:22s} {version:>7s}  {state}")
         routing = await self.store.get_routing()
         lines.append(f"routing {routing.generation}: {routing.describe()}")
         lines.append(f"active version: {routing.active or '(newest loaded)'}")

@@ -131,7 +131,7 @@ def _session_metric(served: Served, name: str, version: str) -> float | None:
 def _session_stubs(repo: Path, version: str) -> int:
     """Python-backend stub processes of ``sam2_session`` ``version`` (each holds that version's embeddings)."""
     out = subprocess.run(["pgrep", "-fa", "triton_python_backend_stub"], capture_output=True, text=True).stdout
-    path = f"{repo.resolve()}/{sig.SESSION_MODEL}/{version}/model.py"
+    path = f"{repo.resolve()}/{sig.served_name(sig.SESSION_MODEL, version)}/{sig.TRITON_VERSION}/model.py"
     return sum(path in line for line in out.splitlines())
 
 
@@ -143,7 +143,7 @@ def _version(header: str | None) -> str | None:
 def test_release_runbook_under_load(exported_repo, tmp_path, report):
     repo = tmp_path / "repo"
     for model in sig.LIFECYCLE_MODELS:  # version 1 only, as exported for the session (seed SEED)
-        shutil.copytree(exported_repo / model, repo / model)
+        shutil.copytree(exported_repo / sig.served_name(model, 1), repo / sig.served_name(model, 1))
     served = Served(repo, tmp_path, credits=1_000_000, env={"MASKSERVE_RATE_SINGLE": "100000"})
     env = {
         **os.environ,

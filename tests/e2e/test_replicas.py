@@ -23,7 +23,10 @@ def _encodes(url: str) -> int:
 
     client = grpcclient.InferenceServerClient(url)
     try:
-        return sum(s.inference_count for s in client.get_inference_statistics(sig.ENCODER_MODEL).model_stats)
+        return sum(
+            s.inference_count
+            for s in client.get_inference_statistics(sig.served_name(sig.ENCODER_MODEL, 1)).model_stats
+        )
     finally:
         client.close()
 

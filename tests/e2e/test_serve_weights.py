@@ -13,6 +13,7 @@ import torch
 
 from maskserve.export import checkpoints
 from maskserve.export.command import ExportRequest, run_export
+from maskserve.export.repository import version_dir
 from maskserve.export.variants import get_variant
 from maskserve.triton.server import free_port
 from tests.plugins.processes import NAME, Cdn, stop_cli, wait_for_line
@@ -82,7 +83,9 @@ def test_serve_exports_the_fetched_checkpoint_and_falls_back_only_when_it_cannot
             download_dir=cache,
         )
     )
-    manifest = json.loads((tmp_path / "repo2" / "sam2_image_encoder" / str(version) / "manifest.json").read_text())
+    manifest = json.loads(
+        (version_dir(tmp_path / "repo2", "sam2_image_encoder", version) / "manifest.json").read_text()
+    )
     assert manifest["weights"]["sha256"] == digest
     # unreachable and nothing cached: random weights, and the terminal, the log and /readyz say so
     offline = {

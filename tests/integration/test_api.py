@@ -386,7 +386,10 @@ def test_second_request_on_the_same_image_skips_the_encoder(api, key, triton_ser
     client = grpcclient.InferenceServerClient(triton_server.opts.grpc_url)
 
     def encoder_count() -> int:
-        return sum(s.inference_count for s in client.get_inference_statistics(sig.ENCODER_MODEL).model_stats)
+        return sum(
+            s.inference_count
+            for s in client.get_inference_statistics(sig.served_name(sig.ENCODER_MODEL, 1)).model_stats
+        )
 
     photo = image_bytes(800, 600, seed=77)
     before = encoder_count()

@@ -20,7 +20,7 @@ from maskserve.core import signatures as sig
 from maskserve.devtools.pictures import make_image
 from maskserve.export import checkpoints, reference
 from maskserve.export.command import ExportError, ExportRequest, run_export
-from maskserve.export.repository import render_config
+from maskserve.export.repository import existing_versions, render_config, version_dir
 from maskserve.export.variants import VARIANTS, get_variant
 from tests.plugins.stack import SEED
 
@@ -123,11 +123,11 @@ def test_checkpoint_round_trip(tmp_path):
     torch.save({"model": saved.state_dict()}, ckpt)
     out = tmp_path / "repo"
     version = run_export(ExportRequest(out=out, checkpoint=ckpt, seed=SEED))  # seed must not matter
-    manifest = json.loads((out / sig.ENCODER_MODEL / str(version) / "manifest.json").read_text())
+    manifest = json.loads((version_dir(out, sig.ENCODER_MODEL, version) / "manifest.json").read_text())
     assert manifest["weights"] == {"kind": "checkpoint", "file": ckpt.name, "sha256": checkpoints.sha256_of(ckpt)}
 
     image = make_image(seed=3)
-    enc = ort.InferenceSession(str(out / sig.ENCODER_MODEL / str(version) / "model.onnx"))
+    enc = ort.InferenceSession(str(version_dir(out, sig.ENCODER_MODEL, version) / "model.onnx"))
     embed, s0, _s1 = enc.run(None, {"image": image})
     want = reference.encode(saved, torch.from_numpy(image))
     assert np.abs(embed - want["image_embed"].numpy()).max() < 1e-3
@@ -140,25 +140,32 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_repository_layout_and_manifest(exported_repo):
-    for model in sig.SIGNATURES:
-        version_dir = exported_repo / model / "1"
-        files = {p.name for p in version_dir.iterdir()} - {"__pycache__"}
-        assert files == {"model.onnx", "model.py", "manifest.json", "config.pbtxt"}
-        own = text_format.Parse((version_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-        assert own.parameters["maskserve_weights"].string_value == f"random (seed {SEED})"  # this version's own
-        manifest = json.loads((version_dir / "manifest.json").read_text())
+    """Every version of every model is a Triton model of its own, with its own configuration."""
+    for model in sig.LIFECYCLE_MODELS:
+        served = exported_repo / sig.served_name(model, 1)
+        assert {p.name for p in served.iterdir()} == {"config.pbtxt", sig.TRITON_VERSION}
+        files = {p.name for p in version_dir(exported_repo, model, 1).iterdir()} - {"__pycache__"}
+        assert files == {"model.py", "manifest.json"} | ({"model.onnx"} if model in sig.SIGNATURES else set())
+        own = text_format.Parse((served / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert own.name == served.name and not own.HasField("version_policy")
+        assert own.parameters["maskserve_weights"].string_value == f"random (seed {SEED})"
+        assert own.parameters["maskserve_version"].string_value == "1"
+        manifest = json.loads((version_dir(exported_repo, model, 1) / "manifest.json").read_text())
         assert manifest["model"] == "sam2.1_hiera_tiny" and manifest["family"] == "sam2.1"
         assert manifest["size"] == "tiny" and manifest["weights"] == {"kind": "random", "seed": SEED}
         assert manifest["opset"] >= 17 and manifest["exported_at"].endswith("Z")
         assert manifest["target"] == "cpu" and manifest["version"] == 1
+        assert manifest["triton_model"] == served.name
 
 
 def test_second_export_adds_a_version_beside_the_first(tmp_path):
     out = tmp_path / "repo"
     assert run_export(ExportRequest(out=out, random_weights=True, seed=1)) == 1
     assert run_export(ExportRequest(out=out, random_weights=True, seed=2)) == 2
-    for model in sig.SIGNATURES:
-        assert sorted(p.name for p in (out / model).iterdir() if p.is_dir()) == ["1", "2"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        sig.served_name(m, v) for m in sig.LIFECYCLE_MODELS for v in (1, 2)
+    )
+    assert existing_versions(out) == [1, 2]
     with pytest.raises(ExportError, match="already exists"):
         run_export(ExportRequest(out=out, random_weights=True, version=2))
 
@@ -171,7 +178,7 @@ def test_onnx_graphs_and_configs_follow_the_signatures(exported_repo):
     """One source of truth: exported tensor names/shapes and config.pbtxt agree with signatures."""
     onnx_types = {1: "float32", 6: "int32"}
     for model, (inputs, outputs) in sig.SIGNATURES.items():
-        graph = onnx.load(str(exported_repo / model / "1" / "model.onnx"), load_external_data=False).graph
+        graph = onnx.load(str(version_dir(exported_repo, model, 1) / "model.onnx"), load_external_data=False).graph
         for specs, values in ((inputs, graph.input), (outputs, graph.output)):
             assert [s.name for s in specs] == [v.name for v in values]
             for spec, value in zip(specs, values, strict=False):
@@ -179,13 +186,12 @@ def test_onnx_graphs_and_configs_follow_the_signatures(exported_repo):
                 assert _dims(value) == ["batch", *spec.dims]
         for target in ("cpu", "gpu"):
             text = (
-                (exported_repo / model / "config.pbtxt").read_text()
+                (exported_repo / sig.served_name(model, 1) / "config.pbtxt").read_text()
                 if target == "cpu"
-                else render_config(model, target)
+                else render_config(model, 1, target)
             )
             config = text_format.Parse(text, model_config_pb2.ModelConfig())
-            assert config.name == model and config.max_batch_size > 0
-            assert config.version_policy.latest.num_versions == 2
+            assert config.name == sig.served_name(model, 1) and config.max_batch_size > 0
             assert config.HasField("dynamic_batching")
             assert len(config.instance_group) == 1
             for specs, tensors in ((inputs, config.input), (outputs, config.output)):

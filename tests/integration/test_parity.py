@@ -14,6 +14,7 @@ from maskserve.core.masks import select_mask
 from maskserve.core.prompts import is_multimask, pack_prompt
 from maskserve.devtools.pictures import make_image
 from maskserve.export import reference
+from maskserve.export.repository import version_dir
 
 MIN_AGREEMENT = 0.999
 FULL_SIZE = (1080, 1920)  # masks are also compared after the predictor's upsampling
@@ -78,8 +79,8 @@ def _upsample(logits: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_encoder_and_decoder_match_pytorch(runtime, exported_repo, sam2_model, image, torch_features, report):
-    encoder = _runner(runtime, str(exported_repo / sig.ENCODER_MODEL / "1" / "model.onnx"))
-    decoder = _runner(runtime, str(exported_repo / sig.DECODER_MODEL / "1" / "model.onnx"))
+    encoder = _runner(runtime, str(version_dir(exported_repo, sig.ENCODER_MODEL, 1) / "model.onnx"))
+    decoder = _runner(runtime, str(version_dir(exported_repo, sig.DECODER_MODEL, 1) / "model.onnx"))
     embed, s0, s1 = encoder({"image": image})
     ref = torch_features
     errors = {
@@ -126,7 +127,7 @@ def test_encoder_and_decoder_match_pytorch(runtime, exported_repo, sam2_model, i
 
 def test_padding_slots_change_nothing(exported_repo, sam2_model, torch_features):
     """Extra label -1 slots are masked: one padded prompt equals the unpadded model call."""
-    decoder = _runner("onnxruntime", str(exported_repo / sig.DECODER_MODEL / "1" / "model.onnx"))
+    decoder = _runner("onnxruntime", str(version_dir(exported_repo, sig.DECODER_MODEL, 1) / "model.onnx"))
     ref = torch_features
     embed = ref["image_embed"].numpy()
     s0, s1 = (f.numpy() for f in ref["high_res_feats"])
@@ -153,7 +154,7 @@ def test_padding_slots_change_nothing(exported_repo, sam2_model, torch_features)
 
 def test_batched_decoder_equals_single_requests(exported_repo, torch_features):
     """Different clients' prompts in one batch give each client its own answer."""
-    decoder = _runner("onnxruntime", str(exported_repo / sig.DECODER_MODEL / "1" / "model.onnx"))
+    decoder = _runner("onnxruntime", str(version_dir(exported_repo, sig.DECODER_MODEL, 1) / "model.onnx"))
     ref = torch_features
     embed = ref["image_embed"].numpy()
     s0, s1 = (f.numpy() for f in ref["high_res_feats"])
@@ -180,8 +181,10 @@ def test_batched_decoder_equals_single_requests(exported_repo, torch_features):
 @pytest.mark.parametrize("decoder_precision", ["fp32", "bf16"])
 def test_bf16_agreement_with_fp32_pytorch(exported_repo, sam2_model, image, torch_features, report, decoder_precision):
     """The cpu target's default (OpenVINO bf16 for both models) stays within IoU 0.98 of fp32 PyTorch."""
-    encoder = _runner("openvino", str(exported_repo / sig.ENCODER_MODEL / "1" / "model.onnx"), "bf16")
-    decoder = _runner("openvino", str(exported_repo / sig.DECODER_MODEL / "1" / "model.onnx"), decoder_precision)
+    encoder = _runner("openvino", str(version_dir(exported_repo, sig.ENCODER_MODEL, 1) / "model.onnx"), "bf16")
+    decoder = _runner(
+        "openvino", str(version_dir(exported_repo, sig.DECODER_MODEL, 1) / "model.onnx"), decoder_precision
+    )
     embed, s0, s1 = encoder({"image": image})
     ious = []
     for case in CASES[:4]:

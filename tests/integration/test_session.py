@@ -15,10 +15,11 @@ from benchmarks.images import photo
 from maskserve.core import signatures as sig
 from maskserve.core.images import encoder_input
 from maskserve.core.prompts import PackedPrompt, is_multimask, pack_prompt
+from maskserve.export.repository import version_dir
 from maskserve.frontend import imaging
 from maskserve.session.engine import SessionEngine
 from maskserve.session.store import EmbeddingStore
-from tests.plugins.stack import repository_with_cache, start_api
+from tests.plugins.stack import repository_with_cache, repository_with_session, start_api
 
 SEG = "/v1/services/image-segmentation"
 POINTS = ((480, 270), (960, 540), (1500, 800))  # the benchmark's prompts on its 1920x1080 photos
@@ -36,8 +37,8 @@ def test_fp16_storage_agrees_with_fp32(exported_repo, report):
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
-    encoder = ort.InferenceSession(str(exported_repo / sig.ENCODER_MODEL / "1" / "model.onnx"), options)
-    decoder = ort.InferenceSession(str(exported_repo / sig.DECODER_MODEL / "1" / "model.onnx"), options)
+    encoder = ort.InferenceSession(str(version_dir(exported_repo, sig.ENCODER_MODEL, 1) / "model.onnx"), options)
+    decoder = ort.InferenceSession(str(version_dir(exported_repo, sig.DECODER_MODEL, 1) / "model.onnx"), options)
     names = [spec.name for spec in sig.ENCODER_OUTPUTS]
 
     async def encode(image):
@@ -84,7 +85,7 @@ def _encodes(triton_server) -> int:
 
     client = grpcclient.InferenceServerClient(triton_server.opts.grpc_url)
     try:
-        stats = client.get_inference_statistics(sig.ENCODER_MODEL).model_stats
+        stats = client.get_inference_statistics(sig.served_name(sig.ENCODER_MODEL, 1)).model_stats
         return sum(s.inference_count for s in stats)
     finally:
         client.close()
@@ -166,6 +167,52 @@ def test_session_store_keeps_its_bound_and_reports_on_the_metrics_port(exported_
     assert _metric(metrics, "maskserve_session_cache_misses{") >= 4
 
 
+def _rle_answers(api_url: str, key: str, images: list[bytes]) -> list[object]:
+    """Each image's single point, two objects and a box, answered as RLE (the masks, bit for bit)."""
+    queries = [
+        "points=[[480,270]]",
+        "objects=" + quote(json.dumps([{"points": [[480, 270]]}, {"box": [900, 400, 1400, 900]}])),
+        "box=[100,100,800,600]",
+    ]
+    out = []
+    for data in images:
+        for query in queries:
+            r = requests.post(
+                f"{api_url}{SEG}?{query}&mask_format=rle",
+                files={"file": ("p.jpg", data, "image/jpeg")},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=120,
+            )
+            assert r.status_code == 200, r.text
+            result = r.json()["result"]
+            out.append((result["mask"], [o["mask"] for o in result.get("objects", [])]))
+    return out
+
+
+def test_embeddings_held_as_device_tensors_through_dlpack_give_the_same_masks(
+    exported_repo, api, key, tmp_path, tmp_path_factory, report
+):
+    """``embeddings_memory=device`` (the gpu target's path: a torch store, DLPack to and from the graphs) run on
+    this machine's CPU: every mask equals the host store's, and the store keeps the images it encoded."""
+    from maskserve.triton.server import TritonOptions, TritonServer
+
+    images = [photo(7400 + i) for i in range(2)]
+    host = _rle_answers(api.url, key, images)
+    repo = repository_with_session(exported_repo, tmp_path, embeddings_memory="device")
+    opts = TritonOptions.on_free_ports(repo, tmp_path / "triton")
+    with TritonServer(opts):
+        device_api = start_api(tmp_path_factory, opts.grpc_url)
+        try:
+            device = _rle_answers(device_api.url, device_api.create_key(100)[1], images)
+            metrics = requests.get(f"http://127.0.0.1:{opts.metrics_port}/metrics", timeout=10).text
+        finally:
+            device_api.stop()
+    assert device == host
+    assert _metric(metrics, "maskserve_session_encodes{") == len(images)
+    assert _metric(metrics, "maskserve_session_cache_entries{") == len(images)
+    report(f"session store in device memory (torch via DLPack, on CPU here): {len(host)} answers equal to the host's")
+
+
 @pytest.mark.parametrize("field", ["digest", "point_coords"])
 def test_the_session_model_refuses_malformed_requests_without_failing_others(triton_server, field):
     """A request missing a required input gets an error; the model keeps serving."""
@@ -189,7 +236,7 @@ def test_the_session_model_refuses_malformed_requests_without_failing_others(tri
             tensor = grpcclient.InferInput(name, list(array.shape), dtype)
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
-        client.async_stream_infer(sig.SESSION_MODEL, inputs, request_id="bad")
+        client.async_stream_infer(sig.served_name(sig.SESSION_MODEL, 1), inputs, request_id="bad")
         for _ in range(100):
             if results:
                 break

@@ -263,7 +263,9 @@ def test_the_same_handle_kept_by_many_requests_at_once(settings):
         now = time.time()
 
         def handle(expires: float) -> ImageHandle:
-            return ImageHandle("img_" + "a" * 32, key.id, "d" * 64, "loc", "a.jpg", "file", 8, 6, 100, now, now, expires)
+            return ImageHandle(
+                "img_" + "a" * 32, key.id, "d" * 64, "loc", "a.jpg", "file", 8, 6, 100, now, now, expires
+            )
 
         await asyncio.gather(*(store.save_image(handle(now + 60 + i)) for i in range(8)))
         kept = await store.get_image("img_" + "a" * 32)

@@ -39,10 +39,12 @@ def _direct(repo, model: str):
     import onnxruntime as ort
     import openvino as ov
 
-    config = text_format.Parse((repo / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    config = text_format.Parse(
+        (repo / sig.served_name(model, 1) / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
     runtime = config.parameters["runtime"].string_value
     precision = config.parameters["precision"].string_value
-    path = str(repo / model / "1" / "model.onnx")
+    path = str(repo / sig.served_name(model, 1) / sig.TRITON_VERSION / "model.onnx")
     if runtime == "onnxruntime":
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         return lambda feeds: session.run(None, feeds)
@@ -70,7 +72,7 @@ def _decoder_feeds(embeds, point) -> dict[str, np.ndarray]:
 def test_both_models_over_grpc_match_direct_onnx(triton_server, exported_repo):
     client = grpcclient.InferenceServerClient(triton_server.opts.grpc_url)
     image = make_image(seed=5)
-    result = client.infer(sig.ENCODER_MODEL, _inputs(grpcclient, {"image": image}))
+    result = client.infer(sig.served_name(sig.ENCODER_MODEL, 1), _inputs(grpcclient, {"image": image}))
     served = [result.as_numpy(s.name) for s in sig.ENCODER_OUTPUTS]
     direct = _direct(exported_repo, sig.ENCODER_MODEL)({"image": image})
     for got, want, spec in zip(served, direct, sig.ENCODER_OUTPUTS, strict=False):
@@ -78,7 +80,7 @@ def test_both_models_over_grpc_match_direct_onnx(triton_server, exported_repo):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
     feeds = _decoder_feeds(served, [300.0, 420.0])
-    result = client.infer(sig.DECODER_MODEL, _inputs(grpcclient, feeds))
+    result = client.infer(sig.served_name(sig.DECODER_MODEL, 1), _inputs(grpcclient, feeds))
     direct_feeds = {**feeds, "has_mask_input": feeds["has_mask_input"].reshape(-1)}
     want_masks, want_iou = _direct(exported_repo, sig.DECODER_MODEL)(direct_feeds)
     np.testing.assert_allclose(result.as_numpy("low_res_masks"), want_masks, atol=1e-5, rtol=0)
@@ -87,7 +89,7 @@ def test_both_models_over_grpc_match_direct_onnx(triton_server, exported_repo):
 
 
 def _counts(client, model: str) -> tuple[int, int]:
-    stats = client.get_inference_statistics(model).model_stats
+    stats = client.get_inference_statistics(sig.served_name(model, 1)).model_stats
     return sum(s.inference_count for s in stats), sum(s.execution_count for s in stats)
 
 
@@ -96,7 +98,7 @@ def test_concurrent_requests_are_batched(triton_server, report):
     sync = grpcclient.InferenceServerClient(url)
     image = make_image(seed=6)
     embeds = [
-        sync.infer(sig.ENCODER_MODEL, _inputs(grpcclient, {"image": image})).as_numpy(s.name)
+        sync.infer(sig.served_name(sig.ENCODER_MODEL, 1), _inputs(grpcclient, {"image": image})).as_numpy(s.name)
         for s in sig.ENCODER_OUTPUTS
     ]
     before = {m: _counts(sync, m) for m in sig.SIGNATURES}
@@ -105,9 +107,15 @@ def test_concurrent_requests_are_batched(triton_server, report):
         client = grpcaio.InferenceServerClient(url)
         try:
             jobs = [
-                client.infer(sig.DECODER_MODEL, _inputs(grpcaio, _decoder_feeds(embeds, [40.0 * i + 10, 500.0])))
+                client.infer(
+                    sig.served_name(sig.DECODER_MODEL, 1),
+                    _inputs(grpcaio, _decoder_feeds(embeds, [40.0 * i + 10, 500.0])),
+                )
                 for i in range(n_decoder)
-            ] + [client.infer(sig.ENCODER_MODEL, _inputs(grpcaio, {"image": image})) for _ in range(n_encoder)]
+            ] + [
+                client.infer(sig.served_name(sig.ENCODER_MODEL, 1), _inputs(grpcaio, {"image": image}))
+                for _ in range(n_encoder)
+            ]
             results = await asyncio.gather(*jobs)
             assert all(r is not None for r in results)
         finally:
@@ -163,7 +171,7 @@ def test_triton_command_serves_and_stops_cleanly_on_sigterm(exported_repo, tmp_p
         else:
             pytest.fail("exited before READY:\n" + "".join(lines[-30:]))
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
-        assert client.is_model_ready(sig.ENCODER_MODEL) and client.is_model_ready(sig.DECODER_MODEL)
+        assert all(client.is_model_ready(sig.served_name(m, 1)) for m in sig.LIFECYCLE_MODELS)
         client.close()
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=90)

@@ -16,6 +16,7 @@ import torch
 from maskserve.core import signatures as sig
 from maskserve.export import checkpoints
 from maskserve.export.command import ExportRequest, run_export
+from maskserve.export.repository import version_dir
 from maskserve.export.variants import get_variant
 from maskserve.triton.server import free_port
 from tests.plugins.processes import NAME, Cdn
@@ -109,7 +110,7 @@ def test_unreachable_server_falls_back_to_random_weights_only_in_auto_mode(tmp_p
     version = run_export(
         ExportRequest(out=out, auto_weights=True, checkpoint_url=offline.url, download_dir=tmp_path / "cache")
     )
-    manifest = json.loads((out / sig.ENCODER_MODEL / str(version) / "manifest.json").read_text())
+    manifest = json.loads((version_dir(out, sig.ENCODER_MODEL, version) / "manifest.json").read_text())
     assert manifest["weights"]["kind"] == "random"
     assert "exporting with RANDOM WEIGHTS instead" in caplog.text
 
@@ -127,6 +128,6 @@ def test_auto_weights_export_the_fetched_checkpoint(cdn, tmp_path):
         download_dir=tmp_path / "cache",
     )
     version = run_export(request)
-    manifest = json.loads((out / sig.ENCODER_MODEL / str(version) / "manifest.json").read_text())
+    manifest = json.loads((version_dir(out, sig.ENCODER_MODEL, version) / "manifest.json").read_text())
     assert manifest["weights"] == {"kind": "checkpoint", "file": NAME, "sha256": digest}
     assert (tmp_path / "cache" / NAME).is_file() and len(cdn.requests) == 1

@@ -90,9 +90,9 @@ class ApiServer:
         return self.app[STORE]
 
 
-def repository_with_cache(exported_repo: Path, where: Path, cache_bytes: int) -> Path:
-    """A copy of the export whose session store holds ``cache_bytes``, changed as an operator changes a version's
-    setting: its own config.pbtxt, then the model-level file composed again."""
+def repository_with_session(exported_repo: Path, where: Path, **params: str) -> Path:
+    """A copy of the export whose session model has ``params`` set, changed as an operator changes a version's
+    setting: in its own config.pbtxt."""
     import shutil
 
     from maskserve.core import signatures as sig
@@ -100,13 +100,17 @@ def repository_with_cache(exported_repo: Path, where: Path, cache_bytes: int) ->
 
     repo = where / "repo"
     shutil.copytree(exported_repo, repo)
-    own = repo / sig.SESSION_MODEL / "1" / "config.pbtxt"
-    edited = model_config.parse(own.read_text())
-    edited.parameters["cache_bytes"].string_value = str(cache_bytes)
-    own.write_text(model_config.render(edited))
-    composed = model_config.compose(repo / sig.SESSION_MODEL, [1], 1)
-    (repo / sig.SESSION_MODEL / "config.pbtxt").write_text(model_config.render(composed))
+    path = repo / sig.served_name(sig.SESSION_MODEL, 1) / "config.pbtxt"
+    edited = model_config.parse(path.read_text())
+    for key, value in params.items():
+        edited.parameters[key].string_value = value
+    path.write_text(model_config.render(edited))
     return repo
+
+
+def repository_with_cache(exported_repo: Path, where: Path, cache_bytes: int) -> Path:
+    """A copy of the export whose session store holds ``cache_bytes``."""
+    return repository_with_session(exported_repo, where, cache_bytes=str(cache_bytes))
 
 
 def start_api(tmp_path_factory, triton_url: str, **overrides) -> ApiServer:

@@ -34,7 +34,7 @@ def test_compose_wires_export_triton_postgres_frontends_and_a_balancer():
         assert triton["image"] == TRITON_IMAGE and triton["build"]["dockerfile"] == "deploy/triton/Dockerfile"
         assert triton["depends_on"]["export"]["condition"] == "service_completed_successfully"
         assert "--model-control-mode=explicit" in triton["command"]
-        assert "--load-model=sam2_session" in triton["command"]
+        assert "--load-model=*" in triton["command"]  # every version is a model of its own
         assert triton["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     assert f"FROM {NGC_TRITON}" in (ROOT / "deploy/triton/Dockerfile").read_text()
     export_cmd = " ".join(services["export"]["command"])
@@ -87,7 +87,7 @@ def test_kubernetes_manifests():
                 if doc["kind"] != "Job":
                     assert container["readinessProbe"]["httpGet"]["path"] in ("/readyz", "/v2/health/ready")
                 if doc["kind"] == "StatefulSet":
-                    assert container["image"] == TRITON_IMAGE and "--load-model=sam2_session" in container["args"]
+                    assert container["image"] == TRITON_IMAGE and "--load-model=*" in container["args"]
                 else:
                     assert container["image"].startswith("maskserve:")
                     build_parser().parse_args(container["args"])

@@ -38,6 +38,23 @@ def test_store_holds_half_the_bytes_in_fp16_and_evicts_least_recent():
         EmbeddingStore(1, "int8")
 
 
+def test_device_store_packs_torch_tensors_it_owns_and_bounds_them_the_same_way():
+    """The gpu target's store (torch tensors; on this machine's CPU): same precision, bytes and eviction."""
+    import torch
+
+    from maskserve.session.store import DeviceEmbeddingStore
+
+    outputs = [torch.from_numpy(a) for a in fp32_outputs(0.5)]
+    store = DeviceEmbeddingStore(16 * 2**20, "fp16", torch.device("cpu"))
+    entry = store.pack(outputs)
+    assert [a.dtype for a in entry.arrays] == [torch.float16] * 3 and entry.nbytes == 8 * 2**20
+    outputs[0].fill_(9.0)  # the encoder's buffers may be reused: the store holds its own copy
+    assert float(entry.arrays[0].max()) == 0.5
+    store.put("a", entry)
+    store.put("b", store.pack(outputs))
+    assert store.put("c", store.pack(outputs)) == 1 and "a" not in store and store.nbytes <= store.max_bytes
+
+
 class Fakes:
     def __init__(self) -> None:
         self.encodes = 0

@@ -8,6 +8,7 @@ exported graphs and the written configs agree with this module).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 ENCODER_MODEL = "sam2_image_encoder"
@@ -107,3 +108,26 @@ SESSION_OUTPUTS = (
 
 LIFECYCLE_MODELS = (ENCODER_MODEL, DECODER_MODEL, SESSION_MODEL)
 """Loaded, promoted and unloaded together: version N of the session calls version N of the graphs."""
+
+TRITON_VERSION = "1"
+"""The one Triton version directory inside every served model (see ``served_name``)."""
+
+_SERVED = re.compile(rf"^({'|'.join(LIFECYCLE_MODELS)})_v([1-9][0-9]*)$")
+
+
+def served_name(model: str, version: int | str) -> str:
+    """The Triton model that serves ``version`` of ``model``: every version is a model of its own.
+
+    Triton holds one configuration per model, shared by all its versions, and
+    loading or unloading one version of a model restarts the instances of the
+    others (their stores then start empty, and requests on them fail while
+    they restart). As models of their own, a version loads and unloads beside
+    the others without touching them (benchmarks/README.md, "Releases").
+    """
+    return f"{model}_v{int(version)}"
+
+
+def release_of(name: str) -> tuple[str, str] | None:
+    """``(model, version)`` of a served model's name; ``None`` for a name that is not one."""
+    found = _SERVED.match(name)
+    return None if found is None else (found.group(1), found.group(2))

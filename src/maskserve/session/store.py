@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -112,3 +113,21 @@ class EmbeddingStore:
         self._items.clear()
         self._hot.clear()
         self._bytes = 0
+
+
+class DeviceEmbeddingStore(EmbeddingStore):
+    """The same store holding torch tensors on ``device`` (the gpu target's GPU), packed there.
+
+    Packing converts on the device, into tensors the store owns, so nothing
+    of an encoder response's buffers is held past the call.
+    """
+
+    def __init__(self, max_bytes: int, storage: str, device: Any, hot_images: int = HOT_IMAGES) -> None:
+        super().__init__(max_bytes, storage, hot_images)
+        import torch
+
+        self.device = device
+        self.torch_dtype = {"fp16": torch.float16, "fp32": torch.float32}[storage]
+
+    def pack(self, arrays: list[Any]) -> Entry:
+        return Entry(tuple(a.to(self.device, self.torch_dtype, copy=True).contiguous() for a in arrays))

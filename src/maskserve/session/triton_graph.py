@@ -1,6 +1,6 @@
 """Triton python-backend model that runs one exported ONNX graph on the CPU.
 
-Copied into every version directory of the ``cpu`` repository target, beside
+Copied into every served graph model of the ``cpu`` repository target, beside
 ``model.onnx``. The runtime, precision and thread count come from the model's
 ``config.pbtxt`` parameters, so they can be changed without re-exporting:
 
@@ -10,6 +10,10 @@ Copied into every version directory of the ``cpu`` repository target, beside
 * ``num_threads``: intra-op threads for this instance (0 = runtime default);
 * ``nice``: raise this instance's niceness by that much (0 = leave it), so a
   cheap model's work yields to an expensive one on shared cores.
+
+Where the server that runs it sets ``MASKSERVE_COMPILE_CACHE`` (``maskserve triton``
+does, in its work directory), OpenVINO keeps the compiled graph there, and a
+version loaded again skips its compile.
 
 Triton hands ``execute`` every request its dynamic batcher grouped; they all
 share the model's fixed per-item shapes, so they are concatenated along the
@@ -26,10 +30,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
-def _param(config: dict, key: str, default: str, version: str) -> str:
-    """This version's own value (``key_v<version>``, see maskserve.triton.config), else the model's."""
-    params = config.get("parameters", {})
-    value = params.get(f"{key}_v{version}", params.get(key, {})).get("string_value")
+def _param(config: dict, key: str, default: str) -> str:
+    value = config.get("parameters", {}).get(key, {}).get("string_value")
     return value if value not in (None, "") else default
 
 
@@ -44,6 +46,9 @@ class _OpenVINO:
         }
         if threads > 0:
             props["INFERENCE_NUM_THREADS"] = str(threads)
+        cache = os.environ.get("MASKSERVE_COMPILE_CACHE")  # set by ``maskserve triton`` (its work directory)
+        if cache:
+            props["CACHE_DIR"] = cache
         self._compiled = core.compile_model(path, "CPU", props)
         self._request = self._compiled.create_infer_request()
         self._outputs = [self._compiled.output(name) for name in outputs]
@@ -79,14 +84,13 @@ RUNTIMES = {"openvino": _OpenVINO, "onnxruntime": _OnnxRuntime}
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        version = args["model_version"]
-        version_dir = os.path.join(args["model_repository"], version)
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
         self._inputs = [(t["name"], t["data_type"]) for t in config["input"]]
         self._outputs = [t["name"] for t in config["output"]]
-        runtime = _param(config, "runtime", "openvino", version)
-        precision = _param(config, "precision", "fp32", version)
-        threads = int(_param(config, "num_threads", "0", version))
-        nice = int(_param(config, "nice", "0", version))
+        runtime = _param(config, "runtime", "openvino")
+        precision = _param(config, "precision", "fp32")
+        threads = int(_param(config, "num_threads", "0"))
+        nice = int(_param(config, "nice", "0"))
         if nice > 0:
             os.nice(nice)
         if runtime not in RUNTIMES:
@@ -94,9 +98,7 @@ class TritonPythonModel:
         path = os.path.join(version_dir, "model.onnx")
         self._runtime: Any = RUNTIMES[runtime](path, precision, threads, self._outputs)
         self._scalars = {t["name"] for t in config["input"] if list(t.get("reshape", {}).get("shape", [None])) == []}
-        pb_utils.Logger.log_info(
-            f"{config['name']} v{args['model_version']}: {runtime} {precision}, {threads or 'default'} threads"
-        )
+        pb_utils.Logger.log_info(f"{config['name']}: {runtime} {precision}, {threads or 'default'} threads")
 
     def execute(self, requests: list) -> list:
         arrays: dict[str, list[np.ndarray]] = {name: [] for name, _ in self._inputs}

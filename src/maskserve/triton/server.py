@@ -48,7 +48,8 @@ class TritonOptions:
     grpc_port: int = 8001
     http_port: int = 8000
     metrics_port: int = 8002
-    models: tuple[str, ...] = sig.LIFECYCLE_MODELS
+    models: tuple[str, ...] = ()
+    """The served models to load at start (``signatures.served_name``); empty: the newest exported versions."""
     work_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "maskserve" / "triton")
     log_verbose: int = 0
 
@@ -106,7 +107,29 @@ def find_distribution() -> TritonDistribution:
     return dist
 
 
-def check_repository(repo: Path, models: tuple[str, ...] = sig.LIFECYCLE_MODELS) -> None:
+STARTUP_VERSIONS = 2
+"""Versions loaded at start when none are named: the newest and the one before it (ready to roll back to)."""
+
+
+def exported_versions(repo: Path) -> list[str]:
+    """The versions of which every lifecycle model is exported in ``repo``, oldest first."""
+    found: dict[str, set[str]] = {}
+    for path in repo.iterdir() if repo.is_dir() else ():
+        served = sig.release_of(path.name)
+        if served is not None and (path / "config.pbtxt").is_file():
+            found.setdefault(served[1], set()).add(served[0])
+    return sorted((v for v, models in found.items() if models == set(sig.LIFECYCLE_MODELS)), key=int)
+
+
+def startup_models(repo: Path, models: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """``models``, or the served models of the newest ``STARTUP_VERSIONS`` exported versions."""
+    if models:
+        return models
+    versions = exported_versions(repo)[-STARTUP_VERSIONS:]
+    return tuple(sig.served_name(model, version) for version in versions for model in sig.LIFECYCLE_MODELS)
+
+
+def check_repository(repo: Path, models: tuple[str, ...] = ()) -> None:
     """Refuse early, with the command to run, when exported models are missing."""
     hint = (
         "Export them first, e.g. `maskserve export --model sam2.1_hiera_tiny "
@@ -114,13 +137,14 @@ def check_repository(repo: Path, models: tuple[str, ...] = sig.LIFECYCLE_MODELS)
     )
     if not repo.is_dir():
         raise TritonSetupError(f"Model repository {repo} does not exist. {hint}")
-    for model in models:
+    if not models and not exported_versions(repo):
+        raise TritonSetupError(f"{repo} holds no exported version of {', '.join(sig.LIFECYCLE_MODELS)}. {hint}")
+    for model in startup_models(repo, models):
         model_dir = repo / model
         if not (model_dir / "config.pbtxt").is_file():
             raise TritonSetupError(f"{model_dir}/config.pbtxt is missing. {hint}")
-        versions = [p for p in model_dir.iterdir() if p.name.isdigit() and (p / "manifest.json").is_file()]
-        if not versions:
-            raise TritonSetupError(f"{model_dir} has no exported version. {hint}")
+        if not (model_dir / sig.TRITON_VERSION).is_dir():
+            raise TritonSetupError(f"{model_dir} has no exported files. {hint}")
 
 
 def prepare_backends(dist: TritonDistribution, work_dir: Path) -> Path:
@@ -167,6 +191,9 @@ def server_command(dist: TritonDistribution, opts: TritonOptions, backends: Path
         f"--metrics-address={opts.host}",
         f"--metrics-port={opts.metrics_port}",
         "--allow-gpu-metrics=false",
+        # our configurations are complete; asking the python backend to complete them starts a stub process
+        # per model just for that, and made loading a version 3x slower (benchmarks/README.md, "Releases")
+        "--disable-auto-complete-config",
         "--strict-readiness=true",
         "--exit-on-error=true",
         "--exit-timeout-secs=30",
@@ -176,7 +203,7 @@ def server_command(dist: TritonDistribution, opts: TritonOptions, backends: Path
         "--backend-config=python,shm-default-byte-size=134217728",
         "--backend-config=python,shm-growth-byte-size=67108864",
     ]
-    cmd += [f"--load-model={m}" for m in opts.models]
+    cmd += [f"--load-model={m}" for m in startup_models(opts.model_repository, opts.models)]
     return cmd
 
 
@@ -218,9 +245,13 @@ class TritonServer:
         backends = prepare_backends(dist, self.opts.work_dir)
         cmd = server_command(dist, self.opts, backends)
         log.info("starting %s", " ".join(cmd))
+        env = server_env(dist)
+        # OpenVINO keeps each graph it compiles here (keyed by the graph and its settings), so loading a
+        # version again (a rollback, a restart) skips the compile
+        env["MASKSERVE_COMPILE_CACHE"] = str(self.opts.work_dir / "compiled")
         self.process = subprocess.Popen(
             cmd,
-            env=server_env(dist),
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -248,6 +279,7 @@ class TritonServer:
         import tritonclient.grpc as grpcclient
 
         deadline = time.monotonic() + timeout
+        models = startup_models(self.opts.model_repository, self.opts.models)
         client = grpcclient.InferenceServerClient(self.opts.grpc_url)
         try:
             while True:
@@ -257,7 +289,7 @@ class TritonServer:
                         f"tritonserver exited (code {code}) before its models were ready; see its log above"
                     )
                 try:
-                    if client.is_server_live() and all(client.is_model_ready(m) for m in self.opts.models):
+                    if client.is_server_live() and all(client.is_model_ready(m) for m in models):
                         return
                 except Exception:  # not listening yet
                     pass
@@ -337,7 +369,7 @@ def run_forever(opts: TritonOptions) -> int:
         server.wait_ready()
         log.info(
             "models READY: %s; gRPC %s, HTTP %s:%d, metrics %s:%d",
-            ", ".join(opts.models),
+            ", ".join(startup_models(opts.model_repository, opts.models)),
             opts.grpc_url,
             opts.host,
             opts.http_port,
