@@ -21,7 +21,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from maskserve.core import signatures as sig
 from maskserve.devtools.pictures import image_bytes
 from maskserve.frontend.domain.models import traffic_bucket
 from tests.plugins.calls import auth
+from tests.plugins.load import ClientThreads
 from tests.plugins.stack import ROOT, SEED, Served
 
 RUNBOOK_MARK = "<!-- runbook: release -->"
@@ -76,16 +76,15 @@ def _pool(canary: int, stable: int) -> list[bytes]:
     return mixed
 
 
-class Load:
+class Load(ClientThreads):
     """The three clients, each in its own thread, recording every answer."""
 
     def __init__(self, served: Served, pinned_key: str) -> None:
         self.served = served
         self.keys = {"pool": served.key, "fresh": served.key, "pinned": pinned_key}
         self.pool = _pool(canary=5, stable=11)
-        self.stop = threading.Event()
         self.outcomes: list[Outcome] = []
-        self.threads = [threading.Thread(target=self._client, args=(name,)) for name in self.keys]
+        super().__init__(self.keys)
 
     def _client(self, name: str) -> None:
         session = requests.Session()
@@ -107,16 +106,6 @@ class Load:
             job = r.json().get("job_id") if r.headers.get("content-type", "").startswith("application/json") else None
             digest = hashlib.sha256(photo).hexdigest()
             self.outcomes.append(Outcome(sent, name, r.status_code, job, r.headers.get("X-Model-Version"), digest))
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(240)
 
     def between(self, start: float, end: float, client: str | None = None) -> list[Outcome]:
         return [o for o in self.outcomes if start < o.at < end and (client is None or o.client == client)]

@@ -21,7 +21,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import requests
 from maskserve.core import signatures as sig
 from maskserve.devtools.pictures import image_bytes
 from tests.plugins.calls import auth
+from tests.plugins.load import ClientThreads
 from tests.plugins.stack import start_api
 
 CYCLES = int(os.environ.get("MASKSERVE_RELEASE_CYCLES", "5"))
@@ -62,7 +62,7 @@ def _encoder_runs(url: str, version: str) -> int:
         client.close()
 
 
-class Clients:
+class Clients(ClientThreads):
     """The four clients, each in its own thread, recording every answer."""
 
     def __init__(self, frontends: list[str], key: str, pinned_key: str) -> None:
@@ -70,9 +70,8 @@ class Clients:
         self.keys = {"upload": key, "clicks": key, "fresh": key, "pinned": pinned_key}
         self.pool = [image_bytes(320, 240, seed=4100 + i) for i in range(8)]
         self.handles: dict[int, str] = {}
-        self.stop = threading.Event()
         self.answers: list[Answer] = []
-        self.threads = [threading.Thread(target=self._client, args=(name,)) for name in self.keys]
+        super().__init__(self.keys)
 
     def _post(self, session: requests.Session, name: str, i: int) -> None:
         frontend = self.frontends[i % 2]
@@ -104,16 +103,6 @@ class Clients:
         while not self.stop.is_set():
             i += 1
             self._post(session, name, i)
-
-    def __enter__(self) -> Clients:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(240)
 
 
 def _repository(exported_repo: Path, where: Path) -> Path:
