@@ -270,9 +270,10 @@ def test_secrets_at_rest_and_on_disk(tmp_path):
 
 def test_triton_and_admin_stay_on_loopback(exported_repo, tmp_path):
     from maskserve.cli import build_parser
-    from maskserve.triton.server import TritonOptions, find_distribution, server_command
+    from maskserve.triton.server import TritonOptions, find_distribution, server_command, startup_models
 
-    cmd = server_command(find_distribution(), TritonOptions(model_repository=exported_repo), tmp_path)
+    opts = TritonOptions(model_repository=exported_repo)
+    cmd = server_command(find_distribution(), opts, tmp_path, startup_models(exported_repo))
     for flag in ("--grpc-address=127.0.0.1", "--http-address=127.0.0.1", "--metrics-address=127.0.0.1"):
         assert flag in cmd
     serve = build_parser().parse_args(["serve"])

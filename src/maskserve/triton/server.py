@@ -113,12 +113,8 @@ STARTUP_VERSIONS = 2
 
 def exported_versions(repo: Path) -> list[str]:
     """The versions of which every lifecycle model is exported in ``repo``, oldest first."""
-    found: dict[str, set[str]] = {}
-    for path in repo.iterdir() if repo.is_dir() else ():
-        served = sig.release_of(path.name)
-        if served is not None and (path / "config.pbtxt").is_file():
-            found.setdefault(served[1], set()).add(served[0])
-    return sorted((v for v, models in found.items() if models == set(sig.LIFECYCLE_MODELS)), key=int)
+    held = sig.releases(p.name for p in (repo.iterdir() if repo.is_dir() else ()) if (p / "config.pbtxt").is_file())
+    return sorted((v for v, models in held.items() if models == set(sig.LIFECYCLE_MODELS)), key=int)
 
 
 def startup_models(repo: Path, models: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -129,17 +125,17 @@ def startup_models(repo: Path, models: tuple[str, ...] = ()) -> tuple[str, ...]:
     return tuple(sig.served_name(model, version) for version in versions for model in sig.LIFECYCLE_MODELS)
 
 
-def check_repository(repo: Path, models: tuple[str, ...] = ()) -> None:
-    """Refuse early, with the command to run, when exported models are missing."""
+def check_repository(repo: Path, models: tuple[str, ...]) -> None:
+    """Refuse early, with the command to run, when the served ``models`` (``startup_models``) are missing."""
     hint = (
         "Export them first, e.g. `maskserve export --model sam2.1_hiera_tiny "
         f"--random-weights --out {repo}` (or --checkpoint PATH for real weights)."
     )
     if not repo.is_dir():
         raise TritonSetupError(f"Model repository {repo} does not exist. {hint}")
-    if not models and not exported_versions(repo):
+    if not models:
         raise TritonSetupError(f"{repo} holds no exported version of {', '.join(sig.LIFECYCLE_MODELS)}. {hint}")
-    for model in startup_models(repo, models):
+    for model in models:
         model_dir = repo / model
         if not (model_dir / "config.pbtxt").is_file():
             raise TritonSetupError(f"{model_dir}/config.pbtxt is missing. {hint}")
@@ -178,7 +174,7 @@ def server_env(dist: TritonDistribution) -> dict[str, str]:
     return env
 
 
-def server_command(dist: TritonDistribution, opts: TritonOptions, backends: Path) -> list[str]:
+def server_command(dist: TritonDistribution, opts: TritonOptions, backends: Path, models: tuple[str, ...]) -> list[str]:
     cmd = [
         str(dist.binary),
         f"--model-repository={opts.model_repository.resolve()}",
@@ -203,7 +199,7 @@ def server_command(dist: TritonDistribution, opts: TritonOptions, backends: Path
         "--backend-config=python,shm-default-byte-size=134217728",
         "--backend-config=python,shm-growth-byte-size=67108864",
     ]
-    cmd += [f"--load-model={m}" for m in startup_models(opts.model_repository, opts.models)]
+    cmd += [f"--load-model={m}" for m in models]
     return cmd
 
 
@@ -237,13 +233,16 @@ class TritonServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.reaper: subprocess.Popen[bytes] | None = None
         self._log_thread: threading.Thread | None = None
+        self.models: tuple[str, ...] = ()
+        """The served models this start loads (and ``wait_ready`` waits for), chosen once per start."""
 
     def start(self) -> None:
         dist = find_distribution()
-        check_repository(self.opts.model_repository, self.opts.models)
+        self.models = startup_models(self.opts.model_repository, self.opts.models)
+        check_repository(self.opts.model_repository, self.models)
         check_ports_free(self.opts)
         backends = prepare_backends(dist, self.opts.work_dir)
-        cmd = server_command(dist, self.opts, backends)
+        cmd = server_command(dist, self.opts, backends, self.models)
         log.info("starting %s", " ".join(cmd))
         env = server_env(dist)
         # OpenVINO keeps each graph it compiles here (keyed by the graph and its settings), so loading a
@@ -279,7 +278,6 @@ class TritonServer:
         import tritonclient.grpc as grpcclient
 
         deadline = time.monotonic() + timeout
-        models = startup_models(self.opts.model_repository, self.opts.models)
         client = grpcclient.InferenceServerClient(self.opts.grpc_url)
         try:
             while True:
@@ -289,7 +287,7 @@ class TritonServer:
                         f"tritonserver exited (code {code}) before its models were ready; see its log above"
                     )
                 try:
-                    if client.is_server_live() and all(client.is_model_ready(m) for m in models):
+                    if client.is_server_live() and all(client.is_model_ready(m) for m in self.models):
                         return
                 except Exception:  # not listening yet
                     pass
@@ -369,7 +367,7 @@ def run_forever(opts: TritonOptions) -> int:
         server.wait_ready()
         log.info(
             "models READY: %s; gRPC %s, HTTP %s:%d, metrics %s:%d",
-            ", ".join(startup_models(opts.model_repository, opts.models)),
+            ", ".join(server.models),
             opts.grpc_url,
             opts.host,
             opts.http_port,
