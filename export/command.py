@@ -174,8 +174,8 @@ def run_export(req: ExportRequest) -> int:
     req.out.mkdir(parents=True, exist_ok=True)
     version = req.version if req.version is not None else repository.next_version(req.out)
     for name in sig.LIFECYCLE_MODELS:
-        if repository.model_dir(req.out, name, version).exists():
-            raise ExportError(f"{repository.model_dir(req.out, name, version)} already exists")
+        if (existing := repository.model_dir(req.out, name, version)).exists():
+            raise ExportError(f"{existing} already exists")
     manifest = {
         "model": variant.name,
         "family": variant.family,

@@ -266,8 +266,7 @@ def write_session_version(
 
 def existing_versions(out: Path) -> list[int]:
     """The versions any lifecycle model has in ``out``."""
-    found = (sig.release_of(p.name) for p in out.iterdir() if p.is_dir()) if out.is_dir() else iter(())
-    return sorted({int(release[1]) for release in found if release is not None})
+    return sorted(int(v) for v in sig.releases(p.name for p in (out.iterdir() if out.is_dir() else ()) if p.is_dir()))
 
 
 def next_version(out: Path) -> int:

@@ -37,19 +37,14 @@ def _input(name: str, array: np.ndarray) -> grpcaio.InferInput:
     return tensor
 
 
+def _ready(entries: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """Version -> its lifecycle models a repository index lists as READY."""
+    return sig.releases(e.get("name", "") for e in entries if e.get("state") == "READY")
+
+
 def ready_of(entries: list[dict[str, Any]], model: str) -> set[str]:
     """The versions of ``model`` whose served model a repository index lists as READY."""
-    ready = set()
-    for entry in entries:
-        served = sig.release_of(entry.get("name", ""))
-        if served is not None and served[0] == model and entry.get("state") == "READY":
-            ready.add(served[1])
-    return ready
-
-
-def _ready_anywhere(entries: list[dict[str, Any]]) -> set[str]:
-    """The versions of which any lifecycle model is READY."""
-    return set().union(*(ready_of(entries, model) for model in sig.LIFECYCLE_MODELS))
+    return {version for version, models in _ready(entries).items() if model in models}
 
 
 class TritonAdmin:
@@ -119,7 +114,7 @@ class TritonAdmin:
         for model in (sig.SESSION_MODEL, sig.ENCODER_MODEL, sig.DECODER_MODEL):
             await self._call(self.client.unload_model(sig.served_name(model, version), client_timeout=ADMIN_TIMEOUT_S))
         deadline = time.monotonic() + LOAD_TIMEOUT_S
-        while version in _ready_anywhere(await self.index()):
+        while version in _ready(await self.index()):
             if time.monotonic() > deadline:
                 raise LifecycleRefused(
                     f"{self.url}: version {version} still READY {LOAD_TIMEOUT_S:.0f} s after unloading"

@@ -9,6 +9,7 @@ exported graphs and the written configs agree with this module).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 ENCODER_MODEL = "sam2_image_encoder"
@@ -131,3 +132,13 @@ def release_of(name: str) -> tuple[str, str] | None:
     """``(model, version)`` of a served model's name; ``None`` for a name that is not one."""
     found = _SERVED.match(name)
     return None if found is None else (found.group(1), found.group(2))
+
+
+def releases(names: Iterable[str]) -> dict[str, set[str]]:
+    """Version -> the lifecycle models among ``names`` (served model names; any other name is skipped)."""
+    found: dict[str, set[str]] = {}
+    for name in names:
+        served = release_of(name)
+        if served is not None:
+            found.setdefault(served[1], set()).add(served[0])
+    return found

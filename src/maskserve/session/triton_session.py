@@ -157,7 +157,7 @@ class _DeviceMemory:
         return array if count == 1 else array.expand(count, *array.shape[1:]).contiguous()
 
     def host(self, array: Any) -> np.ndarray:
-        return np.asarray(array.cpu().numpy()) if not isinstance(array, np.ndarray) else array
+        return array if isinstance(array, np.ndarray) else array.cpu().numpy()
 
 
 MEMORIES: dict[str, type[_HostMemory] | type[_DeviceMemory]] = {"host": _HostMemory, "device": _DeviceMemory}
