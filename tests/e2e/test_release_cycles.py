@@ -33,7 +33,7 @@ from maskserve.core import signatures as sig
 from maskserve.devtools.pictures import image_bytes
 from tests.plugins.calls import auth
 from tests.plugins.load import ClientThreads
-from tests.plugins.stack import start_api
+from tests.plugins.stack import encoder_runs, start_api
 
 CYCLES = int(os.environ.get("MASKSERVE_RELEASE_CYCLES", "5"))
 SEG = "/v1/services/image-segmentation"
@@ -52,18 +52,6 @@ class Answer:
     version: str | None
     digest: str
     detail: str
-
-
-def _encoder_runs(url: str, version: str) -> int:
-    """Images version ``version``'s encoder has run on this replica (Triton's own statistics)."""
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        stats = client.get_inference_statistics(sig.served_name(sig.ENCODER_MODEL, version)).model_stats
-        return sum(s.inference_count for s in stats)
-    finally:
-        client.close()
 
 
 class Clients(ClientThreads):
@@ -177,7 +165,7 @@ def test_five_release_cycles_under_load_fail_no_request(
         failed = [a for a in answers if a.status != 200]
         by_version = {v: sum(a.version == v for a in answers) for v in ("1", "2")}
         v1_images = {a.digest for a in answers if a.version == "1"}
-        v1_runs = sum(_encoder_runs(url, "1") for url in urls)
+        v1_runs = sum(encoder_runs(url, 1) for url in urls)
         without_drain = sorted(seconds - drain for _, seconds, drain in promotes)
         median, slowest = without_drain[len(without_drain) // 2], without_drain[-1]
         report(

@@ -11,24 +11,10 @@ from urllib.parse import quote
 import requests
 
 from benchmarks.images import photo
-from maskserve.core import signatures as sig
 from maskserve.frontend.adapters.routing import rendezvous_score
-from tests.plugins.stack import start_api
+from tests.plugins.stack import encoder_runs, start_api
 
 SEG = "/v1/services/image-segmentation"
-
-
-def _encodes(url: str) -> int:
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        return sum(
-            s.inference_count
-            for s in client.get_inference_statistics(sig.served_name(sig.ENCODER_MODEL, 1)).model_stats
-        )
-    finally:
-        client.close()
 
 
 def test_affinity_and_a_replica_killed_under_load(exported_repo, tmp_path, tmp_path_factory, report):
@@ -62,7 +48,7 @@ def test_affinity_and_a_replica_killed_under_load(exported_repo, tmp_path, tmp_p
         # affinity: two prompts on each image, from the one frontend, land on the image's own replica
         for i in range(len(images)):
             assert post(i, 100) == 200 and post(i, 200) == 200
-        per_replica = [_encodes(url) for url in urls]
+        per_replica = [encoder_runs(url) for url in urls]
         expected = [sum(1 for i in owner if owner[i] == url) for url in urls]
         assert per_replica == expected, (per_replica, expected)
 

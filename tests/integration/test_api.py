@@ -17,7 +17,7 @@ from maskserve.core import signatures as sig
 from maskserve.devtools.pictures import image_bytes, png_mask
 from maskserve.frontend.signing import UrlSigner, load_or_create_secret
 from tests.plugins.calls import EXT, SEG, auth, fetch, post, q, schema
-from tests.plugins.stack import start_api
+from tests.plugins.stack import encoder_runs, start_api
 
 # --- happy paths: every field of both response shapes ----------------------------------
 
@@ -381,15 +381,8 @@ def test_exif_orientation_reports_the_oriented_size(api, key):
 
 
 def test_second_request_on_the_same_image_skips_the_encoder(api, key, triton_server):
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(triton_server.opts.grpc_url)
-
     def encoder_count() -> int:
-        return sum(
-            s.inference_count
-            for s in client.get_inference_statistics(sig.served_name(sig.ENCODER_MODEL, 1)).model_stats
-        )
+        return encoder_runs(triton_server.opts.grpc_url)
 
     photo = image_bytes(800, 600, seed=77)
     before = encoder_count()
@@ -400,7 +393,6 @@ def test_second_request_on_the_same_image_skips_the_encoder(api, key, triton_ser
     r = post(api, EXT, key, {"image": ("a.jpg", photo, "image/jpeg")}, box=[10, 10, 500, 500])
     assert r.status_code == 200
     assert encoder_count() == before + 1
-    client.close()
 
 
 # --- operations ----------------------------------------------------------------------

@@ -19,7 +19,7 @@ from maskserve.export.repository import version_dir
 from maskserve.frontend import imaging
 from maskserve.session.engine import SessionEngine
 from maskserve.session.store import EmbeddingStore
-from tests.plugins.stack import repository_with_cache, repository_with_session, start_api
+from tests.plugins.stack import encoder_runs, repository_with_cache, repository_with_session, start_api
 
 SEG = "/v1/services/image-segmentation"
 POINTS = ((480, 270), (960, 540), (1500, 800))  # the benchmark's prompts on its 1920x1080 photos
@@ -80,24 +80,13 @@ def _metric(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
-def _encodes(triton_server) -> int:
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(triton_server.opts.grpc_url)
-    try:
-        stats = client.get_inference_statistics(sig.served_name(sig.ENCODER_MODEL, 1)).model_stats
-        return sum(s.inference_count for s in stats)
-    finally:
-        client.close()
-
-
 def test_two_frontends_encode_each_image_once_and_move_small_messages(triton_server, tmp_path_factory, report):
     """Two frontends alternate prompts on the same images: one encoder call per image, no embeddings on the wire."""
     frontends = [start_api(tmp_path_factory, triton_server.opts.grpc_url) for _ in range(2)]
     try:
         keys = [f.create_key(100)[1] for f in frontends]
         images = [photo(7100 + i) for i in range(3)]
-        before = _encodes(triton_server)
+        before = encoder_runs(triton_server.opts.grpc_url)
         sent_by_prompt = []
         for round_ in range(4):
             for i, data in enumerate(images):
@@ -117,7 +106,7 @@ def test_two_frontends_encode_each_image_once_and_move_small_messages(triton_ser
                     requests.get(f"{front.url}/metrics", timeout=10).text, "maskserve_model_tier_bytes_total"
                 )
                 sent_by_prompt.append((round_, len(data), moved - sent_before))
-        encodes = _encodes(triton_server) - before
+        encodes = encoder_runs(triton_server.opts.grpc_url) - before
         new = [moved for round_, _, moved in sent_by_prompt if round_ == 0]
         cached = [moved for round_, _, moved in sent_by_prompt if round_ > 0]
         report(

@@ -90,6 +90,20 @@ class ApiServer:
         return self.app[STORE]
 
 
+def encoder_runs(url: str, version: int | str = 1) -> int:
+    """Images version ``version``'s encoder has run on the Triton at ``url`` (Triton's own statistics)."""
+    import tritonclient.grpc as grpcclient
+
+    from maskserve.core import signatures as sig
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(sig.served_name(sig.ENCODER_MODEL, version)).model_stats
+        return sum(s.inference_count for s in stats)
+    finally:
+        client.close()
+
+
 def repository_with_session(exported_repo: Path, where: Path, **params: str) -> Path:
     """A copy of the export whose session model has ``params`` set, changed as an operator changes a version's
     setting: in its own config.pbtxt."""
