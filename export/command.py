@@ -189,7 +189,7 @@ def run_export(req: ExportRequest) -> int:
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=req.out))
     from tqdm import tqdm
 
-    steps = ("image encoder → ONNX", "prompt decoder → ONNX", "repository", "session model")
+    steps = ("image encoder → ONNX", "prompt decoder → ONNX", "repository", "compile for this CPU", "session model")
     try:
         with tqdm(total=len(steps), unit="step", desc="export", disable=not req.progress) as bar:
 
@@ -203,10 +203,16 @@ def run_export(req: ExportRequest) -> int:
             export_decoder(model, work / "decoder.onnx")
             bar.update()
             step(steps[2])
-            for name, path in ((sig.ENCODER_MODEL, "encoder.onnx"), (sig.DECODER_MODEL, "decoder.onnx")):
+            graphs = ((sig.ENCODER_MODEL, "encoder.onnx"), (sig.DECODER_MODEL, "decoder.onnx"))
+            for name, path in graphs:
                 repository.write_version(req.out, name, version, work / path, req.target, manifest, req.cpu)
             bar.update()
             step(steps[3])
+            if req.target == "cpu":
+                for name, _ in graphs:
+                    repository.precompile(req.out, name, version, req.cpu)
+            bar.update()
+            step(steps[4])
             repository.write_session_version(req.out, version, req.target, manifest, req.session)
             bar.update()
     finally:

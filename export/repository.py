@@ -23,6 +23,7 @@ from pathlib import Path
 from maskserve import session
 from maskserve.core import signatures as sig
 from maskserve.export.checkpoints import sha256_of
+from maskserve.session import compiled
 
 # The python-backend models live in maskserve.session (they import Triton's python-backend utilities,
 # which exist only inside Triton, so they are located as files rather than imported here).
@@ -301,6 +302,14 @@ def write_version(
     (staging / "config.pbtxt").write_text(render_config(model, version, target, cpu, provenance=provenance_of(info)))
     _install(staging, final, info, sig.SIGNATURES[model])
     return final
+
+
+def precompile(out: Path, model: str, version: int, cpu: CpuRuntime | None = None) -> None:
+    """Compile a ``cpu`` graph model's OpenVINO graph into its version's cache (ONNX Runtime keeps none)."""
+    cpu = cpu or CpuRuntime()
+    runtime = cpu.for_model(model)
+    if runtime.runtime == "openvino":
+        compiled.precompile(version_dir(out, model, version), runtime.precision, cpu.threads)
 
 
 def provenance_of(manifest: dict) -> dict[str, str]:

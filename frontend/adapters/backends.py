@@ -7,16 +7,11 @@ from dataclasses import dataclass
 from maskserve.frontend.adapters.files import DatabaseFiles, LocalFiles
 from maskserve.frontend.adapters.objects import S3Files
 from maskserve.frontend.adapters.ratelimit import RateLimiter, SharedRateLimiter
-from maskserve.frontend.adapters.store import SqlStore, database_url
+from maskserve.frontend.adapters.store import build_store
 from maskserve.frontend.config import Settings
 from maskserve.frontend.domain.accounts import RateBucket
 from maskserve.frontend.ports import OutputFiles, RateLimits, Store
 from maskserve.frontend.signing import UrlSigner, load_or_create_secret, shared_secret
-
-
-def build_store(settings: Settings) -> Store:
-    """The store the settings name (not yet open): SQLite in the data directory, or PostgreSQL."""
-    return SqlStore(database_url(settings.database_url, settings.database_path))
 
 
 @dataclass(frozen=True)

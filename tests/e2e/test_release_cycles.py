@@ -40,8 +40,9 @@ SEG = "/v1/services/image-segmentation"
 PROMOTE_BOUND_S = 10.0
 """The issue's bound for a promote, drain excepted: the median of the ten must hold it."""
 COLD_PROMOTE_BOUND_S = 20.0
-"""The first promote compiles the new version's graphs cold, on cores the load and both replicas share
-(9.3-15.0 s measured); a guard against the old 20-36 s restarts, its figure reported."""
+"""The first load of version 2 is the slowest (its stubs and graphs start for the first time, on cores the
+load and both replicas share; the export compiled its graphs already); a guard against the old 20-36 s
+restarts, its figure reported."""
 
 
 @dataclass

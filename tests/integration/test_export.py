@@ -145,7 +145,9 @@ def test_repository_layout_and_manifest(exported_repo):
         served = exported_repo / sig.served_name(model, 1)
         assert {p.name for p in served.iterdir()} == {"config.pbtxt", sig.TRITON_VERSION}
         files = {p.name for p in version_dir(exported_repo, model, 1).iterdir()} - {"__pycache__"}
-        assert files == {"model.py", "manifest.json"} | ({"model.onnx"} if model in sig.SIGNATURES else set())
+        assert files == {"model.py", "manifest.json"} | (
+            {"model.onnx", "compiled"} if model in sig.SIGNATURES else set()
+        )
         own = text_format.Parse((served / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
         assert own.name == served.name and not own.HasField("version_policy")
         assert own.parameters["maskserve_weights"].string_value == f"random (seed {SEED})"
@@ -156,6 +158,26 @@ def test_repository_layout_and_manifest(exported_repo):
         assert manifest["opset"] >= 17 and manifest["exported_at"].endswith("Z")
         assert manifest["target"] == "cpu" and manifest["version"] == 1
         assert manifest["triton_model"] == served.name
+
+
+def test_the_export_compiles_each_graph_for_this_cpu_and_triton_reads_it(exported_repo):
+    """The first load of a version reads the graph the export compiled: the properties its own config.pbtxt
+    gives the served model hit the cache the export wrote, and nothing new is compiled or written."""
+    import openvino as ov
+
+    from maskserve.session import compiled
+
+    for model in sig.SIGNATURES:
+        where = version_dir(exported_repo, model, 1)
+        blobs = sorted((where / compiled.CACHE_DIRNAME).iterdir())
+        assert len(blobs) == 1 and blobs[0].suffix == ".blob"
+        own = text_format.Parse(
+            (exported_repo / sig.served_name(model, 1) / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+        )
+        params = {k: v.string_value for k, v in own.parameters.items()}
+        props = compiled.openvino_properties(params["precision"], int(params["num_threads"]), compiled.cache_dir(where))
+        ov.Core().compile_model(str(where / "model.onnx"), "CPU", props)
+        assert sorted((where / compiled.CACHE_DIRNAME).iterdir()) == blobs
 
 
 def test_second_export_adds_a_version_beside_the_first(tmp_path):

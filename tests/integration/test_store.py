@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from maskserve.frontend.adapters.backends import build_store
+from maskserve.frontend.adapters.store import build_store
 from maskserve.frontend.config import Settings
 from maskserve.frontend.domain.accounts import RateBucket
 from maskserve.frontend.domain.jobs import Completion, JobKind, NewJob

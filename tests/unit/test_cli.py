@@ -34,7 +34,7 @@ def test_keys_create_shows_a_webhook_secret_once_and_webhook_secret_rotates_it(t
     import base64
 
     from maskserve.cli import main
-    from maskserve.frontend.adapters.backends import build_store
+    from maskserve.frontend.adapters.store import build_store
     from maskserve.frontend.config import Settings
 
     assert main(["keys", "create", "--name", "hooks", "--credits", "5", "--data-dir", str(tmp_path)]) == 0

@@ -13,9 +13,15 @@ from maskserve.frontend.adapters.store.engine import MIGRATIONS, database_url
 from maskserve.frontend.adapters.store.images import ImageRows
 from maskserve.frontend.adapters.store.jobs import JobRows
 from maskserve.frontend.adapters.store.lifecycle import LifecycleRows
+from maskserve.frontend.config import Settings
 
-__all__ = ["MIGRATIONS", "SqlStore", "database_url"]
+__all__ = ["MIGRATIONS", "SqlStore", "build_store", "database_url"]
 
 
 class SqlStore(AccountRows, JobRows, DeferredRows, ImageRows, LifecycleRows):
     """Every operation of the store over one set of connections."""
+
+
+def build_store(settings: Settings) -> SqlStore:
+    """The store the settings name (not yet open): SQLite in the data directory, or PostgreSQL."""
+    return SqlStore(database_url(settings.database_url, settings.database_path))

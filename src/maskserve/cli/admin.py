@@ -11,7 +11,7 @@ import asyncio
 import sys
 import time
 
-from maskserve.frontend.adapters.backends import build_store
+from maskserve.frontend.adapters.store import build_store
 from maskserve.frontend.config import Settings
 from maskserve.frontend.services.webhooks import standard_secret
 

@@ -17,13 +17,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from maskserve.frontend.adapters.backends import build_store
-from maskserve.frontend.adapters.triton_admin import TritonFleet
-from maskserve.frontend.config import Settings
-from maskserve.frontend.errors import LifecycleRefused
-from maskserve.frontend.services.lifecycle import Lifecycle, Say
+if TYPE_CHECKING:  # the command imports the service when it runs: ``maskserve --help`` stays quick
+    from maskserve.frontend.services.lifecycle import Lifecycle
 
 
 def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -116,12 +113,6 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
         )
 
 
-SAY = Say(
-    info=lambda line: print(line, flush=True),
-    warn=lambda line: print(line, file=sys.stderr, flush=True),
-)
-
-
 async def _command(args: argparse.Namespace, lifecycle: Lifecycle) -> None:
     command = args.models_command
     if command == "list":
@@ -140,13 +131,20 @@ async def _command(args: argparse.Namespace, lifecycle: Lifecycle) -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from maskserve.frontend.adapters.store import build_store
+    from maskserve.frontend.adapters.triton_admin import TritonFleet
+    from maskserve.frontend.config import Settings
+    from maskserve.frontend.errors import LifecycleRefused
+    from maskserve.frontend.services.lifecycle import Lifecycle, Say
+
     settings = Settings.from_env(data_dir=args.data_dir, database_url=args.database_url)
     store = build_store(settings)
     await store.open()
     urls = [u.strip() for u in args.triton_url.split(",") if u.strip()]
     fleet = TritonFleet(urls, args.model_repository)
+    say = Say(info=lambda line: print(line, flush=True), warn=lambda line: print(line, file=sys.stderr, flush=True))
     try:
-        await _command(args, Lifecycle(store, fleet, SAY))
+        await _command(args, Lifecycle(store, fleet, say))
         return 0
     except LifecycleRefused as exc:
         print(f"maskserve models: {exc}", file=sys.stderr)

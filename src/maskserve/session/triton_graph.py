@@ -11,9 +11,9 @@ Copied into every served graph model of the ``cpu`` repository target, beside
 * ``nice``: raise this instance's niceness by that much (0 = leave it), so a
   cheap model's work yields to an expensive one on shared cores.
 
-Where the server that runs it sets ``MASKSERVE_COMPILE_CACHE`` (``maskserve triton``
-does, in its work directory), OpenVINO keeps the compiled graph there, and a
-version loaded again skips its compile.
+OpenVINO keeps the compiled graph in the version's ``compiled/`` directory, which
+the export fills (``maskserve.session.compiled``), or else where the server sets
+``MASKSERVE_COMPILE_CACHE``; a version loaded again skips its compile.
 
 Triton hands ``execute`` every request its dynamic batcher grouped; they all
 share the model's fixed per-item shapes, so they are concatenated along the
@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from maskserve.session import compiled
+
 
 def _param(config: dict, key: str, default: str) -> str:
     value = config.get("parameters", {}).get(key, {}).get("string_value")
@@ -39,17 +41,8 @@ class _OpenVINO:
     def __init__(self, path: str, precision: str, threads: int, outputs: list[str]) -> None:
         import openvino as ov
 
-        core = ov.Core()
-        props = {
-            "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
-            "PERFORMANCE_HINT": "LATENCY",
-        }
-        if threads > 0:
-            props["INFERENCE_NUM_THREADS"] = str(threads)
-        cache = os.environ.get("MASKSERVE_COMPILE_CACHE")  # set by ``maskserve triton`` (its work directory)
-        if cache:
-            props["CACHE_DIR"] = cache
-        self._compiled = core.compile_model(path, "CPU", props)
+        props = compiled.openvino_properties(precision, threads, compiled.cache_dir(os.path.dirname(path)))
+        self._compiled = ov.Core().compile_model(path, "CPU", props)
         self._request = self._compiled.create_infer_request()
         self._outputs = [self._compiled.output(name) for name in outputs]
 
