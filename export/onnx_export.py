@@ -37,7 +37,10 @@ def _export(
     inputs: tuple[sig.TensorSpec, ...],
     outputs: tuple[sig.TensorSpec, ...],
 ) -> None:
-    dynamic_axes = {spec.name: {0: "batch"} for spec in (*inputs, *outputs)}
+    dynamic_axes = {
+        spec.name: {0: "batch"} | {i + 1: f"{spec.name}_{i + 1}" for i, d in enumerate(spec.dims) if d < 0}
+        for spec in (*inputs, *outputs)
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -91,3 +94,9 @@ def export_encoder(sam2_model: Any, path: Path) -> None:
 def export_decoder(sam2_model: Any, path: Path) -> None:
     module = PromptDecoder(sam2_model).eval()
     _export(module, _example_decoder_inputs(), path, sig.DECODER_INPUTS, sig.DECODER_OUTPUTS)
+
+
+def export_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, model: str) -> None:
+    """Export one of the video graphs (``signatures.VIDEO_SIGNATURES``) traced on ``args``."""
+    inputs, outputs = sig.VIDEO_SIGNATURES[model]
+    _export(module, args, path, inputs, outputs)

@@ -87,7 +87,9 @@ def _two_way_transformer(
     return transformer.norm_final_attn(queries), keys
 
 
-class PromptDecoder(nn.Module):
+class MaskHeads(nn.Module):
+    """SAM 2's prompt encoder and mask decoder, every mask token kept (the image and the video decoders)."""
+
     def __init__(self, sam2_model: Any) -> None:
         super().__init__()
         self.prompt_encoder: Any = sam2_model.sam_prompt_encoder  # sam2's modules are untyped
@@ -104,7 +106,13 @@ class PromptDecoder(nn.Module):
             emb = torch.where(lab == value, emb + table.weight, emb)
         return emb
 
-    def forward(
+    def _point_bias(self, labels: Tensor, dtype: torch.dtype) -> Tensor:
+        """The image predictor's rule: the first PAD_LABEL slot is its padding token, further ones are unused."""
+        is_pad = labels == PAD_LABEL
+        first_pad = is_pad & (torch.cumsum(is_pad.to(torch.int32), dim=1) == 1)
+        return torch.where(is_pad & ~first_pad, _MASKED, 0.0).to(dtype)
+
+    def decode(
         self,
         image_embed: Tensor,
         high_res_feats_0: Tensor,
@@ -113,14 +121,12 @@ class PromptDecoder(nn.Module):
         point_labels: Tensor,
         mask_input: Tensor,
         has_mask_input: Tensor,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """All four masks' logits, their IoU predictions, the mask tokens and the object-score token (or None)."""
         dec = self.mask_decoder
         batch = image_embed.shape[0]
         sparse = self._embed_points(point_coords, point_labels)
-
-        is_pad = point_labels == PAD_LABEL
-        first_pad = is_pad & (torch.cumsum(is_pad.to(torch.int32), dim=1) == 1)
-        point_bias = torch.where(is_pad & ~first_pad, _MASKED, 0.0).to(sparse.dtype)
+        point_bias = self._point_bias(point_labels, sparse.dtype)
 
         with_mask = has_mask_input.reshape(batch, 1, 1, 1) > 0.5
         no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
@@ -153,4 +159,21 @@ class PromptDecoder(nn.Module):
         size = LOW_RES_MASK_SIZE
         masks = (hyper_in @ up.reshape(batch, c, size * size)).reshape(batch, NUM_MASK_OUTPUTS, size, size)
         iou_pred = dec.iou_prediction_head(iou_token_out)
+        return masks, iou_pred, mask_tokens_out, hs[:, 0, :] if dec.pred_obj_scores else None
+
+
+class PromptDecoder(MaskHeads):
+    def forward(
+        self,
+        image_embed: Tensor,
+        high_res_feats_0: Tensor,
+        high_res_feats_1: Tensor,
+        point_coords: Tensor,
+        point_labels: Tensor,
+        mask_input: Tensor,
+        has_mask_input: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        masks, iou_pred, _, _ = self.decode(
+            image_embed, high_res_feats_0, high_res_feats_1, point_coords, point_labels, mask_input, has_mask_input
+        )
         return masks, iou_pred

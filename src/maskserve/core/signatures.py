@@ -84,6 +84,55 @@ SIGNATURES: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
     DECODER_MODEL: (DECODER_INPUTS, DECODER_OUTPUTS),
 }
 
+# SAM 2's video path: three graphs beside the image encoder (whose ``image_embed`` they take), run per object.
+MEMORY_ATTENTION_MODEL = "sam2_memory_attention"
+"""A frame's features conditioned on an object's memory: its conditioning and recent frames, and its pointers."""
+MEMORY_ENCODER_MODEL = "sam2_memory_encoder"
+"""A frame's features and an object's mask on it, encoded into one memory of that object."""
+TRACK_DECODER_MODEL = "sam2_track_decoder"
+"""The mask decoder on (memory-conditioned) features, with the object pointer and object score."""
+
+MEMORY_DIM = 64
+"""Channels of one memory frame (64 x 64 positions) and of one object-pointer token."""
+HIDDEN_DIM = 256
+"""Channels of an image embedding and of an object pointer (four memory tokens)."""
+MASKED_LABEL = -2
+"""A point slot of the track decoder that is left out (PAD_LABEL there is SAM 2's not-a-point token, attended)."""
+NO_OBJECT_SCORE = -1024.0
+"""The logit SAM 2 gives every pixel of a frame where the object is predicted absent."""
+
+MEMORY_ATTENTION_INPUTS = (
+    TensorSpec("image_embed", "float32", (HIDDEN_DIM, EMBED_SIZE, EMBED_SIZE)),
+    TensorSpec("memory", "float32", (-1, MEMORY_DIM, EMBED_SIZE, EMBED_SIZE)),  # F memory frames
+    TensorSpec("memory_tpos", "int32", (-1,)),  # SAM 2's t_pos of each: 0 conditioning, 1..num_maskmem-1 recent
+    TensorSpec("memory_valid", "float32", (-1,)),  # 1: attend to it; 0: padding
+    TensorSpec("obj_ptrs", "float32", (-1, HIDDEN_DIM)),  # P object pointers
+    TensorSpec("obj_ptr_tpos", "float32", (-1,)),  # each one's signed frame distance / (max pointers - 1)
+    TensorSpec("obj_ptr_valid", "float32", (-1,)),
+)
+MEMORY_ATTENTION_OUTPUTS = (TensorSpec("pix_feat", "float32", (HIDDEN_DIM, EMBED_SIZE, EMBED_SIZE)),)
+MEMORY_ENCODER_INPUTS = (
+    TensorSpec("image_embed", "float32", (HIDDEN_DIM, EMBED_SIZE, EMBED_SIZE)),
+    TensorSpec("mask_logits", "float32", (1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)),  # the chosen low-res mask
+    TensorSpec("object_score_logits", "float32", (1,)),
+    TensorSpec("binarize", "float32", ()),  # 1: the mask came from clicks (encoded as the user saw it)
+)
+MEMORY_ENCODER_OUTPUTS = (TensorSpec("maskmem_features", "float32", (MEMORY_DIM, EMBED_SIZE, EMBED_SIZE)),)
+TRACK_DECODER_INPUTS = (
+    TensorSpec("pix_feat", "float32", (HIDDEN_DIM, EMBED_SIZE, EMBED_SIZE)),
+    *DECODER_INPUTS[1:],
+)
+TRACK_DECODER_OUTPUTS = (
+    *DECODER_OUTPUTS,  # with NO_OBJECT_SCORE everywhere when the object is absent
+    TensorSpec("obj_ptrs", "float32", (NUM_MASK_OUTPUTS, HIDDEN_DIM)),  # the pointer each mask token gives
+    TensorSpec("object_score_logits", "float32", (1,)),
+)
+VIDEO_SIGNATURES: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
+    MEMORY_ATTENTION_MODEL: (MEMORY_ATTENTION_INPUTS, MEMORY_ATTENTION_OUTPUTS),
+    MEMORY_ENCODER_MODEL: (MEMORY_ENCODER_INPUTS, MEMORY_ENCODER_OUTPUTS),
+    TRACK_DECODER_MODEL: (TRACK_DECODER_INPUTS, TRACK_DECODER_OUTPUTS),
+}
+
 SESSION_INPUTS = (
     TensorSpec("digest", "bytes", (1,)),  # SHA-256 (hex) of the image as uploaded
     TensorSpec("image", "bytes", (1,), optional=True),  # the upload itself, only when the model asks for it
