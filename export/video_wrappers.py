@@ -27,7 +27,6 @@ MASKED_LABEL slots are left out.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -138,6 +137,7 @@ class MemoryAttention(nn.Module):
         curr_pos = self.curr_pos.expand(batch, -1, -1)
         if attention.pos_enc_at_input:
             output = output + 0.1 * curr_pos
+        values = torch.cat([mem, ptr_tokens], dim=1)
         for layer in attention.layers:
             tgt2 = layer.norm1(output)
             q = tgt2 + curr_pos if layer.pos_enc_at_attn else tgt2
@@ -147,7 +147,6 @@ class MemoryAttention(nn.Module):
             with_pos = layer.pos_enc_at_cross_attn_keys
             k_mem = mem + mem_pos if with_pos else mem
             k_ptr = ptr_tokens + ptr_pos if with_pos else ptr_tokens
-            values = torch.cat([mem, ptr_tokens], dim=1)
             cross = layer.cross_attn_image
             output = output + _rope_attention(cross, q, k_mem, values, self.cos, self.sin, k_ptr, bias)
             tgt2 = layer.norm3(output)
@@ -217,11 +216,3 @@ class TrackDecoder(MaskHeads):
                 ptrs = lam * ptrs
             ptrs = ptrs + (1 - lam) * model.no_obj_ptr
         return masks, iou_pred, ptrs, score
-
-
-def check_video_model(sam2_model: Any) -> None:
-    """The graphs assume SAM 2's image size and memory layout; refuse a model that differs."""
-    if sam2_model.image_size != IMAGE_SIZE or sam2_model.num_maskmem < 1:
-        raise ValueError("the video graphs need a 1024-pixel SAM 2 with a memory bank")
-    if sam2_model.hidden_dim % sam2_model.mem_dim or math.isclose(sam2_model.mem_dim, 0):
-        raise ValueError("object pointers must split into memory tokens")

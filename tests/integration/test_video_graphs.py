@@ -37,7 +37,7 @@ def onnx_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("video-graphs")
 
 
-def _features(model, seed: int) -> torch.Tensor:
+def _features(seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(1, sig.HIDDEN_DIM, sig.EMBED_SIZE, sig.EMBED_SIZE, generator=g)
 
@@ -70,7 +70,7 @@ def _close(a, b, tol: float) -> None:
 
 @torch.no_grad()
 def test_memory_encoder_matches_sam2(model, onnx_dir):
-    feats = _features(model, 1)
+    feats = _features(1)
     embed = feats + model.no_mem_embed.reshape(1, -1, 1, 1)
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(2, 1, sig.LOW_RES_MASK_SIZE, sig.LOW_RES_MASK_SIZE, generator=g) * 4
@@ -109,7 +109,7 @@ def _memory_bank(model, frames: int, seed: int) -> dict:
 def test_memory_attention_matches_sam2(model, onnx_dir):
     frames, current, num_frames = 6, 6, 20
     bank = _memory_bank(model, frames, 3)
-    feats = _features(model, 4)
+    feats = _features(4)
     embed = feats + model.no_mem_embed.reshape(1, -1, 1, 1)
     curr_pos = model.image_encoder.neck.position_encoding(feats)
     theirs = model._prepare_memory_conditioned_features(
@@ -149,7 +149,7 @@ def test_memory_attention_matches_sam2(model, onnx_dir):
 def test_track_decoder_matches_sam2_heads(model, onnx_dir):
     """A frame with two clicks (and SAM 2's one padding point) and a tracked frame (no clicks: two pads)."""
     g = torch.Generator().manual_seed(5)
-    pix = _features(model, 6)
+    pix = _features(6)
     s0 = torch.randn(1, 32, 256, 256, generator=g)
     s1 = torch.randn(1, 64, 128, 128, generator=g)
     slots = sig.DECODER_POINTS

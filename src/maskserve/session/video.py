@@ -135,7 +135,7 @@ class Tracker:
             for temp, bank in ((track.temp_non_cond, track.non_cond), (track.temp_cond, track.cond)):
                 for frame, out in temp.items():
                     if out.memory is None:
-                        out.memory = self._memory(frame, out, from_points=True)
+                        out.memory = self._memory(self.features(frame)[0], out, from_points=True)
                     bank[frame] = out
                 temp.clear()
             for frame in track.cond:
@@ -216,11 +216,11 @@ class Tracker:
             ptr = ptrs[0, 0]
         out = FrameOutput(np.array(logits, np.float32), np.array(ptr, np.float32), float(score.reshape(-1)[0]))
         if encode_memory:
-            out.memory = self._memory(frame, out, from_points=points is not None)
+            out.memory = self._memory(embed, out, from_points=points is not None)
         return out
 
-    def _memory(self, frame: int, out: FrameOutput, from_points: bool) -> np.ndarray:
-        embed, _, _ = self.features(frame)
+    def _memory(self, embed: np.ndarray, out: FrameOutput, from_points: bool) -> np.ndarray:
+        """The memory of ``out`` on the frame whose ``image_embed`` is ``embed``."""
         binarize = self.config.binarize_mask_from_pts_for_mem_enc and from_points
         memory = self.graphs.encode_memory(
             image_embed=embed,
