@@ -41,6 +41,7 @@ class ExportRequest:
     version: int | None = None
     cpu: repository.CpuRuntime = repository.CpuRuntime()
     session: repository.SessionSettings = repository.SessionSettings()
+    video: bool = True  # SAM 2's video graphs and the video model beside the image ones
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=repository.SessionSettings().cache_bytes >> 20,
         help="image embeddings the session model keeps per version, MiB (fp16: 8 MiB an image)",
     )
+    parser.add_argument("--no-video", action="store_true", help="leave out the video graphs and model (images only)")
     parser.add_argument(
         "--session-storage",
         choices=("fp16", "fp32"),
@@ -127,6 +129,7 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
         version=args.version,
         cpu=cpu,
         session=repository.SessionSettings(args.session_cache_mib << 20, args.session_storage),
+        video=not args.no_video,
     )
 
 
@@ -163,6 +166,19 @@ def _load_weights(req: ExportRequest) -> tuple[Variant, Any, WeightsSource]:
     return variant, model, checkpoints.load_checkpoint(model, path)
 
 
+def _export_video(model: Any, work: Path, req: ExportRequest, version: int, manifest: dict) -> None:
+    """The three video graphs as served models, compiled for this CPU, and the video model over them."""
+    from maskserve.export.onnx_export import export_video_graphs
+    from maskserve.session.video import TrackingConfig
+
+    for name, path in export_video_graphs(model, work).items():
+        repository.write_version(req.out, name, version, path, req.target, manifest, req.cpu)
+        if req.target == "cpu":
+            repository.precompile(req.out, name, version, req.cpu)
+    tracking = dataclasses.asdict(TrackingConfig.of_model(model))
+    repository.write_video_version(req.out, version, req.target, manifest, tracking)
+
+
 def run_export(req: ExportRequest) -> int:
     """Export both graphs and the session model as one new version; returns the version number."""
     from maskserve.export.onnx_export import OPSET, export_decoder, export_encoder
@@ -173,7 +189,7 @@ def run_export(req: ExportRequest) -> int:
         raise ExportError(str(exc)) from exc
     req.out.mkdir(parents=True, exist_ok=True)
     version = req.version if req.version is not None else repository.next_version(req.out)
-    for name in sig.LIFECYCLE_MODELS:
+    for name in (*sig.LIFECYCLE_MODELS, *sig.VIDEO_MODELS):
         if (existing := repository.model_dir(req.out, name, version)).exists():
             raise ExportError(f"{existing} already exists")
     manifest = {
@@ -189,7 +205,8 @@ def run_export(req: ExportRequest) -> int:
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=req.out))
     from tqdm import tqdm
 
-    steps = ("image encoder → ONNX", "prompt decoder → ONNX", "repository", "compile for this CPU", "session model")
+    steps: tuple[str, ...] = ("image encoder → ONNX", "prompt decoder → ONNX", "repository", "compile for this CPU")
+    steps += ("session model", *(("video graphs",) if req.video else ()))
     try:
         with tqdm(total=len(steps), unit="step", desc="export", disable=not req.progress) as bar:
 
@@ -215,6 +232,10 @@ def run_export(req: ExportRequest) -> int:
             step(steps[4])
             repository.write_session_version(req.out, version, req.target, manifest, req.session)
             bar.update()
+            if req.video:
+                step(steps[5])
+                _export_video(model, work, req, version, manifest)
+                bar.update()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return version

@@ -100,3 +100,35 @@ def export_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: 
     """Export one of the video graphs (``signatures.VIDEO_SIGNATURES``) traced on ``args``."""
     inputs, outputs = sig.VIDEO_SIGNATURES[model]
     _export(module, args, path, inputs, outputs)
+
+
+def _example_video_inputs(model: str) -> tuple[torch.Tensor, ...]:
+    """Inputs to trace a video graph on: a batch of one, two memories and two pointers."""
+    inputs = []
+    for spec in sig.VIDEO_SIGNATURES[model][0]:
+        shape = (1, *(2 if d < 0 else d for d in spec.dims))
+        if spec.name == "point_labels":
+            inputs.append(torch.full(shape, sig.PAD_LABEL, dtype=torch.int32))
+        elif spec.dtype == "int32":
+            inputs.append(torch.zeros(shape, dtype=torch.int32))
+        elif spec.name.endswith("_valid"):
+            inputs.append(torch.ones(shape))
+        else:
+            inputs.append(torch.zeros(shape))
+    return tuple(inputs)
+
+
+def export_video_graphs(sam2_model: Any, where: Path) -> dict[str, Path]:
+    """SAM 2's three video graphs as ``<where>/<model>.onnx``; → model name → file."""
+    from maskserve.export.video_wrappers import MemoryAttention, MemoryEncoder, TrackDecoder
+
+    modules = {
+        sig.MEMORY_ATTENTION_MODEL: MemoryAttention(sam2_model),
+        sig.MEMORY_ENCODER_MODEL: MemoryEncoder(sam2_model),
+        sig.TRACK_DECODER_MODEL: TrackDecoder(sam2_model),
+    }
+    files = {}
+    for name, module in modules.items():
+        files[name] = where / f"{name}.onnx"
+        export_graph(module.eval(), _example_video_inputs(name), files[name], name)
+    return files

@@ -29,6 +29,7 @@ from maskserve.session import compiled
 # which exist only inside Triton, so they are located as files rather than imported here).
 BACKEND_SOURCE = Path(session.__file__).with_name("triton_graph.py")  # runs one ONNX graph (the cpu target)
 SESSION_SOURCE = Path(session.__file__).with_name("triton_session.py")  # the session model
+VIDEO_SOURCE = Path(session.__file__).with_name("triton_video.py")  # the video model
 TARGETS = ("cpu", "gpu")
 
 
@@ -69,8 +70,16 @@ class CpuRuntime:
     encoder: ModelRuntime = ModelRuntime("openvino", "bf16")
     decoder: ModelRuntime = ModelRuntime("openvino", "bf16")
     threads: int = 2
+    # The video graphs (benchmarks/README.md, "Video"): memory attention, the costly one, in bf16 (2.1x its
+    # fp32 speed at a full memory window); the memory encoder and track decoder in fp32.
+    memory_attention: ModelRuntime = ModelRuntime("openvino", "bf16")
+    video: ModelRuntime = ModelRuntime("openvino", "fp32")
 
     def for_model(self, model: str) -> ModelRuntime:
+        if model == sig.MEMORY_ATTENTION_MODEL:
+            return self.memory_attention
+        if model in sig.VIDEO_SIGNATURES:
+            return self.video
         return self.encoder if model == sig.ENCODER_MODEL else self.decoder
 
     def nice(self, model: str) -> int:
@@ -94,6 +103,17 @@ GPU_BATCHING = {
     sig.ENCODER_MODEL: BatchingSettings(16, 2_000, (4, 8, 16), 1, max_queue=512),
     sig.DECODER_MODEL: BatchingSettings(64, 1_000, (16, 32, 64), 2, max_queue=2048),
 }
+# The video graphs run per object and frame: a batch holds the calls of the same shape that meet in the queue.
+CPU_BATCHING |= {model: BatchingSettings(16, 0, (), 1, max_queue=256) for model in sig.VIDEO_SIGNATURES}
+GPU_BATCHING |= {model: BatchingSettings(16, 500, (), 1, max_queue=1024) for model in sig.VIDEO_SIGNATURES}
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """The video model's bounds: frame features held (16 MiB a frame) and videos held, per version."""
+
+    feature_bytes: int = 256 << 20
+    max_videos: int = 64
 
 
 @dataclass(frozen=True)
@@ -150,7 +170,7 @@ def render_config(
     as ``maskserve_*`` parameters, so that any client of Triton, including a
     frontend with no access to the repository's files, can report it.
     """
-    inputs, outputs = sig.SIGNATURES[model]
+    inputs, outputs = (sig.SIGNATURES | sig.VIDEO_SIGNATURES)[model]
     batching = batching or (CPU_BATCHING if target == "cpu" else GPU_BATCHING)[model]
     parts = [f'name: "{sig.served_name(model, version)}"']
     cpu = cpu or CpuRuntime()
@@ -219,6 +239,43 @@ def render_session_config(
     for key, value in (provenance or {}).items():
         parts.append(_param(f"maskserve_{key}", value.replace('"', "'")))
     return "\n".join(parts) + "\n"
+
+
+def render_video_config(
+    version: int | str, tracking: dict, video: VideoSettings, provenance: dict[str, str] | None = None
+) -> str:
+    """``config.pbtxt`` of ``sam2_video_v<version>``: a decoupled python-backend model in both targets."""
+    parts = [
+        f'name: "{sig.served_name(sig.VIDEO_SESSION_MODEL, version)}"',
+        'backend: "python"',
+        "max_batch_size: 0",
+        "model_transaction_policy { decoupled: true }",
+        _tensor_block("input", sig.VIDEO_SESSION_INPUTS),
+        _tensor_block("output", sig.VIDEO_SESSION_OUTPUTS),
+        "instance_group [ { count: 1 kind: KIND_CPU } ]",
+        _param("feature_bytes", str(video.feature_bytes)),
+        _param("max_videos", str(video.max_videos)),
+        _param("threads", "4"),
+        _param("tracking", json.dumps(tracking, sort_keys=True).replace('"', '\\"')),
+    ]
+    for key, value in (provenance or {}).items():
+        parts.append(_param(f"maskserve_{key}", value.replace('"', "'")))
+    return "\n".join(parts) + "\n"
+
+
+def write_video_version(
+    out: Path, version: int, target: str, manifest: dict, tracking: dict, video: VideoSettings | None = None
+) -> Path:
+    """Install the video model as ``<out>/sam2_video_v<version>`` (its graphs are written by ``write_version``)."""
+    video = video or VideoSettings()
+    staging, final = _staging(out, sig.VIDEO_SESSION_MODEL, version)
+    shutil.copyfile(VIDEO_SOURCE, staging / sig.TRITON_VERSION / "model.py")
+    served = sig.served_name(sig.VIDEO_SESSION_MODEL, version)
+    info = {**manifest, "triton_model": served, "version": version, "target": target, "tracking": tracking}
+    text = render_video_config(version, tracking, video, provenance_of(info))
+    (staging / "config.pbtxt").write_text(text)
+    _install(staging, final, info, (sig.VIDEO_SESSION_INPUTS, sig.VIDEO_SESSION_OUTPUTS))
+    return final
 
 
 def model_dir(out: Path, model: str, version: int | str) -> Path:
@@ -300,7 +357,7 @@ def write_version(
         "onnx_sha256": sha256_of(files / "model.onnx"),
     }
     (staging / "config.pbtxt").write_text(render_config(model, version, target, cpu, provenance=provenance_of(info)))
-    _install(staging, final, info, sig.SIGNATURES[model])
+    _install(staging, final, info, (sig.SIGNATURES | sig.VIDEO_SIGNATURES)[model])
     return final
 
 

@@ -28,6 +28,7 @@ from tritonclient.utils import InferenceServerException
 from maskserve.core import signatures as sig
 from maskserve.core.prompts import PackedPrompt
 from maskserve.core.session_io import SessionAnswer, SessionRequest
+from maskserve.core.video_io import RESTORE, VideoAnswer, VideoCall, VideoPrompt
 from maskserve.frontend.adapters.routing import ReplicaSet
 from maskserve.frontend.adapters.triton_admin import TritonAdmin
 from maskserve.frontend.domain.everything import EverythingJob
@@ -39,6 +40,10 @@ from maskserve.frontend.ports import ImageBytes
 MAX_MESSAGE = 64 * 1024 * 1024  # an upload is at most 25 MB
 OUTPUTS = tuple(spec.name for spec in sig.SESSION_OUTPUTS)
 INPUT_TYPES = {spec.name: spec.triton_dtype.replace("STRING", "BYTES") for spec in sig.SESSION_INPUTS}
+VIDEO_OUTPUTS = tuple(spec.name for spec in sig.VIDEO_SESSION_OUTPUTS)
+VIDEO_INPUT_TYPES = {spec.name: spec.triton_dtype.replace("STRING", "BYTES") for spec in sig.VIDEO_SESSION_INPUTS}
+VIDEO_TIMEOUT_S = 120.0
+"""One video call: a frame's encoding and every object's tracking on it (seconds on a 2-core CPU)."""
 EVERYTHING_MARGIN_S = 15.0
 T = TypeVar("T")
 
@@ -65,6 +70,7 @@ class TritonReplica:
     def __init__(self, url: str, timeout_s: float, metrics: Metrics) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self.video_timeout_s = max(timeout_s, VIDEO_TIMEOUT_S)
         self._sent = metrics.wire.labels("sent")
         self._received = metrics.wire.labels("received")
         self._client = grpcaio.InferenceServerClient(
@@ -79,29 +85,28 @@ class TritonReplica:
     async def close(self) -> None:
         await self._client.close()
 
-    def _inputs(self, request: SessionRequest) -> list[grpcaio.InferInput]:
+    def _inputs(self, tensors: dict[str, Any], types: dict[str, str]) -> list[grpcaio.InferInput]:
         inputs = []
-        for name, array in request.tensors().items():
-            tensor = grpcaio.InferInput(name, list(array.shape), INPUT_TYPES[name])
+        for name, array in tensors.items():
+            tensor = grpcaio.InferInput(name, list(array.shape), types[name])
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
-        self._sent.inc(request.nbytes)
         return inputs
 
-    async def _ask(self, request: SessionRequest, version: str) -> SessionAnswer:
+    async def _one(self, model: str, inputs: list[Any], outputs: tuple[str, ...], limit: float) -> Any:
+        """One request on a short stream of its own (decoupled models answer over streams only) → its result."""
         call = {
-            "model_name": sig.served_name(sig.SESSION_MODEL, version),
-            "inputs": self._inputs(request),
-            "outputs": [grpcaio.InferRequestedOutput(name) for name in OUTPUTS],
+            "model_name": model,
+            "inputs": inputs,
+            "outputs": [grpcaio.InferRequestedOutput(name) for name in outputs],
             "request_id": uuid.uuid4().hex,
         }
 
         async def one() -> AsyncIterator[dict[str, Any]]:
             yield call
 
-        limit = deadline(request, self.timeout_s)
         stream = self._client.stream_infer(one(), stream_timeout=limit)
-        answer: SessionAnswer | None = None
+        answer: Any = None
         try:
             async with asyncio.timeout(limit + 5):
                 # Read to the end: Triton closes the stream after the final response. Cancelling it
@@ -111,14 +116,29 @@ class TritonReplica:
                     if error is not None:
                         raise InferenceUnavailable(f"{self.url}: {error}")
                     if answer is None:
-                        answer = SessionAnswer.from_tensors(result.as_numpy)
-                        self._received.inc(_received_bytes(result))
+                        answer = result
         except (InferenceServerException, grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
             stream.cancel()
             raise InferenceUnavailable(f"{self.url}: {exc}") from exc
         if answer is None:
-            raise InferenceUnavailable(f"{self.url}: the session model closed the stream without an answer")
+            raise InferenceUnavailable(f"{self.url}: {model} closed the stream without an answer")
         return answer
+
+    async def _ask(self, request: SessionRequest, version: str) -> SessionAnswer:
+        inputs = self._inputs(request.tensors(), INPUT_TYPES)
+        self._sent.inc(request.nbytes)
+        model = sig.served_name(sig.SESSION_MODEL, version)
+        result = await self._one(model, inputs, OUTPUTS, deadline(request, self.timeout_s))
+        self._received.inc(_received_bytes(result))
+        return SessionAnswer.from_tensors(result.as_numpy)
+
+    async def video(self, call: VideoCall, frames: dict[int, bytes], version: str) -> VideoAnswer:
+        """One call on the ``sam2_video`` model of ``version`` (its status may ask for more: see ``video_io``)."""
+        tensors = call.tensors(frames)
+        self._sent.inc(sum(len(f) for f in frames.values()))
+        model = sig.served_name(sig.VIDEO_SESSION_MODEL, version)
+        result = await self._one(model, self._inputs(tensors, VIDEO_INPUT_TYPES), VIDEO_OUTPUTS, self.video_timeout_s)
+        return VideoAnswer.from_tensors(result.as_numpy)
 
     async def run(self, request: SessionRequest, image: ImageBytes, version: str) -> SessionAnswer:
         """The call's answer; the image's bytes are fetched and travel only when this replica does not hold its
@@ -136,6 +156,36 @@ class TritonReplica:
 
     async def model_info(self, version: str) -> list[ModelInfo]:
         return await self.admin.model_info(version)
+
+
+FrameSource = Callable[[list[int]], Awaitable[dict[int, bytes]]]
+"""Frame indices → their stored JPEGs."""
+History = Callable[[], Awaitable[list[VideoPrompt]]]
+"""The video's recorded prompts, in order."""
+VIDEO_ROUNDS = 6
+
+
+async def _video_on(
+    client: TritonReplica, call: VideoCall, source: FrameSource, history: History, version: str
+) -> VideoAnswer:
+    """``call`` with the frames it names; a ``restore`` answer replays the prompts, a ``frame:k`` one adds frame k."""
+    wanted = {call.prompt.frame} if call.prompt is not None else {call.frame}
+    if call.begin:  # committing the clicks encodes their frames' memories
+        wanted |= {p.frame for p in await history()}
+    frames = await source(sorted(wanted))
+    for _ in range(VIDEO_ROUNDS):
+        answer = await client.video(call, frames, version)
+        if answer.status == RESTORE:
+            prompts = await history()
+            restore = VideoCall("restore", call.video_id, call.frames, prompts=prompts)
+            done = await client.video(restore, await source(sorted({p.frame for p in prompts})), version)
+            if done.status:
+                raise InferenceUnavailable(f"{client.url}: the video could not be restored ({done.status})")
+        elif answer.status.startswith("frame:"):
+            frames |= await source([int(answer.status.removeprefix("frame:"))])
+        else:
+            return answer
+    raise InferenceUnavailable(f"{client.url}: the video model kept asking for more ({answer.status})")
 
 
 class ModelTier:
@@ -171,6 +221,10 @@ class ModelTier:
     async def everything(self, digest: str, image: ImageBytes, job: EverythingJob, version: str) -> SessionAnswer:
         request = SessionRequest(digest, job.prompts(), everything=job.params())
         return await self._on_replicas(digest, lambda client: client.run(request, image, version))
+
+    async def video(self, call: VideoCall, frames: FrameSource, history: History, version: str) -> VideoAnswer:
+        """A call on a video's replica (rendezvous on its id), its state rebuilt there first when it was lost."""
+        return await self._on_replicas(call.video_id, lambda client: _video_on(client, call, frames, history, version))
 
     async def ready_versions(self) -> set[str]:
         """Asked of the first replica (in a fixed order) that answers."""

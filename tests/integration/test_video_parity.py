@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
 
 from maskserve.core import signatures as sig
-from maskserve.export.video_wrappers import MemoryAttention, MemoryEncoder, TrackDecoder
+from maskserve.devtools.pictures import moving_shapes_clip
 from maskserve.export.wrappers import ImageEncoder
 from maskserve.session.video import Tracker, TrackingConfig
 
@@ -24,56 +23,16 @@ FRAMES, W, H = 16, 320, 240
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.timeout(1800)]
 
 
-def _clip(where) -> None:
-    for i in range(FRAMES):
-        img = Image.new("RGB", (W, H), (30 + 3 * i, 60, 90))
-        draw = ImageDraw.Draw(img)
-        draw.ellipse([40 + 8 * i, 60, 120 + 8 * i, 140], fill=(230, 200, 40))
-        draw.rectangle([200, 120 - 4 * i % 60, 270, 190 - 4 * i % 60], fill=(40, 180, 220))
-        img.save(where / f"{i:05d}.jpg", quality=95)
-
-
 class OrtGraphs:
     def __init__(self, model, where) -> None:
         import onnxruntime as ort
 
-        from maskserve.export.onnx_export import export_graph
+        from maskserve.export.onnx_export import export_video_graphs
 
-        examples = {
-            sig.MEMORY_ATTENTION_MODEL: (
-                MemoryAttention(model),
-                (
-                    torch.zeros(1, 256, 64, 64),
-                    torch.zeros(1, 2, 64, 64, 64),
-                    torch.zeros(1, 2, dtype=torch.int32),
-                    torch.ones(1, 2),
-                    torch.zeros(1, 2, 256),
-                    torch.zeros(1, 2),
-                    torch.ones(1, 2),
-                ),
-            ),
-            sig.MEMORY_ENCODER_MODEL: (
-                MemoryEncoder(model),
-                (torch.zeros(1, 256, 64, 64), torch.zeros(1, 1, 256, 256), torch.zeros(1, 1), torch.zeros(1)),
-            ),
-            sig.TRACK_DECODER_MODEL: (
-                TrackDecoder(model),
-                (
-                    torch.zeros(1, 256, 64, 64),
-                    torch.zeros(1, 32, 256, 256),
-                    torch.zeros(1, 64, 128, 128),
-                    torch.zeros(1, sig.DECODER_POINTS, 2),
-                    torch.full((1, sig.DECODER_POINTS), sig.PAD_LABEL, dtype=torch.int32),
-                    torch.zeros(1, 1, 256, 256),
-                    torch.zeros(1, 1),
-                ),
-            ),
+        self.sessions = {
+            name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            for name, path in export_video_graphs(model, where).items()
         }
-        self.sessions = {}
-        for name, (module, args) in examples.items():
-            path = where / f"{name}.onnx"
-            export_graph(module.eval(), args, path, name)
-            self.sessions[name] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def attend(self, **inputs):
         return self.sessions[sig.MEMORY_ATTENTION_MODEL].run(None, inputs)[0]
@@ -103,7 +62,7 @@ def test_tracker_matches_sam2_video_predictor(tmp_path, report):
 
     frames_dir = tmp_path / "frames"
     frames_dir.mkdir()
-    _clip(frames_dir)
+    moving_shapes_clip(frames_dir, FRAMES, W, H)
     torch.manual_seed(11)
     predictor = build_sam2_video_predictor(get_variant("sam2.1_hiera_tiny").config, None, device="cpu")
     state = predictor.init_state(video_path=str(frames_dir))

@@ -131,6 +131,20 @@ def preprocess(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
+def video_frame_input(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A video frame's stored JPEG → the encoder's input, as SAM 2's video predictor loads a frame.
+
+    ``SAM2VideoPredictor`` resizes each 8-bit frame with Pillow's default (bicubic) filter, then
+    scales and normalises; the same steps here give the encoder the same pixels as Meta's code.
+    """
+    img, _ = open_oriented(data, max_pixels, "frame")
+    rgb = np.asarray(Image.fromarray(rgb_pixels(img), "RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC))
+    out = np.empty((1, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    for c in range(3):
+        out[0, c] = (rgb[:, :, c] / np.float32(255.0) - np.float32(PIXEL_MEAN[c])) / np.float32(PIXEL_STD[c])
+    return out
+
+
 def encoder_input(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """An uploaded image's bytes → the encoder's [1, 3, 1024, 1024] input."""
     img, _ = open_oriented(data, max_pixels, "image")

@@ -133,6 +133,25 @@ VIDEO_SIGNATURES: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]
     TRACK_DECODER_MODEL: (TRACK_DECODER_INPUTS, TRACK_DECODER_OUTPUTS),
 }
 
+VIDEO_SESSION_MODEL = "sam2_video"
+"""The model the frontends call for videos: each video's tracking state next to the graphs (python backend, BLS)."""
+VIDEO_OBJECTS = 16
+"""Objects one video tracks (the contract's ``object_id`` 1-16)."""
+VIDEO_SESSION_INPUTS = (
+    TensorSpec("call", "bytes", (1,)),  # the operation as JSON (maskserve.core.video_io.VideoCall)
+    TensorSpec("frames", "bytes", (-1,), optional=True),  # JPEGs of the frames the call needs
+    TensorSpec("frame_index", "int32", (-1,), optional=True),  # which frame each one is
+)
+VIDEO_SESSION_OUTPUTS = (
+    TensorSpec("status", "bytes", (1,)),  # "" done; "restore": the state is gone, send the prompts; "frame:<k>"
+    TensorSpec("object_ids", "int32", (-1,)),  # the objects answered, ascending
+    TensorSpec("low_res_logits", "float32", (-1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)),  # each one's mask
+    TensorSpec("score", "float32", (-1,)),  # the chosen mask's predicted IoU
+    TensorSpec("object_score", "float32", (-1,)),  # SAM 2's object score logit (< 0: the object is absent)
+)
+VIDEO_MODELS = (*VIDEO_SIGNATURES, VIDEO_SESSION_MODEL)
+"""Served beside a version's image models when its export has them (version N's video calls its encoder)."""
+
 SESSION_INPUTS = (
     TensorSpec("digest", "bytes", (1,)),  # SHA-256 (hex) of the image as uploaded
     TensorSpec("image", "bytes", (1,), optional=True),  # the upload itself, only when the model asks for it
@@ -181,6 +200,12 @@ def release_of(name: str) -> tuple[str, str] | None:
     """``(model, version)`` of a served model's name; ``None`` for a name that is not one."""
     found = _SERVED.match(name)
     return None if found is None else (found.group(1), found.group(2))
+
+
+def version_of(name: str) -> str | None:
+    """The version in any served model's name (``<model>_v<N>``), lifecycle or video; ``None`` otherwise."""
+    found = re.match(r"^sam2_[a-z_]+_v([1-9][0-9]*)$", name)
+    return None if found is None else found.group(1)
 
 
 def releases(names: Iterable[str]) -> dict[str, set[str]]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from maskserve.core.signatures import PIXEL_MEAN, PIXEL_STD
 
@@ -59,3 +60,41 @@ def png_mask(width: int, height: int, box: tuple[int, int, int, int], soft: bool
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def moving_shapes_clip(where: Path, frames: int = 16, width: int = 320, height: int = 240) -> list[Path]:
+    """A synthetic clip as numbered JPEG frames (as SAM 2's video predictor reads a folder): two moving shapes."""
+    where.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(frames):
+        img = Image.new("RGB", (width, height), (30 + 3 * i % 200, 60, 90))
+        draw = ImageDraw.Draw(img)
+        x, y = width // 8 + 8 * i % (width // 2), height // 4
+        draw.ellipse([x, y, x + width // 4, y + height // 3], fill=(230, 200, 40))
+        top = height // 2 - 4 * i % (height // 4)
+        draw.rectangle([width * 5 // 8, top, width * 27 // 32, top + height * 7 // 24], fill=(40, 180, 220))
+        paths.append(where / f"{i:05d}.jpg")
+        img.save(paths[-1], quality=95)
+    return paths
+
+
+def clip_file(frames: list[Path], fmt: str = "mp4", fps: int = 10) -> bytes:
+    """The JPEG frames as a video file: ``mp4`` (H.264), ``webm`` (VP9), or an animated ``gif``."""
+    import av
+
+    images = [Image.open(p).convert("RGB") for p in frames]
+    if fmt == "gif":
+        out = io.BytesIO()
+        images[0].save(out, "GIF", save_all=True, append_images=images[1:], duration=1000 // fps, loop=0)
+        return out.getvalue()
+    codec = {"mp4": "libx264", "webm": "libvpx-vp9"}[fmt]
+    out = io.BytesIO()
+    with av.open(out, mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = images[0].width, images[0].height, "yuv420p"
+        for img in images:
+            for packet in stream.encode(av.VideoFrame.from_image(img)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return out.getvalue()

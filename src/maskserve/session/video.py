@@ -15,8 +15,10 @@ The graphs (``Graphs``) are the image encoder's features of a frame and the thre
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -43,8 +45,15 @@ class TrackingConfig:
 
     @classmethod
     def of_model(cls, model: Any) -> TrackingConfig:
+        """The constants of ``model``; those that only SAM 2's video predictor sets are the predictor's.
+
+        ``build_sam2_video_predictor`` builds the model with ``binarize_mask_from_pts_for_mem_enc``
+        on and keeps ``add_all_frames_to_correct_as_cond`` off; a model built for images (as the
+        export loads it) has neither, and tracks as the video predictor does.
+        """
         if model.max_cond_frames_in_attn != -1:
             raise ValueError("only SAM 2's default of attending to every conditioning frame is supported")
+        default = cls()
         return cls(
             num_maskmem=model.num_maskmem,
             max_obj_ptrs_in_encoder=model.max_obj_ptrs_in_encoder,
@@ -53,8 +62,11 @@ class TrackingConfig:
             multimask_output_for_tracking=model.multimask_output_for_tracking,
             multimask_min_pt_num=model.multimask_min_pt_num,
             multimask_max_pt_num=model.multimask_max_pt_num,
-            binarize_mask_from_pts_for_mem_enc=model.binarize_mask_from_pts_for_mem_enc,
-            add_all_frames_to_correct_as_cond=model.add_all_frames_to_correct_as_cond,
+            binarize_mask_from_pts_for_mem_enc=default.binarize_mask_from_pts_for_mem_enc
+            or model.binarize_mask_from_pts_for_mem_enc,
+            add_all_frames_to_correct_as_cond=getattr(
+                model, "add_all_frames_to_correct_as_cond", default.add_all_frames_to_correct_as_cond
+            ),
             signed_tpos=model.use_signed_tpos_enc_to_obj_ptrs,
             only_obj_ptrs_in_the_past=model.only_obj_ptrs_in_the_past_for_eval,
         )
@@ -81,12 +93,68 @@ def to_bfloat16_precision(x: np.ndarray) -> np.ndarray:
     return rounded.view(np.float32)
 
 
-@dataclass
+class Spill:
+    """A directory where a video's tracked frames far from the one being tracked keep their arrays.
+
+    SAM 2 keeps every tracked frame's memory (64×64×64) and low-resolution logits (256²) in memory;
+    here only the frames within reach of the memory window stay in memory, the others wait on disk
+    until a later propagation or a correction reads them again, so a long video's memory stays flat.
+    """
+
+    def __init__(self, where: Path) -> None:
+        self.where = where
+        where.mkdir(parents=True, exist_ok=True)
+
+    def put(self, key: str, out: FrameOutput) -> Path:
+        path = self.where / f"{key}.npz"
+        assert out._logits is not None
+        arrays = {"logits": out._logits}
+        if out._memory is not None:
+            arrays["memory"] = out._memory
+        np.savez(path, **arrays)
+        out._logits, out._memory = None, None
+        return path
+
+    def clear(self) -> None:
+        shutil.rmtree(self.where, ignore_errors=True)
+
+
 class FrameOutput:
-    logits: np.ndarray  # [256, 256], the chosen mask's low-resolution logits
-    obj_ptr: np.ndarray  # [256]
-    score: float  # object score logit
-    memory: np.ndarray | None = None  # [64, 64, 64], once encoded
+    """One object's output on one frame: the chosen low-resolution logits, pointer, score, memory."""
+
+    __slots__ = ("_logits", "_memory", "iou", "obj_ptr", "score", "spilled")
+
+    def __init__(
+        self, logits: np.ndarray, obj_ptr: np.ndarray, score: float, iou: float = 0.0, memory: np.ndarray | None = None
+    ) -> None:
+        self._logits: np.ndarray | None = logits  # [256, 256]
+        self.obj_ptr = obj_ptr  # [256]
+        self.score = score  # object score logit
+        self.iou = iou  # the chosen mask's predicted IoU
+        self._memory = memory  # [64, 64, 64], once encoded
+        self.spilled: Path | None = None
+
+    def _load(self, name: str) -> np.ndarray | None:
+        if self.spilled is None:
+            return None
+        with np.load(self.spilled) as stored:
+            return np.array(stored[name]) if name in stored else None
+
+    @property
+    def logits(self) -> np.ndarray:
+        found = self._logits if self._logits is not None else self._load("logits")
+        assert found is not None
+        return found
+
+    @property
+    def memory(self) -> np.ndarray | None:
+        return self._memory if self._memory is not None or self.spilled is None else self._load("memory")
+
+    @memory.setter
+    def memory(self, value: np.ndarray) -> None:
+        self._memory = value
+        if self.spilled is not None:  # the arrays are in memory again; the next spill writes them anew
+            self._logits, self.spilled = self._load("logits"), None
 
 
 @dataclass
@@ -102,11 +170,14 @@ class ObjectTrack:
 class Tracker:
     """One video's objects, tracked as ``SAM2VideoPredictor`` does."""
 
-    def __init__(self, graphs: Graphs, features: Features, num_frames: int, config: TrackingConfig) -> None:
+    def __init__(
+        self, graphs: Graphs, features: Features, num_frames: int, config: TrackingConfig, spill: Spill | None = None
+    ) -> None:
         self.graphs = graphs
         self.features = features
         self.num_frames = num_frames
         self.config = config
+        self.spill = spill  # where frames far from the one being tracked keep their arrays (None: in memory)
         self.objects: dict[int, ObjectTrack] = {}
 
     # -- clicks -----------------------------------------------------------------------------------
@@ -141,34 +212,57 @@ class Tracker:
             for frame in track.cond:
                 track.non_cond.pop(frame, None)
 
+    def begin(self) -> None:
+        """Commit the clicks before a propagation; refuse one with nothing to propagate from."""
+        self._commit()
+        if not any(t.cond for t in self.objects.values()):
+            raise ValueError("no clicks to propagate from")
+
+    def order(self, start: int, max_frames: int | None, reverse: bool) -> list[int]:
+        """The frames a propagation from ``start`` visits, ``start`` included."""
+        count = self.num_frames if max_frames is None else max_frames
+        if reverse:
+            end = max(start - count, 0)
+            return list(range(start, end - 1, -1)) if start > 0 else []
+        end = min(start + count, self.num_frames - 1)
+        return list(range(start, end + 1))
+
+    def track(self, frame: int, reverse: bool) -> dict[int, FrameOutput]:
+        """One frame of a propagation (after ``begin``): every object's output on it."""
+        outputs = {}
+        for obj, track in self.objects.items():
+            if frame in track.cond:
+                out = track.cond[frame]
+            else:
+                out = self._step(track, frame, False, None, reverse, None, encode_memory=True)
+                track.non_cond[frame] = out
+            track.tracked[frame] = reverse
+            outputs[obj] = out
+        if self.spill is not None:
+            self._spill_far(frame)
+        return outputs
+
     def propagate(
         self, start: int | None = None, max_frames: int | None = None, reverse: bool = False
     ) -> Iterator[tuple[int, dict[int, FrameOutput]]]:
         """Track every object from ``start`` (default: the earliest conditioning frame) one way."""
-        self._commit()
-        if not self.objects or not any(t.cond for t in self.objects.values()):
-            raise ValueError("no clicks to propagate from")
+        self.begin()
         if start is None:
             start = min(f for t in self.objects.values() for f in t.cond)
-        count = self.num_frames if max_frames is None else max_frames
-        if reverse:
-            end = max(start - count, 0)
-            order = list(range(start, end - 1, -1)) if start > 0 else []
-        else:
-            end = min(start + count, self.num_frames - 1)
-            order = list(range(start, end + 1))
-        for frame in order:
-            outputs = {}
-            for obj, track in self.objects.items():
-                if frame in track.cond:
-                    out = track.cond[frame]
-                else:
-                    out = self._step(track, frame, False, None, reverse, None, encode_memory=True)
-                    track.non_cond[frame] = out
-                track.tracked[frame] = reverse
-                outputs[obj] = out
-            yield frame, outputs
+        for frame in self.order(start, max_frames, reverse):
+            yield frame, self.track(frame, reverse)
 
+    # -- bounded memory ---------------------------------------------------------------------------
+    def _spill_far(self, frame: int) -> None:
+        """Tracked frames outside the memory window of ``frame`` move their arrays to disk."""
+        assert self.spill is not None
+        reach = max(self.config.num_maskmem * self.config.memory_temporal_stride, self.config.max_obj_ptrs_in_encoder)
+        for obj, track in self.objects.items():
+            for f, out in track.non_cond.items():
+                if abs(f - frame) > reach and out.spilled is None:
+                    out.spilled = self.spill.put(f"{obj}-{f}", out)
+
+    # -- one frame of one object ------------------------------------------------------------------
     # -- one frame of one object ------------------------------------------------------------------
     def _step(
         self,
@@ -210,11 +304,11 @@ class Tracker:
         )
         if multimask:
             best = 1 + int(np.argmax(ious[0, 1:]))
-            logits, ptr = masks[0, best], ptrs[0, best]
+            logits, ptr, iou = masks[0, best], ptrs[0, best], float(ious[0, best])
         else:
-            logits, _ = select_mask(masks[0], ious[0], multimask=False)
+            logits, iou = select_mask(masks[0], ious[0], multimask=False)
             ptr = ptrs[0, 0]
-        out = FrameOutput(np.array(logits, np.float32), np.array(ptr, np.float32), float(score.reshape(-1)[0]))
+        out = FrameOutput(np.array(logits, np.float32), np.array(ptr, np.float32), float(score.reshape(-1)[0]), iou)
         if encode_memory:
             out.memory = self._memory(embed, out, from_points=points is not None)
         return out
@@ -245,7 +339,7 @@ class Tracker:
                 prev = ((frame - 2) // stride) * stride - (t_rel - 2) * stride
             if (out := track.non_cond.get(prev)) is not None:
                 chosen.append((t_pos, out))
-        memories = [(t, out.memory) for t, out in chosen if out.memory is not None]
+        memories = [(t, m) for t, out in chosen if (m := out.memory) is not None]
 
         max_ptrs = min(self.num_frames, cfg.max_obj_ptrs_in_encoder)
         sign = -1 if reverse else 1

@@ -122,7 +122,13 @@ def startup_models(repo: Path, models: tuple[str, ...] = ()) -> tuple[str, ...]:
     if models:
         return models
     versions = exported_versions(repo)[-STARTUP_VERSIONS:]
-    return tuple(sig.served_name(model, version) for version in versions for model in sig.LIFECYCLE_MODELS)
+    served = []
+    for version in versions:
+        served += [sig.served_name(model, version) for model in sig.LIFECYCLE_MODELS]
+        video = [sig.served_name(model, version) for model in sig.VIDEO_MODELS]
+        if all((repo / name / "config.pbtxt").is_file() for name in video):  # exported with its video graphs
+            served += video
+    return tuple(served)
 
 
 def check_repository(repo: Path, models: tuple[str, ...]) -> None:
