@@ -100,6 +100,10 @@ class Settings:
     image_id_ttl_s: float = setting(
         3600.0, "an image handle (`image_id`) stays valid this long after its last use, seconds", min=1
     )
+    max_video_bytes: int = setting(200 * MB, "largest uploaded video", min=1, shown="200 MiB")
+    max_video_frames: int = setting(600, "frames a video may keep (after fps resampling)", min=2)
+    max_open_videos: int = setting(5, "videos one API key may hold at once", min=1)
+    video_ttl_s: float = setting(3600.0, "a video stays open this long after its last use, seconds", min=1)
     sweep_interval_s: float = setting(60.0, "how often expired files are deleted, seconds", min=0.01)
     triton_timeout_s: float = setting(60.0, "deadline of one Triton call, seconds", min=0.1)
     everything_budget_s: float = setting(

@@ -18,11 +18,13 @@ from typing import Any, Protocol
 
 from maskserve.core.prompts import PackedPrompt
 from maskserve.core.session_io import SessionAnswer
+from maskserve.core.video_io import VideoAnswer, VideoCall, VideoPrompt
 from maskserve.frontend.domain.accounts import ApiKey, Claim, RateBucket, RateDecision, RateWindow, StoredResponse
 from maskserve.frontend.domain.everything import EverythingJob
 from maskserve.frontend.domain.images import ImageHandle
 from maskserve.frontend.domain.jobs import BatchRecord, Completion, Deferred, Delivery, Job, JobStatus, NewJob, Owed
 from maskserve.frontend.domain.models import FrontendReport, ModelInfo, Routing, ShadowResult
+from maskserve.frontend.domain.videos import PromptRecord, Propagation, Video
 
 
 class RateCounter(Protocol):
@@ -63,7 +65,28 @@ class ImageHandles(Protocol):
     async def expired_images(self, before: float) -> list[ImageHandle]: ...
 
 
-class Store(RateCounter, FileRows, Lifecycle, ImageHandles, Protocol):
+class Videos(Protocol):
+    """Videos (their frames' locations and prompts) and their propagations (a reserved job plus a leased row)."""
+
+    async def create_video(self, video: Video, max_open: int, at: float) -> bool: ...
+    async def get_video(self, video_id: str) -> Video | None: ...
+    async def renew_video(self, video_id: str, at: float, expires_at: float) -> Video | None: ...
+    async def add_video_prompt(
+        self, video_id: str, record: PromptRecord, at: float, expires_at: float
+    ) -> Video | None: ...
+    async def forget_video(self, video_id: str) -> Video | None: ...
+    async def expired_videos(self, before: float) -> list[Video]: ...
+    async def start_propagation(
+        self, run: Propagation, job: NewJob, owner: str, lease_until: float, at: float, expires_at: float
+    ) -> str: ...
+    async def get_propagation(self, job_id: str) -> Propagation | None: ...
+    async def propagation_progress(self, job_id: str, frames_done: int, owner: str, lease_until: float) -> bool: ...
+    async def end_propagation(self, job_id: str, webhook: tuple[str, str, str] | None = None) -> bool: ...
+    async def claim_propagations(self, owner: str, lease_until: float, at: float) -> list[Propagation]: ...
+    async def active_propagations(self) -> list[str]: ...
+
+
+class Store(RateCounter, FileRows, Lifecycle, ImageHandles, Videos, Protocol):
     """Money rules every implementation keeps:
 
     * a reservation takes credits only if the balance covers them (an atomic
@@ -184,6 +207,16 @@ class InferenceClient(Protocol):
 
     async def everything(self, digest: str, image: ImageBytes, job: EverythingJob, version: str) -> SessionAnswer:
         """Segment-everything's masks (RLE), filtered and suppressed by the model tier."""
+        ...
+
+    async def video(
+        self,
+        call: VideoCall,
+        frames: Callable[[list[int]], Awaitable[dict[int, bytes]]],
+        history: Callable[[], Awaitable[list[VideoPrompt]]],
+        version: str,
+    ) -> VideoAnswer:
+        """A call on a video's model-tier state (its frames fetched as asked, its state rebuilt when lost)."""
         ...
 
     async def ready_versions(self) -> set[str]:

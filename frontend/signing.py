@@ -21,7 +21,9 @@ from maskserve.frontend.domain.accounts import SIGNING_SECRET
 from maskserve.frontend.errors import Forbidden
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-_FILE_ID = re.compile(r"^(?:[0-9a-f]{32}(_(?:[0-9]{1,2}|logits|input|inmask))?|img_[0-9a-f]{32})$")
+_FILE_ID = re.compile(
+    r"^(?:[0-9a-f]{32}(_(?:[0-9]{1,2}|logits|input|inmask|preview))?|img_[0-9a-f]{32}|vid_[0-9a-f]{32}_[0-9]{5})$"
+)
 
 
 def valid_job_id(job_id: str) -> bool:
@@ -31,7 +33,8 @@ def valid_job_id(job_id: str) -> bool:
 
 def valid_file_id(file_id: str) -> bool:
     """A job id, a job's further file (``<job id>_<object index>``, ``_logits``, an async job's inputs),
-    or an image handle's kept upload (``img_<32 hex>``, never served)."""
+    a propagation's preview (``<job id>_preview``), an image handle's kept upload (``img_<32 hex>``) or a
+    video's kept frame (``vid_<32 hex>_<frame>``; neither of the last two is ever served)."""
     return bool(_FILE_ID.match(file_id))
 
 

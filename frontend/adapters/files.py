@@ -17,7 +17,8 @@ from pathlib import Path
 from maskserve.frontend.ports import FileRows
 from maskserve.frontend.signing import valid_file_id
 
-EXTENSIONS = ("png", "webp", "jpeg", "f32", "bin")  # images, refinement logits (raw float32), async inputs
+EXTENSIONS = ("png", "webp", "jpeg", "f32", "bin", "jpg", "json", "mp4")
+"""Images, refinement logits (raw float32), async inputs; video frames, propagation results and previews."""
 
 
 class _ServedHere:

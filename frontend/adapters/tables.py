@@ -199,3 +199,33 @@ images = sa.Table(
     sa.Column("stored_at", Seconds, nullable=False),
     sa.Column("expires_at", Seconds, nullable=False, index=True),  # sliding: renewed by every use
 )
+
+videos = sa.Table(
+    "videos",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),  # vid_<32 hex>
+    sa.Column("key_id", sa.Text, sa.ForeignKey("api_keys.id"), nullable=False, index=True),
+    sa.Column("frames", sa.Integer, nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("fps", Seconds, nullable=False),
+    sa.Column("created_at", Seconds, nullable=False),
+    sa.Column("expires_at", Seconds, nullable=False, index=True),  # sliding: renewed by every use
+    sa.Column("frame_locations", sa.Text, nullable=False),  # JSON list, in the output storage
+    sa.Column("prompts", sa.Text, nullable=False),  # JSON list of PromptRecord, in order
+    sa.Column("last_job_id", sa.Text),
+)
+
+propagations = sa.Table(
+    "propagations",
+    metadata,
+    sa.Column("job_id", sa.Text, primary_key=True),
+    sa.Column("video_id", sa.Text, nullable=False, index=True),
+    sa.Column("key_id", sa.Text, sa.ForeignKey("api_keys.id"), nullable=False),
+    sa.Column("request", sa.Text, nullable=False),  # JSON: order, forward_from, mask_format, webhook and base url
+    sa.Column("frames_done", sa.Integer, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),  # pending or running (one per video at a time)
+    sa.Column("created_at", Seconds, nullable=False),
+    sa.Column("owner", sa.Text, nullable=False),  # the frontend running it
+    sa.Column("lease_until", Seconds, nullable=False),  # past it, any frontend may take it over
+)

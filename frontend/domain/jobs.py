@@ -15,11 +15,15 @@ class JobKind(StrEnum):
     SEGMENTATION = "segmentation"
     EXTRACTION = "extraction"
     EVERYTHING = "everything"
+    VIDEO_PROMPT = "video_prompt"
+    PROPAGATION = "propagation"
 
     @property
     def cost(self) -> int:
-        """Credits per image (API.md: segmentation 1 whatever the objects, extraction 2, segment everything 4)."""
-        return {JobKind.SEGMENTATION: 1, JobKind.EXTRACTION: 2, JobKind.EVERYTHING: 4}[self]
+        """Credits per image (API.md: segmentation 1 whatever the objects, extraction 2, segment everything 4;
+        v1.2: a video prompt 1, a propagation 1 per frame, see ``NewJob.credits``)."""
+        costs = {JobKind.SEGMENTATION: 1, JobKind.EXTRACTION: 2, JobKind.EVERYTHING: 4, JobKind.VIDEO_PROMPT: 1}
+        return costs.get(self, 1)
 
 
 class JobStatus(StrEnum):
@@ -109,10 +113,11 @@ class JobFiles(Record):
 
     objects: list[str] = []  # each object's mask PNG (``objects`` given): file ``<job id>_<index>``
     logits: str | None = None  # the chosen mask's low-res logits, for ``previous_job_id`` (never served)
+    preview: str | None = None  # a propagation's preview video: file ``<job id>_preview``
 
     @property
     def locations(self) -> list[str]:
-        return [*self.objects, *([self.logits] if self.logits else [])]
+        return [*self.objects, *([self.logits] if self.logits else []), *([self.preview] if self.preview else [])]
 
 
 class JobDetails(Record):
@@ -163,10 +168,11 @@ class NewJob:
     original_height: int | None = None
     model_version: str | None = None  # recorded at reservation: what ``models report`` and the drain count
     input_digest: str | None = None
+    credits: int | None = None  # a cost of its own (a propagation's frames), else the kind's
 
     @property
     def cost(self) -> int:
-        return self.kind.cost
+        return self.kind.cost if self.credits is None else self.credits
 
 
 @dataclass(frozen=True)

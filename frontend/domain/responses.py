@@ -50,6 +50,9 @@ class Result(Shape):
     mask: InlineMask | None = None
     objects: list[ObjectResult] | None = None
     masks: list[EverythingMask] | None = None
+    preview_url: str | None = Field(
+        None, description="a propagation's preview: signed link to an MP4 of its frames with the masks overlaid"
+    )
 
 
 class Single(Shape):

@@ -16,7 +16,8 @@ from maskserve.frontend.domain.requests import (
     SegmentQuery,
 )
 from maskserve.frontend.domain.responses import Account, Batch, Result, Single
-from maskserve.frontend.http import handlers, openapi, playground
+from maskserve.frontend.domain.videos import PropagateQuery, VideoPromptQuery, VideoUploadQuery
+from maskserve.frontend.http import handlers, openapi, playground, video_handlers
 from maskserve.frontend.http.operations import Body, Route
 from maskserve.frontend.http.state import SETTINGS
 
@@ -124,6 +125,66 @@ ROUTES: tuple[Route, ...] = (
         parameters=(_path_id("image_id"),),
         bucket=RateBucket.READ,
         responses={"204": {"description": "forgotten; the handle answers 404 from now on"}},
+    ),
+    Route(
+        "POST",
+        "/v1/videos",
+        "video_upload",
+        video_handlers.upload,
+        "Open a video: MP4, WebM, MOV or animated GIF/WebP, at most max_video_frames frames (0 credits)",
+        VideoUploadQuery,
+        Body({"file": False}),
+        answer=None,
+        errors=(400, 401, 409, 413, 422, 429, 503),
+        bucket=RateBucket.BATCH,
+        responses={"201": {"description": "the video is open", "content": _JSON_OBJECT}},
+    ),
+    Route(
+        "GET",
+        "/v1/videos/{video_id}",
+        "video",
+        video_handlers.state,
+        "A video's state: its frames, size, rate, objects and their prompted frames",
+        errors=(401, 404, 429),
+        parameters=(_path_id("video_id"),),
+        bucket=RateBucket.READ,
+        responses={"200": {"description": "the video", "content": _JSON_OBJECT}},
+    ),
+    Route(
+        "DELETE",
+        "/v1/videos/{video_id}",
+        "video_delete",
+        video_handlers.delete,
+        "Close a video at once: its frames, prompts and model-tier state; a running propagation is refunded",
+        errors=(401, 404, 429),
+        parameters=(_path_id("video_id"),),
+        bucket=RateBucket.READ,
+        responses={"204": {"description": "closed; the video answers 404 from now on"}},
+    ),
+    Route(
+        "POST",
+        "/v1/videos/{video_id}/prompts",
+        "video_prompt",
+        video_handlers.prompt,
+        "Clicks or a box for one object on one frame, answered at once with its mask there (1 credit)",
+        VideoPromptQuery,
+        answer=None,
+        errors=(400, 401, 402, 404, 422, 429, 503),
+        parameters=(_path_id("video_id"),),
+        responses={"200": {"description": "the object's mask on that frame", "content": _JSON_OBJECT}},
+    ),
+    Route(
+        "POST",
+        "/v1/videos/{video_id}/propagate",
+        "video_propagate",
+        video_handlers.propagate,
+        "Track every prompted object through the video, asynchronously (1 credit per frame processed)",
+        PropagateQuery,
+        answer=None,
+        errors=(400, 401, 402, 404, 409, 422, 429, 503),
+        parameters=(_path_id("video_id"),),
+        bucket=RateBucket.BATCH,
+        responses={"202": {"description": "accepted: the job shape with its progress", "content": _JSON_OBJECT}},
     ),
     Route(
         "GET",

@@ -16,11 +16,13 @@ from maskserve.frontend.services.housekeeping import Housekeeping
 from maskserve.frontend.services.idempotency import Idempotency
 from maskserve.frontend.services.images import ImageRequests
 from maskserve.frontend.services.preparation import Preparation
+from maskserve.frontend.services.propagation import Propagations
 from maskserve.frontend.services.reads import Reads
 from maskserve.frontend.services.routing import ModelRouting
 from maskserve.frontend.services.running import Runner
 from maskserve.frontend.services.settlement import Settlements
 from maskserve.frontend.services.shadow import Shadows
+from maskserve.frontend.services.videos import VideoSessions
 from maskserve.frontend.services.webhooks import Webhooks
 
 
@@ -38,6 +40,8 @@ class Services:
     shadows: Shadows
     handles: ImageHandles
     settlements: Settlements
+    videos: VideoSessions
+    propagations: Propagations
     frontend_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -51,6 +55,7 @@ class Services:
         runner = Runner(deps, shadows, settlements)
         frontend_id = uuid.uuid4().hex
         later = AsyncRequests(deps, routing, preparation, runner, frontend_id)
+        videos = VideoSessions(deps, routing, frontend_id)
         return cls(
             deps=deps,
             access=Access(deps),
@@ -59,11 +64,13 @@ class Services:
             later=later,
             reads=Reads(deps, routing),
             idempotency=Idempotency(deps, settlements),
-            housekeeping=Housekeeping(deps, later, handles),
+            housekeeping=Housekeeping(deps, later, handles, videos),
             handles=handles,
             webhooks=Webhooks(deps, sender),
             shadows=shadows,
             settlements=settlements,
+            videos=videos,
+            propagations=Propagations(videos),
             frontend_id=frontend_id,
         )
 
@@ -73,11 +80,13 @@ class Services:
         deferred = await self.housekeeping.recover()
         await self.routing.start(self.deps.settings.triton_url)
         await self.housekeeping.resume(deferred)
+        await self.propagations.resume(every=not self.deps.settings.shared)
         self._tasks = [
             asyncio.ensure_future(self.webhooks.run()),
             asyncio.ensure_future(self.settlements.run()),
             asyncio.ensure_future(self.later.leases()),
             asyncio.ensure_future(self.housekeeping.sweep()),
+            asyncio.ensure_future(self.propagations.leases()),
             asyncio.ensure_future(self.routing.follow(self.frontend_id)),
         ]
 

@@ -12,6 +12,7 @@ from maskserve.frontend.domain.jobs import Deferred, Failure
 from maskserve.frontend.services.base import Deps, Service
 from maskserve.frontend.services.deferred import AsyncRequests
 from maskserve.frontend.services.handles import ImageHandles
+from maskserve.frontend.services.videos import VideoSessions
 
 log = logging.getLogger("maskserve.frontend")
 
@@ -19,10 +20,11 @@ STALE_AFTER_S = 3600.0  # longer than any request can run (Triton deadlines, upl
 
 
 class Housekeeping(Service):
-    def __init__(self, deps: Deps, later: AsyncRequests, handles: ImageHandles) -> None:
+    def __init__(self, deps: Deps, later: AsyncRequests, handles: ImageHandles, videos: VideoSessions) -> None:
         super().__init__(deps)
         self.later = later
         self.handles = handles
+        self.videos = videos
 
     async def recover(self) -> list[Deferred]:
         """At start: refund what a previous run left ``processing``; → its accepted async requests to resume.
@@ -35,6 +37,7 @@ class Housekeeping(Service):
         shared = self.settings.shared
         deferred = await self.store.list_deferred()  # their jobs run again: here, or where their lease is claimed
         keep = frozenset(job_id for request in deferred for job_id in request.job_ids)
+        keep |= frozenset(await self.store.active_propagations())  # resumed from their start (``VideoSessions``)
         stale = await self.store.fail_stale_processing(Failure.RESTARTED, STALE_AFTER_S if shared else 0.0, keep)
         if stale:
             log.warning("refunded %d jobs left processing by a previous run", stale)
@@ -52,11 +55,13 @@ class Housekeeping(Service):
     async def sweep_once(self) -> None:
         if self.settings.shared:  # accepted async work is not stale: a lease hands it on
             waiting = frozenset(j for request in await self.store.list_deferred() for j in request.job_ids)
+            waiting |= frozenset(await self.store.active_propagations())
             await self.store.fail_stale_processing(Failure.INTERRUPTED, STALE_AFTER_S, waiting)
         at = time.time()
         await self.store.sweep_idempotency(at - IDEMPOTENCY_TTL_S, at - STALE_AFTER_S)
         await self.later.sweep()
         await self.handles.sweep(at)
+        await self.videos.sweep()
         for job in await self.store.expired_outputs(at):
             for location in [job.output_path, *job.extra_files]:
                 if location:

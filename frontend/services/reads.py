@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from maskserve.frontend.domain.accounts import ApiKey
-from maskserve.frontend.domain.jobs import Job
+from maskserve.frontend.domain.jobs import Job, JobKind, JobStatus
 from maskserve.frontend.domain.responses import Account
+from maskserve.frontend.domain.videos import progress_of
 from maskserve.frontend.errors import InferenceUnavailable, NotFound, StorageUnavailable
 from maskserve.frontend.services import shapes
 from maskserve.frontend.services.base import Deps, Service
@@ -35,7 +36,11 @@ class Reads(Service):
 
     async def job(self, key: ApiKey, job_id: str, base_url: str) -> dict[str, Any]:
         found = owned(key, await self.store.get_job(job_id) if valid_job_id(job_id) else None, "Job not found")
-        return shapes.result_object(base_url, self.deps.signer, found)
+        body = shapes.result_object(base_url, self.deps.signer, found)
+        if found.kind is JobKind.PROPAGATION:  # API.md v1.2: its progress, in every status
+            run = await self.store.get_propagation(found.id)
+            body["progress"] = progress_of(run, found.status is JobStatus.COMPLETED)
+        return body
 
     async def batch(self, key: ApiKey, batch_id: str, base_url: str) -> dict[str, Any]:
         record = owned(key, await self.store.get_batch(batch_id) if valid_job_id(batch_id) else None, "Batch not found")
@@ -60,7 +65,8 @@ class Reads(Service):
         location = None if job is None else _location(job, suffix)
         if job is None or location is None:
             raise NotFound("File not found")
-        content_type = (job.content_type if not suffix else "image/png") or "application/octet-stream"
+        content_type = {"": job.content_type, "preview": "video/mp4"}.get(suffix, "image/png")
+        content_type = content_type or "application/octet-stream"
         # an object store in redirect mode: the bytes come from it, through a presigned URL no longer-lived than ours
         elsewhere = await self.files.link(location, content_type, float(expires or 0))
         if elsewhere is not None:
@@ -103,5 +109,7 @@ def _location(job: Job, suffix: str) -> str | None:
     """Where the output (no suffix) or an object's mask (``<index>``) lives."""
     if not suffix:
         return job.output_path
+    if suffix == "preview":
+        return job.details.files.preview
     objects = job.details.files.objects
     return objects[int(suffix)] if suffix.isdigit() and int(suffix) < len(objects) else None

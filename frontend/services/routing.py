@@ -67,6 +67,14 @@ class ModelRouting(Service):
         except LookupError as exc:
             raise Unavailable(Failure.UNAVAILABLE) from exc
 
+    async def route_video(self, video_id: str, pinned: str | None = None) -> Route:
+        """The version serving a video: routed by its id as an image by its digest (the same on every call)."""
+        await self.known()
+        try:
+            return self.routing.route(pinned, video_id, self.ready)
+        except LookupError as exc:
+            raise Unavailable(Failure.UNAVAILABLE) from exc
+
     @contextlib.contextmanager
     def running(self, versions: list[str]) -> Iterator[None]:
         """Count requests in flight per version (reported to the store; a promotion drains on them)."""

@@ -28,6 +28,8 @@ def _extras(base_url: str, signer: UrlSigner, job: Job) -> dict[str, Any]:
             | {k: v for k, v in o.items() if k != "index"}
             for o in extras["objects"]
         ]
+    if job.details.files.preview and job.expires_at is not None:  # a propagation's preview video (API.md v1.2)
+        extras["preview_url"] = file_url(base_url, signer, f"{job.id}_preview", job.expires_at)
     return extras
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from maskserve.core.everything import Candidate
 from maskserve.core.prompts import PackedPrompt
 from maskserve.core.session_io import SessionAnswer
 from maskserve.core.signatures import LOW_RES_MASK_SIZE
+from maskserve.core.video_io import VideoAnswer, VideoCall, VideoPrompt
 from maskserve.frontend.domain.everything import EverythingJob
 from maskserve.frontend.domain.models import ModelInfo
 from maskserve.frontend.errors import InferenceUnavailable
@@ -40,6 +42,7 @@ class FakeInference:
         self.prompts: list[list[PackedPrompt]] = []  # the prompt objects of every segment call
         self.per_point_s = 0.0  # segment-everything's speed: a grid that would pass its budget is stopped
         self.delay_s = 0.0  # each segment call's time in the model tier
+        self.closed: list[str] = []  # the videos whose model-tier state was freed
 
     def _check(self) -> None:
         if self.down:
@@ -88,6 +91,35 @@ class FakeInference:
             box = [x0, y0, min(x0 + size, job.width) - 1, min(y0 + size, job.height) - 1]
             masks.append(Candidate(encodings.rle_encode(mask), box, 0.9 - i / 10, 0.95, i))
         return SessionAnswer(masks=masks, encoded=digest not in self.seen)
+
+    async def video(
+        self,
+        call: VideoCall,
+        frames: Callable[[list[int]], Awaitable[dict[int, bytes]]],
+        history: Callable[[], Awaitable[list[VideoPrompt]]],
+        version: str,
+    ) -> VideoAnswer:
+        """Each prompted object's disc around its last click, on every frame (the frames fetched as asked)."""
+        self._check()
+        self.calls.append(version)
+        if call.op == "close":
+            self.closed.append(call.video_id)
+            return VideoAnswer()
+        wanted = [call.prompt.frame] if call.prompt is not None else [call.frame]
+        got = await frames(wanted)
+        assert sorted(got) == wanted, "the service must hand over the frames asked for"
+        prompts = [*(await history()), *([call.prompt] if call.prompt is not None else [])]
+        last = {p.object_id: p.coords[-1] for p in prompts}
+        ids = [call.prompt.object_id] if call.prompt is not None else sorted(last)
+        yy, xx = np.mgrid[0:LOW_RES_MASK_SIZE, 0:LOW_RES_MASK_SIZE]
+        discs = [np.where((xx - last[o][0] / 4) ** 2 + (yy - last[o][1] / 4) ** 2 < 25**2, 10.0, -10.0) for o in ids]
+        logits = np.stack(discs).astype(np.float32) if discs else np.zeros((0, 256, 256), np.float32)
+        return VideoAnswer(
+            object_ids=np.array(ids, np.int32),
+            logits=logits,
+            score=np.full(len(ids), 0.9, np.float32),
+            object_score=np.full(len(ids), 5.0, np.float32),
+        )
 
     async def ready_versions(self) -> set[str]:
         self._check()

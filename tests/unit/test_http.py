@@ -27,6 +27,7 @@ async def test_every_route_needs_a_key_unless_it_is_public(client):
             .replace("{job_id}", "0" * 32)
             .replace("{batch_id}", "0" * 32)
             .replace("{image_id}", "img_" + "0" * 32)
+            .replace("{video_id}", "vid_" + "0" * 32)
             .replace("{name}", "playground.js")
         )
         response = await client.request(route.method, path)

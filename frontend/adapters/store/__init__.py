@@ -1,7 +1,7 @@
 """The store: one implementation of the money rules for SQLite and PostgreSQL (``ports.Store``).
 
 ``engine`` runs operations (transactions, reads, migrations) on either
-database; ``accounts``, ``jobs``, ``deferred``, ``images`` and ``lifecycle`` hold the operations by
+database; ``accounts``, ``jobs``, ``deferred``, ``images``, ``lifecycle`` and ``videos`` hold the operations by
 subject, each written once over the schema in ``tables.py``.
 """
 
@@ -13,12 +13,13 @@ from maskserve.frontend.adapters.store.engine import MIGRATIONS, database_url
 from maskserve.frontend.adapters.store.images import ImageRows
 from maskserve.frontend.adapters.store.jobs import JobRows
 from maskserve.frontend.adapters.store.lifecycle import LifecycleRows
+from maskserve.frontend.adapters.store.videos import VideoRows
 from maskserve.frontend.config import Settings
 
 __all__ = ["MIGRATIONS", "SqlStore", "build_store", "database_url"]
 
 
-class SqlStore(AccountRows, JobRows, DeferredRows, ImageRows, LifecycleRows):
+class SqlStore(AccountRows, JobRows, DeferredRows, ImageRows, LifecycleRows, VideoRows):
     """Every operation of the store over one set of connections."""
 
 

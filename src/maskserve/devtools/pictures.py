@@ -91,6 +91,7 @@ def clip_file(frames: list[Path], fmt: str = "mp4", fps: int = 10) -> bytes:
     out = io.BytesIO()
     with av.open(out, mode="w", format=fmt) as container:
         stream = container.add_stream(codec, rate=fps)
+        assert isinstance(stream, av.video.stream.VideoStream)
         stream.width, stream.height, stream.pix_fmt = images[0].width, images[0].height, "yuv420p"
         for img in images:
             for packet in stream.encode(av.VideoFrame.from_image(img)):
