@@ -25,7 +25,7 @@ import numpy as np
 import requests
 from PIL import Image
 
-from benchmarks import everything
+from benchmarks import everything, video
 from benchmarks.images import photo, photos
 from benchmarks.interactive import clicks
 from benchmarks.loadgen import run_load
@@ -47,6 +47,8 @@ class Sizes:
     reference_images: int
     agreement_images: int
     everything_per_side: tuple[int, ...]
+    video_frames: int = 12
+    video_objects: tuple[int, ...] = (1, 4)
 
 
 FULL = Sizes(
@@ -68,6 +70,8 @@ SMOKE = Sizes(
     reference_images=1,
     agreement_images=1,
     everything_per_side=(4,),
+    video_frames=3,
+    video_objects=(1,),
 )
 CACHE_BYTES = 64 * MIB  # the session store: eight fp16 images; the memory run cycles more images than fit
 
@@ -321,6 +325,7 @@ def run(sizes: Sizes) -> dict:
 
         # T6: segment-everything per image (encoder included) vs Meta's SAM2AutomaticMaskGenerator
         results["everything"] = everything.measure(stack.url, stack.key, peer.model, sizes.everything_per_side, 1)
+        results["video"] = video.measure(stack, sizes.video_frames, sizes.video_objects)
     results["targets"] = targets(results)
     return results
 

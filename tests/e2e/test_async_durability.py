@@ -152,3 +152,81 @@ def test_another_frontend_takes_over_the_async_batch_of_one_sigkilled(triton_ser
         f"SIGKILLed after its 202 with {done_at_kill} done; the other claimed its lease and completed all "
         f"{TAKEOVER_IMAGES} {finished_s:.1f} s after the kill; charged {charged} credits once, nothing processing"
     )
+
+
+VIDEO_FRAMES = 12
+
+
+def test_another_frontend_takes_over_the_propagation_of_one_sigkilled(triton_server, postgres_url, tmp_path, report):
+    """Two frontends on one PostgreSQL (frames kept in the database): the one running a propagation is SIGKILLed
+    mid-way; the other takes its lease over and completes it from its start, charged once (API.md v1.2)."""
+    import asyncio
+
+    import asyncpg
+
+    from maskserve.devtools.pictures import clip_file, moving_shapes_clip
+
+    clip = clip_file(moving_shapes_clip(tmp_path / "clip", VIDEO_FRAMES, 320, 240), "mp4")
+    ports = [free_port(), free_port()]
+    procs = []
+    for i, port in enumerate(ports):
+        args = ["frontend", "--triton-url", triton_server.opts.grpc_url, "--port", str(port),
+                "--data-dir", str(tmp_path / f"d{i}"), "--database-url", postgres_url]  # fmt: skip
+        procs.append(start_cli(args, tmp_path, tmp_path))
+    try:
+        for proc in procs:
+            wait_for_line(proc, "maskserve is listening", timeout=60)
+        key, key_id = create_key(["--database-url", postgres_url], tmp_path, tmp_path)
+        auth = {"Authorization": f"Bearer {key}"}
+        first, survivor = (f"http://127.0.0.1:{p}" for p in ports)
+        r = requests.post(f"{first}/v1/videos", files={"file": ("c.mp4", clip)}, headers=auth, timeout=120)
+        assert r.status_code == 201, r.text
+        video_id = r.json()["video_id"]
+        r = requests.post(
+            f"{first}/v1/videos/{video_id}/prompts",
+            params={"frame": 0, "object_id": 1, "points": "[[104, 100]]"},
+            headers=auth,
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        r = requests.post(f"{first}/v1/videos/{video_id}/propagate", headers=auth, timeout=60)
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        while requests.get(f"{first}/v1/jobs/{job_id}", headers=auth, timeout=30).json()["progress"]["frames_done"] < 2:
+            time.sleep(0.2)
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(timeout=30)
+        killed_at = time.monotonic()
+        while True:
+            job = requests.get(f"{survivor}/v1/jobs/{job_id}", headers=auth, timeout=30).json()
+            if job["status"] != "processing":
+                break
+            assert time.monotonic() - killed_at < 300, job
+            time.sleep(0.5)
+        finished_s = time.monotonic() - killed_at
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+    assert job["status"] == "completed" and job["credits_used"] == VIDEO_FRAMES, job
+    assert job["progress"] == {"frames_done": VIDEO_FRAMES, "frames_total": VIDEO_FRAMES}
+
+    async def ledger() -> tuple[int, int, int, int]:
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            balance = await conn.fetchval("SELECT credits FROM api_keys WHERE id = $1", key_id)
+            charged = await conn.fetchval("SELECT COALESCE(SUM(credits_used), 0) FROM jobs WHERE key_id = $1", key_id)
+            processing = await conn.fetchval("SELECT count(*) FROM jobs WHERE status = 'processing'")
+            active = await conn.fetchval("SELECT count(*) FROM propagations WHERE active")
+            return int(balance), int(charged), int(processing), int(active)
+        finally:
+            await conn.close()
+
+    balance, charged, processing, active = asyncio.run(ledger())
+    assert (balance, charged, processing, active) == (100 - 1 - VIDEO_FRAMES, 1 + VIDEO_FRAMES, 0, 0)
+    report(
+        f"propagation takeover: {VIDEO_FRAMES}-frame propagation on 2 frontends sharing PostgreSQL, the running one "
+        f"SIGKILLed after 2 frames; the other took its lease over and completed it {finished_s:.1f} s after the "
+        f"kill; charged {charged} credits once (1 prompt + {VIDEO_FRAMES} frames), nothing processing"
+    )

@@ -111,3 +111,36 @@ def test_a_video_session_through_triton(api, key, clip, report):
         f"video API through Triton ({FRAMES} frames 320x240, 2-core CPU): first mask after a click on a new frame "
         f"{first_mask_s:.2f} s; propagation {FRAMES / tracked_s:.2f} frames/s end to end"
     )
+
+
+def test_the_sdk_and_the_cli_track_a_video(api, key, clip, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from maskserve.client import Client
+
+    with Client(api.url, key) as client:
+        opened = client.open_video(clip, fps=5)
+        assert opened["frames"] == FRAMES // 2 and opened["fps"] == 5.0
+        clicked = client.video_prompt(opened["video_id"], 1, 2, points=[[104, 100]])
+        assert clicked["object_id"] == 2 and clicked["mask"]["format"] == "rle"
+        job = client.propagate(opened["video_id"], max_frames=2)
+        heard: list[tuple[int, int]] = []
+        ended = client.wait_propagation(job["job_id"], progress=lambda d, t: heard.append((d, t)))
+        assert ended["status"] == "completed" and heard[-1] == (2, 2)
+        client.delete_video(opened["video_id"])
+
+    source = tmp_path / "clip.mp4"
+    source.write_bytes(clip)
+    out = tmp_path / "masks"
+    run = subprocess.run(
+        [sys.executable, "-m", "maskserve", "video", "track", str(source), "--point", "0:104,100",
+         "--object", "2", "--box", "4:200,60,280,200", "--direction", "forward", "--url", api.url, "--out", str(out)],
+        env={**os.environ, "MASKSERVE_API_KEY": key}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    document = json.loads((out / "masks.json").read_text())
+    assert [f["frame"] for f in document["frames"]] == list(range(FRAMES))
+    assert (out / "preview.mp4").stat().st_size > 0
+    assert len(list(out.glob("*.png"))) == 2 * FRAMES  # every frame, both objects

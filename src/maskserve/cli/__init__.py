@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_client_arguments(sub)
 
+    from maskserve.cli.video import add_arguments as add_video_arguments
+
+    add_video_arguments(sub)
+
     credits = sub.add_parser("credits", help="manage credits (admin)")
     credits_sub = credits.add_subparsers(dest="credits_command", required=True)
     add = credits_sub.add_parser("add", help="add credits to a key")
@@ -155,6 +159,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would drown the progress bar
         return run_client(args)
+    if args.command == "video":
+        from maskserve.cli.video import run_video
+
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        return run_video(args)
     from maskserve.cli.admin import run_admin
 
     return run_admin(args)

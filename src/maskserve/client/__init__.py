@@ -53,6 +53,7 @@ from maskserve.client._types import (
     Unavailable,
     ValidationError,
 )
+from maskserve.client._videos import AsyncVideoCalls, VideoCalls
 
 __all__ = [
     "Account", "AsyncClient", "AsyncOnImage", "BadRequest", "Batch", "Call", "Client", "Conflict", "Forbidden",
@@ -119,7 +120,7 @@ def _save(data: bytes, path: str | Path | None) -> bytes:
     return data
 
 
-class Client:
+class Client(VideoCalls):
     """The synchronous client."""
 
     def __init__(
@@ -230,7 +231,7 @@ class Client:
         return item
 
 
-class AsyncClient:
+class AsyncClient(AsyncVideoCalls):
     """The asynchronous client: the same calls, awaited."""
 
     def __init__(
