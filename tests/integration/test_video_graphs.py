@@ -187,3 +187,50 @@ def test_track_decoder_matches_sam2_heads(model, onnx_dir):
         exported = _onnx_run(TrackDecoder(model).eval(), args, onnx_dir / "track_decoder.onnx", sig.TRACK_DECODER_MODEL)
         for got, want in zip(exported, (masks, ious, ptrs, score), strict=True):
             _close(got, want, 1e-3)
+
+
+@torch.no_grad()
+def test_objects_tracked_in_one_batch_match_each_tracked_alone(model, onnx_dir):
+    """The tracker runs a frame's objects as one batch per graph (shorter memories and pointer lists padded and
+    marked invalid): each object's masks, pointers and memories equal those of the object tracked alone."""
+    import onnxruntime as ort
+
+    from maskserve.export.onnx_export import export_video_graphs
+    from maskserve.session.video import Tracker, TrackingConfig
+
+    sessions = {
+        name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for name, path in export_video_graphs(model, onnx_dir / "batched").items()
+    }
+
+    class Graphs:
+        def attend(self, **inputs):
+            return sessions[sig.MEMORY_ATTENTION_MODEL].run(None, inputs)[0]
+
+        def decode(self, **inputs):
+            return sessions[sig.TRACK_DECODER_MODEL].run(None, inputs)
+
+        def encode_memory(self, **inputs):
+            return sessions[sig.MEMORY_ENCODER_MODEL].run(None, inputs)[0]
+
+    g = torch.Generator().manual_seed(3)
+    frames = [
+        (_features(10 + f).numpy(), torch.randn(1, 32, 256, 256, generator=g).numpy(),
+         torch.randn(1, 64, 128, 128, generator=g).numpy())
+        for f in range(5)
+    ]  # fmt: skip
+    config = TrackingConfig.of_model(model)
+    clicks = {1: (0, [[300.0, 400.0]]), 2: (1, [[700.0, 200.0]])}  # object 2 starts a frame later: fewer memories
+    together = Tracker(Graphs(), frames.__getitem__, len(frames), config)
+    alone = {obj: Tracker(Graphs(), frames.__getitem__, len(frames), config) for obj in clicks}
+    for obj, (frame, point) in clicks.items():
+        for tracker in (together, alone[obj]):
+            tracker.add_points(frame, obj, np.array(point, np.float32), np.array([1]), clear=False)
+    batched = dict(together.propagate(start=0))
+    for obj, tracker in alone.items():
+        for frame, outs in tracker.propagate(start=0):
+            ours, ref = batched[frame][obj], outs[obj]
+            np.testing.assert_allclose(ours.logits, ref.logits, atol=2e-3, rtol=0)
+            np.testing.assert_allclose(ours.obj_ptr, ref.obj_ptr, atol=2e-4, rtol=0)
+            if ref.memory is not None:
+                np.testing.assert_allclose(ours.memory, ref.memory, atol=2e-2, rtol=0)

@@ -15,16 +15,15 @@ The graphs (``Graphs``) are the image encoder's features of a frame and the thre
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from maskserve.core import signatures as sig
 from maskserve.core.masks import select_mask
+from maskserve.session.video_state import FrameOutput, ObjectTrack, Spill, to_bfloat16_precision
 
 
 @dataclass(frozen=True)
@@ -84,87 +83,6 @@ class Graphs(Protocol):
 
 Features = Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]]
 """A frame's image_embed, high_res_feats_0, high_res_feats_1 (batch of one)."""
-
-
-def to_bfloat16_precision(x: np.ndarray) -> np.ndarray:
-    """float32 rounded to the nearest bfloat16 (ties to even), kept as float32."""
-    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
-    rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) & np.uint32(0xFFFF0000)
-    return rounded.view(np.float32)
-
-
-class Spill:
-    """A directory where a video's tracked frames far from the one being tracked keep their arrays.
-
-    SAM 2 keeps every tracked frame's memory (64×64×64) and low-resolution logits (256²) in memory;
-    here only the frames within reach of the memory window stay in memory, the others wait on disk
-    until a later propagation or a correction reads them again, so a long video's memory stays flat.
-    """
-
-    def __init__(self, where: Path) -> None:
-        self.where = where
-        where.mkdir(parents=True, exist_ok=True)
-
-    def put(self, key: str, out: FrameOutput) -> Path:
-        path = self.where / f"{key}.npz"
-        assert out._logits is not None
-        arrays = {"logits": out._logits}
-        if out._memory is not None:
-            arrays["memory"] = out._memory
-        np.savez(path, **arrays)
-        out._logits, out._memory = None, None
-        return path
-
-    def clear(self) -> None:
-        shutil.rmtree(self.where, ignore_errors=True)
-
-
-class FrameOutput:
-    """One object's output on one frame: the chosen low-resolution logits, pointer, score, memory."""
-
-    __slots__ = ("_logits", "_memory", "iou", "obj_ptr", "score", "spilled")
-
-    def __init__(
-        self, logits: np.ndarray, obj_ptr: np.ndarray, score: float, iou: float = 0.0, memory: np.ndarray | None = None
-    ) -> None:
-        self._logits: np.ndarray | None = logits  # [256, 256]
-        self.obj_ptr = obj_ptr  # [256]
-        self.score = score  # object score logit
-        self.iou = iou  # the chosen mask's predicted IoU
-        self._memory = memory  # [64, 64, 64], once encoded
-        self.spilled: Path | None = None
-
-    def _load(self, name: str) -> np.ndarray | None:
-        if self.spilled is None:
-            return None
-        with np.load(self.spilled) as stored:
-            return np.array(stored[name]) if name in stored else None
-
-    @property
-    def logits(self) -> np.ndarray:
-        found = self._logits if self._logits is not None else self._load("logits")
-        assert found is not None
-        return found
-
-    @property
-    def memory(self) -> np.ndarray | None:
-        return self._memory if self._memory is not None or self.spilled is None else self._load("memory")
-
-    @memory.setter
-    def memory(self, value: np.ndarray) -> None:
-        self._memory = value
-        if self.spilled is not None:  # the arrays are in memory again; the next spill writes them anew
-            self._logits, self.spilled = self._load("logits"), None
-
-
-@dataclass
-class ObjectTrack:
-    points: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # frame -> 1024-space coords, labels
-    cond: dict[int, FrameOutput] = field(default_factory=dict)
-    non_cond: dict[int, FrameOutput] = field(default_factory=dict)
-    temp_cond: dict[int, FrameOutput] = field(default_factory=dict)
-    temp_non_cond: dict[int, FrameOutput] = field(default_factory=dict)
-    tracked: dict[int, bool] = field(default_factory=dict)  # frame -> tracked in reverse
 
 
 class Tracker:
@@ -228,19 +146,19 @@ class Tracker:
         return list(range(start, end + 1))
 
     def track(self, frame: int, reverse: bool) -> dict[int, FrameOutput]:
-        """One frame of a propagation (after ``begin``): every object's output on it."""
-        outputs = {}
-        for obj, track in self.objects.items():
-            if frame in track.cond:
-                out = track.cond[frame]
-            else:
-                out = self._step(track, frame, False, None, reverse, None, encode_memory=True)
+        """One frame of a propagation (after ``begin``): every object's output on it (the objects in one batch)."""
+        outputs = {obj: track.cond[frame] for obj, track in self.objects.items() if frame in track.cond}
+        moving = [(obj, track) for obj, track in self.objects.items() if frame not in track.cond]
+        if moving:
+            stepped = self._steps([t for _, t in moving], frame, False, None, reverse, None, encode_memory=True)
+            for (obj, track), out in zip(moving, stepped, strict=True):
                 track.non_cond[frame] = out
+                outputs[obj] = out
+        for track in self.objects.values():
             track.tracked[frame] = reverse
-            outputs[obj] = out
         if self.spill is not None:
             self._spill_far(frame)
-        return outputs
+        return dict(sorted(outputs.items()))
 
     def propagate(
         self, start: int | None = None, max_frames: int | None = None, reverse: bool = False
@@ -274,27 +192,45 @@ class Tracker:
         prev_logits: np.ndarray | None,
         encode_memory: bool,
     ) -> FrameOutput:
+        return self._steps([track], frame, is_init, points, reverse, prev_logits, encode_memory)[0]
+
+    def _steps(
+        self,
+        tracks: list[ObjectTrack],
+        frame: int,
+        is_init: bool,
+        points: tuple[np.ndarray, np.ndarray] | None,
+        reverse: bool,
+        prev_logits: np.ndarray | None,
+        encode_memory: bool,
+    ) -> list[FrameOutput]:
+        """One frame of several objects, each graph called once for all of them (a batch of objects)."""
+        count = len(tracks)
         embed, s0, s1 = self.features(frame)
-        pix = embed if is_init else self.graphs.attend(image_embed=embed, **self._bank(track, frame, reverse))
-        coords = np.zeros((1, sig.DECODER_POINTS, 2), np.float32)
-        labels = np.full((1, sig.DECODER_POINTS), sig.MASKED_LABEL, np.int32)
+        if is_init:
+            pix = _repeat(embed, count)
+        else:
+            banks = _padded([self._bank(track, frame, reverse) for track in tracks])
+            pix = self.graphs.attend(image_embed=_repeat(embed, count), **banks)
+        coords = np.zeros((count, sig.DECODER_POINTS, 2), np.float32)
+        labels = np.full((count, sig.DECODER_POINTS), sig.MASKED_LABEL, np.int32)
         if points is None:
-            labels[0, :2] = sig.PAD_LABEL  # SAM 2: an empty point, then the prompt encoder's padding point
+            labels[:, :2] = sig.PAD_LABEL  # SAM 2: an empty point, then the prompt encoder's padding point
             n_points = 0
         else:
             n_points = len(points[1])
-            coords[0, :n_points], labels[0, :n_points], labels[0, n_points] = points[0], points[1], sig.PAD_LABEL
-        mask_input = np.zeros((1, 1, sig.LOW_RES_MASK_SIZE, sig.LOW_RES_MASK_SIZE), np.float32)
+            coords[:, :n_points], labels[:, :n_points], labels[:, n_points] = points[0], points[1], sig.PAD_LABEL
+        mask_input = np.zeros((count, 1, sig.LOW_RES_MASK_SIZE, sig.LOW_RES_MASK_SIZE), np.float32)
         if prev_logits is not None:
-            mask_input[0, 0] = prev_logits
+            mask_input[:, 0] = prev_logits
         masks, ious, ptrs, score = self.graphs.decode(
             pix_feat=pix,
-            high_res_feats_0=s0,
-            high_res_feats_1=s1,
+            high_res_feats_0=_repeat(s0, count),
+            high_res_feats_1=_repeat(s1, count),
             point_coords=coords,
             point_labels=labels,
             mask_input=mask_input,
-            has_mask_input=np.full((1, 1), float(prev_logits is not None), np.float32),
+            has_mask_input=np.full((count,), float(prev_logits is not None), np.float32),
         )
         cfg = self.config
         multimask = (
@@ -302,27 +238,36 @@ class Tracker:
             and (is_init or cfg.multimask_output_for_tracking)
             and cfg.multimask_min_pt_num <= n_points <= cfg.multimask_max_pt_num
         )
-        if multimask:
-            best = 1 + int(np.argmax(ious[0, 1:]))
-            logits, ptr, iou = masks[0, best], ptrs[0, best], float(ious[0, best])
-        else:
-            logits, iou = select_mask(masks[0], ious[0], multimask=False)
-            ptr = ptrs[0, 0]
-        out = FrameOutput(np.array(logits, np.float32), np.array(ptr, np.float32), float(score.reshape(-1)[0]), iou)
+        outs = []
+        for i in range(count):
+            if multimask:
+                best = 1 + int(np.argmax(ious[i, 1:]))
+                logits, ptr, iou = masks[i, best], ptrs[i, best], float(ious[i, best])
+            else:
+                logits, iou = select_mask(masks[i], ious[i], multimask=False)
+                ptr = ptrs[i, 0]
+            logit = float(score.reshape(count, -1)[i, 0])
+            outs.append(FrameOutput(np.array(logits, np.float32), np.array(ptr, np.float32), logit, iou))
         if encode_memory:
-            out.memory = self._memory(embed, out, from_points=points is not None)
-        return out
+            for out, memory in zip(outs, self._memories(embed, outs, from_points=points is not None), strict=True):
+                out.memory = memory
+        return outs
 
     def _memory(self, embed: np.ndarray, out: FrameOutput, from_points: bool) -> np.ndarray:
         """The memory of ``out`` on the frame whose ``image_embed`` is ``embed``."""
+        return self._memories(embed, [out], from_points)[0]
+
+    def _memories(self, embed: np.ndarray, outs: list[FrameOutput], from_points: bool) -> list[np.ndarray]:
+        """The memories of several objects' outputs on one frame, in one memory-encoder call."""
         binarize = self.config.binarize_mask_from_pts_for_mem_enc and from_points
+        count = len(outs)
         memory = self.graphs.encode_memory(
-            image_embed=embed,
-            mask_logits=out.logits[None, None],
-            object_score_logits=np.full((1, 1), out.score, np.float32),
-            binarize=np.full((1,), float(binarize), np.float32),
+            image_embed=_repeat(embed, count),
+            mask_logits=np.stack([out.logits for out in outs])[:, None],
+            object_score_logits=np.array([[out.score] for out in outs], np.float32),
+            binarize=np.full((count,), float(binarize), np.float32),
         )
-        return to_bfloat16_precision(memory[0])
+        return [to_bfloat16_precision(memory[i]) for i in range(count)]
 
     def _bank(self, track: ObjectTrack, frame: int, reverse: bool) -> dict[str, np.ndarray]:
         """The memory attention's inputs for ``frame``: SAM 2's selection of memories and pointers."""
@@ -366,3 +311,24 @@ class Tracker:
             "obj_ptr_tpos": (np.array([[d for d, _ in pointers]], np.float32) / t_diff_max),
             "obj_ptr_valid": valid_ptrs[None],
         }
+
+
+def _repeat(array: np.ndarray, count: int) -> np.ndarray:
+    """One frame's tensor (batch of one) once per object."""
+    return array if count == 1 else np.ascontiguousarray(np.broadcast_to(array, (count, *array.shape[1:])))
+
+
+def _padded(banks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Several objects' memory-attention inputs as one batch: shorter memories and pointer lists padded (and
+    marked invalid, which the graph leaves out of the attention exactly)."""
+    if len(banks) == 1:
+        return banks[0]
+    frames = max(b["memory"].shape[1] for b in banks)
+    ptrs = max(b["obj_ptrs"].shape[1] for b in banks)
+    out: dict[str, list[np.ndarray]] = {name: [] for name in banks[0]}
+    for bank in banks:
+        for name, array in bank.items():
+            size = frames if name.startswith("memory") else ptrs
+            pad = [(0, 0), (0, size - array.shape[1])] + [(0, 0)] * (array.ndim - 2)
+            out[name].append(np.pad(array, pad))  # zeros: padding is invalid (``*_valid`` 0)
+    return {name: np.concatenate(arrays) for name, arrays in out.items()}
