@@ -18,7 +18,7 @@ def test_suite_smoke(tmp_path):
     proc = _run("benchmarks.suite", "--smoke", "--json", str(out))
     results = json.loads(out.read_text())
     assert results["smoke"] is True
-    assert len(results["targets"]) == 17 and all({"target", "met", "measured"} <= set(t) for t in results["targets"])
+    assert len(results["targets"]) == 18 and all({"target", "met", "measured"} <= set(t) for t in results["targets"])
     assert results["concurrent_c8"]["errors"] == {} and results["cached_c1"]["errors"] == {}
     assert results["click_c1"]["errors"] == {} and results["click_c1"]["decoder_compute_ms"] > 0
     assert results["batch"]["completed"] == results["batch"]["images"]

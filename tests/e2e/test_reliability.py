@@ -47,12 +47,17 @@ def test_triton_killed_mid_request_then_restarted(exported_repo, tmp_path, repor
 
         async def scenario():
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
-                single = asyncio.ensure_future(_post(session, served.url, served.key, image_bytes(640, 480, seed=6001)))
                 batch = asyncio.ensure_future(
                     _post(session, served.url, served.key, b"", path=SEG + "/batch", field="files", count=4)
                 )
-                await asyncio.sleep(1.0)  # both are inside the encoder now
-                os.kill(served.triton_pid(), signal.SIGKILL)
+                await asyncio.sleep(1.0)  # the batch's images are inside the encoder now
+                triton = served.triton_pid()
+                # Triton stopped (not yet dead) while the single request goes out: it is surely in flight when
+                # the kill comes, however fast this machine's encoder is
+                os.kill(triton, signal.SIGSTOP)
+                single = asyncio.ensure_future(_post(session, served.url, served.key, image_bytes(640, 480, seed=6001)))
+                await asyncio.sleep(0.5)
+                os.kill(triton, signal.SIGKILL)
                 return await single, await batch
 
         (s_status, s_body, s_time), (b_status, b_body, b_time) = asyncio.run(scenario())

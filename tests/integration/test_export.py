@@ -185,7 +185,7 @@ def test_second_export_adds_a_version_beside_the_first(tmp_path):
     assert run_export(ExportRequest(out=out, random_weights=True, seed=1)) == 1
     assert run_export(ExportRequest(out=out, random_weights=True, seed=2)) == 2
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        sig.served_name(m, v) for m in sig.LIFECYCLE_MODELS for v in (1, 2)
+        sig.served_name(m, v) for m in (*sig.LIFECYCLE_MODELS, *sig.VIDEO_MODELS) for v in (1, 2)
     )
     assert existing_versions(out) == [1, 2]
     with pytest.raises(ExportError, match="already exists"):

@@ -167,7 +167,7 @@ def test_migrated_schema_matches_the_table_definitions(settings):
     async def scenario(store):
         diff, version = await store._tx(compare)
         assert diff == [], diff
-        assert version == "0008"
+        assert version == "0009"
 
     run(settings, scenario)
 
