@@ -5,7 +5,8 @@ build step, nothing from a CDN). The page holds no secret: the visitor pastes an
 which the script keeps in the tab's ``sessionStorage`` and sends as a Bearer header to the
 same origin, so no CORS is involved. Every asset carries a strict Content-Security-Policy:
 scripts, styles and connections only from this origin, images also from ``blob:`` URLs
-(the cut-out and the downloads), no inline script or style, no framing. With the ``s3``
+(the cut-out and the downloads), media only from ``blob:`` URLs (the video tab's own file),
+no inline script or style, no framing. With the ``s3``
 files backend in redirect mode, file links answer 302 to the object store, so its origin
 is allowed for connections and images too (the bucket's CORS rule lets the page read them).
 """
@@ -39,6 +40,7 @@ def content_security_policy(settings: Settings) -> str:
             "script-src 'self'",
             "style-src 'self'",
             f"img-src 'self' blob: data:{files}",
+            "media-src blob:",  # the video tab shows the visitor's own file, decoded by the browser
             f"connect-src 'self'{files}",
             "base-uri 'none'",
             "form-action 'none'",
@@ -49,10 +51,11 @@ def content_security_policy(settings: Settings) -> str:
 
 ASSETS = {
     "index.html": "text/html",
-    "playground.js": "text/javascript",  # the page's module; it imports the three below
+    "playground.js": "text/javascript",  # the page's module; it imports the four below
     "state.js": "text/javascript",
     "api.js": "text/javascript",
     "masks.js": "text/javascript",
+    "video.js": "text/javascript",
     "playground.css": "text/css",
 }
 """The files the page is made of, and their types; nothing else under ``/playground/`` is served."""

@@ -71,6 +71,11 @@ export async function call(path, params, fields) {
   return readResponse(response);
 }
 
+export async function getJson(path) {
+  if (!state.key) throw new ApiProblem(401, "Paste an API key first.");
+  return readResponse(await fetch(path, { headers: { Authorization: `Bearer ${state.key}` } }));
+}
+
 const UNKNOWN_IMAGE = "Unknown or expired image_id";
 
 // A call on the current image: the file the first time, then only its handle (image_id). A handle that

@@ -40,11 +40,10 @@ export function decodeRle(rle) {
   return mask;
 }
 
-export function paintMasks(layers) {
+export function paintMasks(layers, overlay = $("overlay")) {
   // layers: [{mask, rgba}], painted in order (later ones win where they overlap)
-  const overlay = $("overlay");
   const context = overlay.getContext("2d");
-  const image = context.createImageData(state.width, state.height);
+  const image = context.createImageData(overlay.width, overlay.height);
   const data = image.data;
   for (const { mask, rgba } of layers) {
     for (let i = 0; i < mask.length; i += 1) {

@@ -3,6 +3,7 @@
 import { KEY_STORAGE, DRAG_THRESHOLD_PX, $, state, emptyPrompt, copyPrompt } from "./state.js";
 import { callOnImage, fetchFile, loadAccount, loadReadiness, setStatus, fail } from "./api.js";
 import { decodeRle, paintMasks, colour, showMask, drawMarks } from "./masks.js";
+import { initVideo } from "./video.js";
 
 // ---- the image ------------------------------------------------------------------------------
 
@@ -323,6 +324,7 @@ function init() {
   document.addEventListener("keydown", (event) => {
     if ((event.ctrlKey || event.metaKey) && event.key === "z") undo();
   });
+  initVideo();
   loadReadiness();
   if (state.key) loadAccount();
 }

@@ -16,13 +16,15 @@ import subprocess
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import av
 import numpy as np
 import pytest
 import requests
 from PIL import Image
 from playwright import sync_api as playwright
 
-from maskserve.devtools.pictures import image_bytes
+from maskserve.core import encodings
+from maskserve.devtools.pictures import clip_file, image_bytes, moving_shapes_clip
 from tests.plugins.calls import auth, ledger_state
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -59,16 +61,20 @@ def _screenshot(page, name: str) -> None:
 
 def _overlay(page) -> np.ndarray:
     """The overlay canvas as the person sees it: True where the mask colour is painted."""
-    bits = page.evaluate(
-        """() => {
-            const c = document.getElementById('overlay');
+    return _canvas_alpha(page, "overlay")
+
+
+def _canvas_alpha(page, canvas: str) -> np.ndarray:
+    width, height, text = page.evaluate(
+        """(id) => {
+            const c = document.getElementById(id);
             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
             let s = '';
             for (let i = 3; i < d.length; i += 4) s += d[i] > 0 ? '1' : '0';
             return [c.width, c.height, s];
-        }"""
+        }""",
+        canvas,
     )
-    width, height, text = bits
     return (np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")).reshape(height, width)
 
 
@@ -326,3 +332,130 @@ def test_the_playground_works_when_files_come_from_an_object_store(
         assert cors == [{"AllowedMethods": ["GET", "HEAD"], "AllowedOrigins": ["*"], "MaxAgeSeconds": 3600}]
     finally:
         api.stop()
+
+
+def _frame_pixels(page) -> np.ndarray:
+    """The frame canvas of the video tab as the person sees it (RGB)."""
+    width, height, data = page.evaluate(
+        """() => {
+            const c = document.getElementById('frame-layer');
+            return [c.width, c.height, Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)];
+        }"""
+    )
+    return np.array(data, np.uint8).reshape(height, width, 4)[..., :3]
+
+
+def _video_overlay(page) -> np.ndarray:
+    """The video tab's overlay: True where any object's colour is painted."""
+    return _canvas_alpha(page, "video-overlay")
+
+
+def _scrub_to(page, frame: int) -> None:
+    """As a person does with the keyboard on the frame slider."""
+    page.focus("#frame")
+    current = int(page.input_value("#frame"))
+    for _ in range(abs(frame - current)):
+        page.keyboard.press("ArrowRight" if frame > current else "ArrowLeft")
+    page.wait_for_function("f => document.getElementById('video-overlay').dataset.frame === String(f)", arg=frame)
+
+
+def _click_frame(page, x: int, y: int, button: str = "left") -> None:
+    box = page.locator("#video-marks").bounding_box()
+    scale = box["width"] / page.evaluate("document.getElementById('video-marks').width")
+    page.mouse.click(box["x"] + (x + 0.25) * scale, box["y"] + (y + 0.25) * scale, button=button)
+
+
+def _propagated(page, api, secret: str) -> dict:
+    page.wait_for_function(
+        "() => document.getElementById('video-overlay').dataset.propagation !== 'running'", timeout=300_000
+    )
+    assert page.get_attribute("#video-overlay", "data-propagation") == "done", page.inner_text("#status")
+    job_id = page.get_attribute("#video-overlay", "data-propagation-job")
+    return requests.get(f"{api.url}/v1/jobs/{job_id}", headers=auth(secret), timeout=30).json()
+
+
+def test_a_person_tracks_an_object_through_a_video(api, page, tmp_path):
+    """The video tab: upload once, scrub, click, propagate with a progress bar, scrub through the masks,
+    correct a later frame, propagate again from there, and download the preview."""
+    frames = 8
+    key_id, secret = api.create_key(40)
+    stills = moving_shapes_clip(tmp_path / "frames", frames, 320, 240)
+    clip = tmp_path / "clip.webm"  # VP9: a codec every Chromium build decodes
+    clip.write_bytes(clip_file(stills, "webm"))
+
+    response = page.goto(f"{api.url}/playground")
+    assert "media-src blob:" in response.headers["content-security-policy"]
+    page.fill("#api-key", secret)
+    page.click("#use-key")
+    page.wait_for_function("() => document.getElementById('credits').textContent === '40'")
+    page.click("#tab-video")
+    assert page.is_hidden("#image-controls") and page.is_visible("#video-controls")
+    page.set_input_files("#video-file", str(clip))
+    page.wait_for_selector("#video-wrap", state="visible", timeout=60_000)
+    video_id = page.get_attribute("#video-overlay", "data-video-id")
+    assert video_id.startswith("vid_") and f"{frames} frames" in page.inner_text("#video-info")
+    state = requests.get(f"{api.url}/v1/videos/{video_id}", headers=auth(secret), timeout=30).json()
+    assert (state["frames"], state["width"], state["height"]) == (frames, 320, 240)
+
+    # scrubbing shows the frame the slider names: the browser's own decode of the file, nearest to that still
+    _scrub_to(page, 2)
+    shown = _frame_pixels(page).astype(np.int16)
+    errors = [np.abs(shown - np.asarray(Image.open(p).convert("RGB"), np.int16)).mean() for p in stills]
+    assert int(np.argmin(errors)) == 2 and errors[2] < 12, errors
+
+    # a click on the ellipse of frame 2: object 1's mask there, at once, 1 credit
+    _click_frame(page, 96, 100)
+    page.wait_for_function("() => document.getElementById('video-overlay').dataset.objects === '1'", timeout=120_000)
+    prompt_job = page.get_attribute("#video-overlay", "data-job-id")
+    job = requests.get(f"{api.url}/v1/jobs/{prompt_job}", headers=auth(secret), timeout=30).json()
+    clicked = _png(requests.get(job["output_url"], timeout=30).content) > 127
+    assert np.array_equal(_video_overlay(page), clicked) and 0 < clicked.sum() < clicked.size
+    page.wait_for_function("() => document.getElementById('credits').textContent === '39'")
+    _screenshot(page, "playground-video-click.png")
+
+    # propagate both ways with a progress bar, then scrub through the tracked masks
+    page.click("#propagate")
+    page.wait_for_selector("#progress", state="visible")
+    done = _propagated(page, api, secret)
+    assert done["status"] == "completed" and done["credits_used"] == frames
+    assert page.get_attribute("#progress", "value") == str(frames) and f"{frames} of {frames}" in page.inner_text(
+        "#progress-text"
+    )
+    result = requests.get(done["output_url"], timeout=30).json()
+    tracked = {f["frame"]: encodings.rle_decode(f["objects"][0]["mask"]).astype(bool) for f in result["frames"]}
+    for frame in (5, 0):
+        _scrub_to(page, frame)
+        assert np.array_equal(_video_overlay(page), tracked[frame])
+    _screenshot(page, "playground-video.png")
+
+    # a correction on frame 6 (a background point), then propagate forward from the shown frame
+    _scrub_to(page, 6)
+    before = page.get_attribute("#video-overlay", "data-job-id")
+    _click_frame(page, 20, 20, button="right")
+    page.wait_for_function(
+        "b => document.getElementById('video-overlay').dataset.jobId !== b", arg=before, timeout=120_000
+    )
+    page.select_option("#direction", "forward")
+    page.check("#from-frame")
+    page.click("#propagate")
+    again = _propagated(page, api, secret)
+    assert again["status"] == "completed" and again["credits_used"] == frames - 6
+    result = requests.get(again["output_url"], timeout=30).json()
+    assert [f["frame"] for f in result["frames"]] == [6, 7]
+    _scrub_to(page, 7)
+    assert np.array_equal(_video_overlay(page), encodings.rle_decode(result["frames"][1]["objects"][0]["mask"]) > 0)
+    state = requests.get(f"{api.url}/v1/videos/{video_id}", headers=auth(secret), timeout=30).json()
+    assert state["objects"] == [{"object_id": 1, "prompted_frames": [2, 6]}]
+
+    # the preview: the processed frames with the masks overlaid, as the API links it
+    with page.expect_download() as download_info:
+        page.click("#download-preview")
+    saved = tmp_path / "preview"
+    download_info.value.save_as(saved)
+    assert download_info.value.suggested_filename.startswith("clip-preview.")
+    assert saved.read_bytes() == requests.get(again["preview_url"], timeout=30).content
+    with av.open(str(saved)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == frames - 6
+
+    assert ledger_state(api.settings.database_path, key_id)["balance"] == 40 - 1 - frames - 1 - (frames - 6)
+    assert page.problems == []
