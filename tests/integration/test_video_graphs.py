@@ -191,8 +191,9 @@ def test_track_decoder_matches_sam2_heads(model, onnx_dir):
 
 @torch.no_grad()
 def test_objects_tracked_in_one_batch_match_each_tracked_alone(model, onnx_dir):
-    """The tracker runs a frame's objects as one batch per graph (shorter memories and pointer lists padded and
-    marked invalid): each object's masks, pointers and memories equal those of the object tracked alone."""
+    """The tracker runs a frame's objects through the track decoder and the memory encoder as one batch (the
+    memory attention one object a call): each object's masks, pointers and memories equal those of the object
+    tracked alone, also when the objects start on different frames and so hold different memories."""
     import onnxruntime as ort
 
     from maskserve.export.onnx_export import export_video_graphs

@@ -234,3 +234,27 @@ def test_a_large_mask_deflated_in_two_halves_is_one_valid_png():
         assert png[37:41] == b"IDAT"
         rows = zlib.decompress(png[41 : 41 + length])
         assert rows == np.hstack([np.zeros((height, 1), np.uint8), mask]).tobytes()
+
+
+def test_small_holes_are_filled_as_sam2s_video_predictor_fills_them():
+    """Our hole filling against SAM 2's own ``fill_holes_in_mask_scores`` (its CUDA extension's one function
+    through the test-only stand-in), on logits with holes of every size up to and past the limit."""
+    from sam2.utils.misc import fill_holes_in_mask_scores
+
+    from maskserve.core.masks import fill_small_holes
+    from maskserve.devtools import sam2_ext_standin
+
+    rng = np.random.default_rng(5)
+    logits = np.full((64, 64), 3.0, np.float32)
+    for size in range(1, 5):  # square holes of 1, 4, 9 and 16 px
+        x = 4 + 14 * size
+        logits[10 : 10 + size, x : x + size] = -2.0
+    logits[40:42, 0:3] = -1.0  # a 6 px region on the border counts too
+    logits[50, 50] = logits[51, 51] = -1.0  # two pixels touching at a corner: one 8-connected region
+    logits[55:64, 55:64] = rng.normal(size=(9, 9)).astype(np.float32)  # speckle
+    with sam2_ext_standin.installed():
+        want = fill_holes_in_mask_scores(torch.from_numpy(logits)[None, None], 8)[0, 0].numpy()
+    got = fill_small_holes(logits, 8)
+    assert np.array_equal(got, want)
+    assert (got[10:12, 32:34] > 0).all() and (got[10:13, 46:49] < 0).all()  # 4 px filled, 9 px kept
+    assert logits[10, 18] < 0  # the input is left as it was

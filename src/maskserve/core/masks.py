@@ -35,6 +35,23 @@ def select_mask(low_res_masks: np.ndarray, iou: np.ndarray, multimask: bool) -> 
     return low_res_masks[best], float(iou[best])
 
 
+HOLE_FILL_LOGIT = 0.1
+"""What SAM 2's video predictor writes into a filled hole: a small positive score (foreground)."""
+
+
+def fill_small_holes(logits: np.ndarray, max_area: int) -> np.ndarray:
+    """SAM 2's ``fill_holes_in_mask_scores`` on one [H, W] of logits: every 8-connected background region
+    (logits <= 0) of at most ``max_area`` pixels becomes foreground. ``logits`` itself is left as it is."""
+    background = (logits <= 0).view(np.uint8)
+    _, regions, stats, _ = cv2.connectedComponentsWithStats(background, connectivity=8)
+    small = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] <= max_area) + 1
+    if small.size == 0:
+        return logits
+    filled = np.array(logits, copy=True)
+    filled[np.isin(regions, small)] = HOLE_FILL_LOGIT
+    return filled
+
+
 @lru_cache(maxsize=32)
 def _interp_matrix(out_size: int, in_size: int) -> np.ndarray:
     """Rows of bilinear weights, half-pixel centres, no antialiasing (PyTorch's)."""

@@ -41,14 +41,15 @@ class TrackingConfig:
     add_all_frames_to_correct_as_cond: bool = False
     signed_tpos: bool = True
     only_obj_ptrs_in_the_past: bool = True
+    fill_hole_area: int = 8  # as SAM 2's video predictor builds the model: holes up to 8 px filled (0: off)
 
     @classmethod
     def of_model(cls, model: Any) -> TrackingConfig:
         """The constants of ``model``; those that only SAM 2's video predictor sets are the predictor's.
 
         ``build_sam2_video_predictor`` builds the model with ``binarize_mask_from_pts_for_mem_enc``
-        on and keeps ``add_all_frames_to_correct_as_cond`` off; a model built for images (as the
-        export loads it) has neither, and tracks as the video predictor does.
+        on, ``fill_hole_area`` 8 and ``add_all_frames_to_correct_as_cond`` off; a model built for
+        images (as the export loads it) has none of them, and tracks as the video predictor does.
         """
         if model.max_cond_frames_in_attn != -1:
             raise ValueError("only SAM 2's default of attending to every conditioning frame is supported")
@@ -68,11 +69,12 @@ class TrackingConfig:
             ),
             signed_tpos=model.use_signed_tpos_enc_to_obj_ptrs,
             only_obj_ptrs_in_the_past=model.only_obj_ptrs_in_the_past_for_eval,
+            fill_hole_area=getattr(model, "fill_hole_area", default.fill_hole_area),
         )
 
 
 class Graphs(Protocol):
-    """The video graphs, each on a batch of one object (arrays with the batch axis first)."""
+    """The video graphs (arrays with the batch axis first: one object, or a frame's objects together)."""
 
     def attend(self, **inputs: np.ndarray) -> np.ndarray: ...  # pix_feat
 
@@ -113,7 +115,7 @@ class Tracker:
         temp = track.temp_cond if is_cond else track.temp_non_cond
         prev = temp.get(frame) or track.cond.get(frame) or track.non_cond.get(frame)
         prev_logits = None if prev is None else np.clip(prev.logits, -32.0, 32.0)
-        out = self._step(track, frame, is_init, (coords, labels), reverse, prev_logits, encode_memory=False)
+        out = self._steps([track], frame, is_init, (coords, labels), reverse, prev_logits, encode_memory=False)[0]
         temp[frame] = out
         return out
 
@@ -124,7 +126,7 @@ class Tracker:
             for temp, bank in ((track.temp_non_cond, track.non_cond), (track.temp_cond, track.cond)):
                 for frame, out in temp.items():
                     if out.memory is None:
-                        out.memory = self._memory(self.features(frame)[0], out, from_points=True)
+                        out.memory = self._memories(self.features(frame)[0], [out], from_points=True)[0]
                     bank[frame] = out
                 temp.clear()
             for frame in track.cond:
@@ -180,20 +182,7 @@ class Tracker:
                 if abs(f - frame) > reach and out.spilled is None:
                     out.spilled = self.spill.put(f"{obj}-{f}", out)
 
-    # -- one frame of one object ------------------------------------------------------------------
-    # -- one frame of one object ------------------------------------------------------------------
-    def _step(
-        self,
-        track: ObjectTrack,
-        frame: int,
-        is_init: bool,
-        points: tuple[np.ndarray, np.ndarray] | None,
-        reverse: bool,
-        prev_logits: np.ndarray | None,
-        encode_memory: bool,
-    ) -> FrameOutput:
-        return self._steps([track], frame, is_init, points, reverse, prev_logits, encode_memory)[0]
-
+    # -- one frame of its objects ----------------------------------------------------------------
     def _steps(
         self,
         tracks: list[ObjectTrack],
@@ -209,9 +198,10 @@ class Tracker:
         embed, s0, s1 = self.features(frame)
         if is_init:
             pix = _repeat(embed, count)
-        else:
-            banks = _padded([self._bank(track, frame, reverse) for track in tracks])
-            pix = self.graphs.attend(image_embed=_repeat(embed, count), **banks)
+        else:  # one object a call: batched, the attention ran 30% slower per frame (benchmarks/README.md, "Video")
+            pix = np.concatenate(
+                [self.graphs.attend(image_embed=embed, **self._bank(track, frame, reverse)) for track in tracks]
+            )
         coords = np.zeros((count, sig.DECODER_POINTS, 2), np.float32)
         labels = np.full((count, sig.DECODER_POINTS), sig.MASKED_LABEL, np.int32)
         if points is None:
@@ -251,11 +241,10 @@ class Tracker:
         if encode_memory:
             for out, memory in zip(outs, self._memories(embed, outs, from_points=points is not None), strict=True):
                 out.memory = memory
+        if cfg.fill_hole_area > 0:  # as SAM 2 does: after the memory, so only what is shown and kept is filled
+            for out in outs:
+                out.fill_holes(cfg.fill_hole_area)
         return outs
-
-    def _memory(self, embed: np.ndarray, out: FrameOutput, from_points: bool) -> np.ndarray:
-        """The memory of ``out`` on the frame whose ``image_embed`` is ``embed``."""
-        return self._memories(embed, [out], from_points)[0]
 
     def _memories(self, embed: np.ndarray, outs: list[FrameOutput], from_points: bool) -> list[np.ndarray]:
         """The memories of several objects' outputs on one frame, in one memory-encoder call."""
@@ -316,19 +305,3 @@ class Tracker:
 def _repeat(array: np.ndarray, count: int) -> np.ndarray:
     """One frame's tensor (batch of one) once per object."""
     return array if count == 1 else np.ascontiguousarray(np.broadcast_to(array, (count, *array.shape[1:])))
-
-
-def _padded(banks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Several objects' memory-attention inputs as one batch: shorter memories and pointer lists padded (and
-    marked invalid, which the graph leaves out of the attention exactly)."""
-    if len(banks) == 1:
-        return banks[0]
-    frames = max(b["memory"].shape[1] for b in banks)
-    ptrs = max(b["obj_ptrs"].shape[1] for b in banks)
-    out: dict[str, list[np.ndarray]] = {name: [] for name in banks[0]}
-    for bank in banks:
-        for name, array in bank.items():
-            size = frames if name.startswith("memory") else ptrs
-            pad = [(0, 0), (0, size - array.shape[1])] + [(0, 0)] * (array.ndim - 2)
-            out[name].append(np.pad(array, pad))  # zeros: padding is invalid (``*_valid`` 0)
-    return {name: np.concatenate(arrays) for name, arrays in out.items()}
