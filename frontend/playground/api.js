@@ -128,6 +128,16 @@ export async function fetchFile(outputUrl) {
   return response.blob();
 }
 
+export function saveBlob(blob, name) {
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}
+
 export async function loadAccount() {
   if (!state.key) return;
   const response = await fetch("/v1/account", { headers: { Authorization: `Bearer ${state.key}` } });

@@ -80,12 +80,37 @@ export function showMask(entry) {
   $("mask-info").textContent = `Job ${entry.jobId}: score ${entry.score?.toFixed(3) ?? "–"}, area ${area} px`;
 }
 
-export function drawMarks(preview = null) {
-  const marks = $("marks");
-  const context = marks.getContext("2d");
-  context.clearRect(0, 0, marks.width, marks.height);
-  const radius = Math.max(4, Math.round(Math.max(state.width, state.height) / 120));
+// A pointer event on a canvas drawn at any scale, in the canvas's own pixels (clamped inside it).
+export function canvasPoint(event, canvas) {
+  const rect = canvas.getBoundingClientRect();
+  const x = Math.round(((event.clientX - rect.left) * canvas.width) / rect.width);
+  const y = Math.round(((event.clientY - rect.top) * canvas.height) / rect.height);
+  return [Math.min(Math.max(x, 0), canvas.width - 1), Math.min(Math.max(y, 0), canvas.height - 1)];
+}
+
+// Clears a marks canvas and readies its pen; returns the context and the mark radius for its size.
+export function clearMarks(canvas) {
+  const context = canvas.getContext("2d");
+  context.clearRect(0, 0, canvas.width, canvas.height);
+  const radius = Math.max(4, Math.round(Math.max(canvas.width, canvas.height) / 120));
   context.lineWidth = Math.max(2, radius / 3);
+  return [context, radius];
+}
+
+// Points as dots: green for foreground (label 1), red for background.
+export function drawPoints(context, radius, points, labels) {
+  points.forEach(([x, y], i) => {
+    context.beginPath();
+    context.arc(x, y, radius, 0, 2 * Math.PI);
+    context.fillStyle = labels[i] ? "#12b76a" : "#f04438";
+    context.fill();
+    context.strokeStyle = "#fff";
+    context.stroke();
+  });
+}
+
+export function drawMarks(preview = null) {
+  const [context, radius] = clearMarks($("marks"));
   const box = preview || state.prompt.box;
   if (box) {
     context.strokeStyle = "#ffbf00";
@@ -93,12 +118,5 @@ export function drawMarks(preview = null) {
     context.strokeRect(box[0], box[1], box[2] - box[0], box[3] - box[1]);
     context.setLineDash([]);
   }
-  state.prompt.points.forEach(([x, y], i) => {
-    context.beginPath();
-    context.arc(x, y, radius, 0, 2 * Math.PI);
-    context.fillStyle = state.prompt.labels[i] ? "#12b76a" : "#f04438";
-    context.fill();
-    context.strokeStyle = "#fff";
-    context.stroke();
-  });
+  drawPoints(context, radius, state.prompt.points, state.prompt.labels);
 }

@@ -1,8 +1,8 @@
 // maskserve playground: click to segment, through the public API of the server that serves this page.
 // No build step and no third-party code. The API key stays in this tab's sessionStorage.
 import { KEY_STORAGE, DRAG_THRESHOLD_PX, $, state, emptyPrompt, copyPrompt } from "./state.js";
-import { callOnImage, fetchFile, loadAccount, loadReadiness, setStatus, fail } from "./api.js";
-import { decodeRle, paintMasks, colour, showMask, drawMarks } from "./masks.js";
+import { callOnImage, fetchFile, loadAccount, loadReadiness, saveBlob, setStatus, fail } from "./api.js";
+import { canvasPoint, decodeRle, paintMasks, colour, showMask, drawMarks } from "./masks.js";
 import { initVideo } from "./video.js";
 
 // ---- the image ------------------------------------------------------------------------------
@@ -131,10 +131,7 @@ function clearPrompt() {
 }
 
 function imagePoint(event) {
-  const rect = $("marks").getBoundingClientRect();
-  const x = Math.round(((event.clientX - rect.left) * state.width) / rect.width);
-  const y = Math.round(((event.clientY - rect.top) * state.height) / rect.height);
-  return [Math.min(Math.max(x, 0), state.width - 1), Math.min(Math.max(y, 0), state.height - 1)];
+  return canvasPoint(event, $("marks"));
 }
 
 function orderedBox(a, b) {
@@ -241,16 +238,6 @@ async function extract() {
   } finally {
     release();
   }
-}
-
-function saveBlob(blob, name) {
-  const link = document.createElement("a");
-  link.href = URL.createObjectURL(blob);
-  link.download = name;
-  document.body.append(link);
-  link.click();
-  link.remove();
-  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
 }
 
 async function downloadMask() {

@@ -2,8 +2,8 @@
 // Frames are shown by this browser's own decoder (the file never comes back from the server); masks are
 // the API's answers: a prompt's mask at once, every frame's masks from the propagation's JSON result.
 import { $, state as page } from "./state.js";
-import { ApiProblem, call, fetchFile, getJson, setStatus, fail } from "./api.js";
-import { decodeRle, paintMasks, colour } from "./masks.js";
+import { call, fetchFile, getJson, saveBlob, setStatus, fail } from "./api.js";
+import { canvasPoint, clearMarks, decodeRle, drawPoints, paintMasks, colour } from "./masks.js";
 
 const POLL_MS = 400;
 
@@ -16,8 +16,8 @@ const video = {
   fps: 0,
   frame: 0, // the frame shown
   masks: new Map(), // frame -> Map(object_id -> {mask, jobId})
-  clicks: new Map(), // "frame:object" -> [[x, y, label]] (what this page sent)
-  propagation: null, // {jobId, previewUrl, outputUrl}
+  clicks: new Map(), // frame -> {points: [[x, y]], labels: [label]} (what this page sent, all objects)
+  propagation: null, // {jobId, previewUrl}
   busy: false,
   playable: true, // false when this browser cannot decode the file: masks still show on a plain frame
 };
@@ -150,22 +150,9 @@ function paintFrame(frame) {
 }
 
 function drawClicks(frame) {
-  const marks = $("video-marks");
-  const context = marks.getContext("2d");
-  context.clearRect(0, 0, marks.width, marks.height);
-  const radius = Math.max(4, Math.round(Math.max(video.width, video.height) / 120));
-  context.lineWidth = Math.max(2, radius / 3);
-  for (const [key, points] of video.clicks) {
-    if (!key.startsWith(`${frame}:`)) continue;
-    for (const [x, y, label] of points) {
-      context.beginPath();
-      context.arc(x, y, radius, 0, 2 * Math.PI);
-      context.fillStyle = label ? "#12b76a" : "#f04438";
-      context.fill();
-      context.strokeStyle = "#fff";
-      context.stroke();
-    }
-  }
+  const [context, radius] = clearMarks($("video-marks"));
+  const sent = video.clicks.get(frame);
+  if (sent) drawPoints(context, radius, sent.points, sent.labels);
 }
 
 // ---- prompts --------------------------------------------------------------------------------
@@ -185,8 +172,9 @@ async function addPoint(x, y, label) {
   setStatus(`Object ${obj} on frame ${frame}`, false, true);
   try {
     const body = await call(`/v1/videos/${video.id}/prompts`, params, []);
-    const key = `${frame}:${obj}`;
-    video.clicks.set(key, [...(video.clicks.get(key) || []), [x, y, label]]);
+    if (!video.clicks.has(frame)) video.clicks.set(frame, { points: [], labels: [] });
+    video.clicks.get(frame).points.push([x, y]);
+    video.clicks.get(frame).labels.push(label);
     frameMasks(frame).set(obj, { mask: decodeRle(body.mask), jobId: body.job_id });
     if (video.frame === frame) paintFrame(frame);
     setStatus(`Object ${obj} on frame ${frame}: area ${body.area} px, score ${body.score.toFixed(3)}. Propagate when ready.`);
@@ -197,17 +185,10 @@ async function addPoint(x, y, label) {
   }
 }
 
-function framePoint(event) {
-  const rect = $("video-marks").getBoundingClientRect();
-  const x = Math.round(((event.clientX - rect.left) * video.width) / rect.width);
-  const y = Math.round(((event.clientY - rect.top) * video.height) / rect.height);
-  return [Math.min(Math.max(x, 0), video.width - 1), Math.min(Math.max(y, 0), video.height - 1)];
-}
-
 function onPointerUp(event) {
   if (!video.id || (event.button !== 0 && event.button !== 2)) return;
   event.preventDefault();
-  const [x, y] = framePoint(event);
+  const [x, y] = canvasPoint(event, $("video-marks"));
   addPoint(x, y, event.button === 0 ? 1 : 0);
 }
 
@@ -260,15 +241,9 @@ async function downloadPreview() {
     const blob = await fetchFile(video.propagation.previewUrl);
     const ext = blob.type === "video/webm" ? "webm" : "mp4";
     const stem = (video.file.name || "video").replace(/\.[^.]*$/, "") || "video";
-    const link = document.createElement("a");
-    link.href = URL.createObjectURL(blob);
-    link.download = `${stem}-preview.${ext}`;
-    document.body.append(link);
-    link.click();
-    link.remove();
-    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+    saveBlob(blob, `${stem}-preview.${ext}`);
   } catch (problem) {
-    fail(problem instanceof ApiProblem ? problem : new ApiProblem(0, String(problem)));
+    fail(problem);
   }
 }
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from maskserve.core import signatures as sig
-from maskserve.core.masks import select_mask
+from maskserve.core.masks import fill_small_holes, select_mask
 from maskserve.session.video_state import FrameOutput, ObjectTrack, Spill, to_bfloat16_precision
 
 
@@ -126,7 +126,7 @@ class Tracker:
             for temp, bank in ((track.temp_non_cond, track.non_cond), (track.temp_cond, track.cond)):
                 for frame, out in temp.items():
                     if out.memory is None:
-                        out.memory = self._memories(self.features(frame)[0], [out], from_points=True)[0]
+                        out.memory = self._memories(self.features(frame)[0], [out.logits], [out.score], True)[0]
                     bank[frame] = out
                 temp.clear()
             for frame in track.cond:
@@ -149,18 +149,19 @@ class Tracker:
 
     def track(self, frame: int, reverse: bool) -> dict[int, FrameOutput]:
         """One frame of a propagation (after ``begin``): every object's output on it (the objects in one batch)."""
-        outputs = {obj: track.cond[frame] for obj, track in self.objects.items() if frame in track.cond}
-        moving = [(obj, track) for obj, track in self.objects.items() if frame not in track.cond]
-        if moving:
-            stepped = self._steps([t for _, t in moving], frame, False, None, reverse, None, encode_memory=True)
-            for (obj, track), out in zip(moving, stepped, strict=True):
-                track.non_cond[frame] = out
-                outputs[obj] = out
-        for track in self.objects.values():
+        moving = [track for track in self.objects.values() if frame not in track.cond]
+        stepped = iter(self._steps(moving, frame, False, None, reverse, None, encode_memory=True) if moving else ())
+        outputs = {}
+        for obj, track in self.objects.items():
+            if frame in track.cond:
+                out = track.cond[frame]
+            else:
+                out = track.non_cond[frame] = next(stepped)
             track.tracked[frame] = reverse
+            outputs[obj] = out
         if self.spill is not None:
             self._spill_far(frame)
-        return dict(sorted(outputs.items()))
+        return outputs
 
     def propagate(
         self, start: int | None = None, max_frames: int | None = None, reverse: bool = False
@@ -193,7 +194,7 @@ class Tracker:
         prev_logits: np.ndarray | None,
         encode_memory: bool,
     ) -> list[FrameOutput]:
-        """One frame of several objects, each graph called once for all of them (a batch of objects)."""
+        """One frame of several objects: the decoder and the memory encoder once for all, the attention once each."""
         count = len(tracks)
         embed, s0, s1 = self.features(frame)
         if is_init:
@@ -228,32 +229,36 @@ class Tracker:
             and (is_init or cfg.multimask_output_for_tracking)
             and cfg.multimask_min_pt_num <= n_points <= cfg.multimask_max_pt_num
         )
-        outs = []
+        scores = [float(v) for v in score.reshape(count, -1)[:, 0]]
+        logits, pointers, chosen_ious = [], [], []
         for i in range(count):
             if multimask:
                 best = 1 + int(np.argmax(ious[i, 1:]))
-                logits, ptr, iou = masks[i, best], ptrs[i, best], float(ious[i, best])
+                chosen, ptr, iou = masks[i, best], ptrs[i, best], float(ious[i, best])
             else:
-                logits, iou = select_mask(masks[i], ious[i], multimask=False)
+                chosen, iou = select_mask(masks[i], ious[i], multimask=False)
                 ptr = ptrs[i, 0]
-            logit = float(score.reshape(count, -1)[i, 0])
-            outs.append(FrameOutput(np.array(logits, np.float32), np.array(ptr, np.float32), logit, iou))
-        if encode_memory:
-            for out, memory in zip(outs, self._memories(embed, outs, from_points=points is not None), strict=True):
-                out.memory = memory
-        if cfg.fill_hole_area > 0:  # as SAM 2 does: after the memory, so only what is shown and kept is filled
-            for out in outs:
-                out.fill_holes(cfg.fill_hole_area)
-        return outs
+            logits.append(np.array(chosen, np.float32))
+            pointers.append(np.array(ptr, np.float32))
+            chosen_ious.append(iou)
+        memories = self._memories(embed, logits, scores, points is not None) if encode_memory else [None] * count
+        # SAM 2 fills holes after the memory is encoded: only the logits shown and kept are filled
+        fill = cfg.fill_hole_area
+        return [
+            FrameOutput(fill_small_holes(kept, fill) if fill > 0 else kept, ptr, logit, iou, memory)
+            for kept, ptr, logit, iou, memory in zip(logits, pointers, scores, chosen_ious, memories, strict=True)
+        ]
 
-    def _memories(self, embed: np.ndarray, outs: list[FrameOutput], from_points: bool) -> list[np.ndarray]:
-        """The memories of several objects' outputs on one frame, in one memory-encoder call."""
+    def _memories(
+        self, embed: np.ndarray, logits: list[np.ndarray], scores: list[float], from_points: bool
+    ) -> list[np.ndarray]:
+        """The memories of several objects' chosen logits on one frame, in one memory-encoder call."""
         binarize = self.config.binarize_mask_from_pts_for_mem_enc and from_points
-        count = len(outs)
+        count = len(logits)
         memory = self.graphs.encode_memory(
             image_embed=_repeat(embed, count),
-            mask_logits=np.stack([out.logits for out in outs])[:, None],
-            object_score_logits=np.array([[out.score] for out in outs], np.float32),
+            mask_logits=np.stack(logits)[:, None],
+            object_score_logits=np.array(scores, np.float32)[:, None],
             binarize=np.full((count,), float(binarize), np.float32),
         )
         return [to_bfloat16_precision(memory[i]) for i in range(count)]

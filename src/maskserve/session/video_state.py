@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from maskserve.core.masks import fill_small_holes
-
 
 def to_bfloat16_precision(x: np.ndarray) -> np.ndarray:
     """float32 rounded to the nearest bfloat16 (ties to even), kept as float32."""
@@ -70,10 +68,6 @@ class FrameOutput:
         found = self._logits if self._logits is not None else self._load("logits")
         assert found is not None
         return found
-
-    def fill_holes(self, max_area: int) -> None:
-        """SAM 2's hole filling of the kept logits (the memory, encoded before, is not touched)."""
-        self._logits = fill_small_holes(self.logits, max_area)
 
     @property
     def memory(self) -> np.ndarray | None:
