@@ -108,6 +108,10 @@ CPU_BATCHING |= {model: BatchingSettings(16, 0, (), 1, max_queue=256) for model 
 GPU_BATCHING |= {model: BatchingSettings(16, 500, (), 1, max_queue=1024) for model in sig.VIDEO_SIGNATURES}
 
 
+HELD_IMAGES = 4
+"""Images whose fp32 embeddings the cpu decoder keeps (16 MiB each), so a click sends only its prompt."""
+
+
 @dataclass(frozen=True)
 class VideoSettings:
     """The video model's bounds: frame features held (16 MiB a frame) and videos held, per version."""
@@ -171,6 +175,9 @@ def render_config(
     frontend with no access to the repository's files, can report it.
     """
     inputs, outputs = (sig.SIGNATURES | sig.VIDEO_SIGNATURES)[model]
+    holds_images = target == "cpu" and model == sig.DECODER_MODEL
+    if holds_images:  # the embeddings stay in the decoder (maskserve.session.held)
+        inputs = sig.HELD_DECODER_INPUTS
     batching = batching or (CPU_BATCHING if target == "cpu" else GPU_BATCHING)[model]
     parts = [f'name: "{sig.served_name(model, version)}"']
     cpu = cpu or CpuRuntime()
@@ -195,6 +202,8 @@ def render_config(
             _param("num_threads", str(cpu.threads)),
             _param("nice", str(cpu.nice(model))),
         ]
+        if holds_images:
+            parts.append(_param("held_images", str(HELD_IMAGES)))
     else:
         parts.append(
             "optimization { execution_accelerators { gpu_execution_accelerator: [ {\n"
@@ -233,6 +242,8 @@ def render_session_config(
         _param("storage", session.storage),
         _param("preprocess_threads", "2" if target == "cpu" else "4"),
         _param("decoder_batch", str(decoder.max_batch_size)),
+        # the cpu decoder keeps the last images' embeddings: a prompt names its image (maskserve.session.held)
+        _param("decoder_holds_images", "true" if target == "cpu" else "false"),
         # on the gpu target the store holds the embeddings on the GPU and passes them by DLPack
         _param("embeddings_memory", "host" if target == "cpu" else "device"),
     ]

@@ -44,7 +44,7 @@ def test_fp16_storage_agrees_with_fp32(exported_repo, report):
     async def encode(image):
         return encoder.run(names, {"image": image})
 
-    async def decode(entry, prompts):
+    async def decode(digest, entry, prompts):
         feeds = {name: np.asarray(a, np.float32) for name, a in zip(names, entry.arrays, strict=True)}
         feeds.update(
             point_coords=np.stack([p.point_coords for p in prompts]),

@@ -22,7 +22,7 @@ from maskserve.core.prompts import pack_prompt
 from maskserve.devtools.pictures import make_image
 from maskserve.triton.server import free_port
 
-NP_TO_TRITON = {np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32"}
+NP_TO_TRITON = {np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32", np.dtype(np.object_): "BYTES"}
 
 
 def _inputs(module, arrays: dict[str, np.ndarray]) -> list:
@@ -85,6 +85,26 @@ def test_both_models_over_grpc_match_direct_onnx(triton_server, exported_repo):
     want_masks, want_iou = _direct(exported_repo, sig.DECODER_MODEL)(direct_feeds)
     np.testing.assert_allclose(result.as_numpy("low_res_masks"), want_masks, atol=1e-5, rtol=0)
     np.testing.assert_allclose(result.as_numpy("iou_predictions"), want_iou, atol=1e-6, rtol=0)
+    client.close()
+
+
+def test_the_decoder_holds_an_image_sent_once_and_asks_again_for_one_it_lacks(triton_server, exported_repo):
+    """A prompt by the image's key alone answers as with the embeddings; an unknown key is refused, not guessed."""
+    client = grpcclient.InferenceServerClient(triton_server.opts.grpc_url)
+    decoder = sig.served_name(sig.DECODER_MODEL, 1)
+    image = make_image(seed=7)
+    result = client.infer(sig.served_name(sig.ENCODER_MODEL, 1), _inputs(grpcclient, {"image": image}))
+    embeds = [result.as_numpy(s.name) for s in sig.ENCODER_OUTPUTS]
+    with_embeddings = _decoder_feeds(embeds, [300.0, 420.0])
+    key = {sig.IMAGE_KEY: np.array([[b"image-7"]], dtype=np.object_)}
+    sent = client.infer(decoder, _inputs(grpcclient, {**with_embeddings, **key}))
+    prompts_only = {k: v for k, v in with_embeddings.items() if k not in {s.name for s in sig.ENCODER_OUTPUTS}}
+    held = client.infer(decoder, _inputs(grpcclient, {**prompts_only, **key}))
+    np.testing.assert_array_equal(held.as_numpy("low_res_masks"), sent.as_numpy("low_res_masks"))
+    np.testing.assert_array_equal(held.as_numpy("iou_predictions"), sent.as_numpy("iou_predictions"))
+    unknown = {sig.IMAGE_KEY: np.array([[b"never-sent"]], dtype=np.object_)}
+    with pytest.raises(InferenceServerException, match=sig.NOT_HELD):
+        client.infer(decoder, _inputs(grpcclient, {**prompts_only, **unknown}))
     client.close()
 
 

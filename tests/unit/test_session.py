@@ -73,7 +73,7 @@ class Fakes:
             raise RuntimeError("encoder failed")
         return fp32_outputs()
 
-    async def decode(self, entry: Entry, prompts: list[PackedPrompt]) -> tuple[np.ndarray, np.ndarray]:
+    async def decode(self, digest: str, entry: Entry, prompts: list[PackedPrompt]) -> tuple[np.ndarray, np.ndarray]:
         """Four stable masks per prompt; for a grid point, squares of three sizes around it."""
         self.decodes += 1
         self.batches.append(len(prompts))

@@ -84,6 +84,17 @@ SIGNATURES: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
     DECODER_MODEL: (DECODER_INPUTS, DECODER_OUTPUTS),
 }
 
+IMAGE_KEY = "image_key"
+"""The ``cpu`` target's decoder model: which image a prompt is on (see ``maskserve.session.held``)."""
+NOT_HELD = "image embeddings not held"
+"""The ``cpu`` decoder's error for a prompt whose image it no longer holds: the caller sends them again."""
+HELD_DECODER_INPUTS = (
+    TensorSpec(IMAGE_KEY, "bytes", (1,), optional=True),
+    *(TensorSpec(spec.name, spec.dtype, spec.dims, optional=True) for spec in ENCODER_OUTPUTS),
+    *DECODER_INPUTS[len(ENCODER_OUTPUTS) :],
+)
+"""The ``cpu`` decoder model's inputs: the graph's, where the embeddings may stay out when the image is held."""
+
 # SAM 2's video path: three graphs beside the image encoder (whose ``image_embed`` they take), run per object.
 MEMORY_ATTENTION_MODEL = "sam2_memory_attention"
 """A frame's features conditioned on an object's memory: its conditioning and recent frames, and its pointers."""

@@ -25,8 +25,8 @@ from maskserve.session.store import EmbeddingStore, Entry
 
 Preprocess = Callable[[bytes], np.ndarray]
 Encode = Callable[[np.ndarray], Awaitable[list[np.ndarray]]]
-Decode = Callable[[Entry, list[PackedPrompt]], Awaitable[tuple[np.ndarray, np.ndarray]]]
-"""Prompts on one image's embeddings → [P, 4, 256, 256] logits and [P, 4] predicted IoU."""
+Decode = Callable[[str, Entry, list[PackedPrompt]], Awaitable[tuple[np.ndarray, np.ndarray]]]
+"""Prompts on one image (its digest and embeddings) → [P, 4, 256, 256] logits and [P, 4] predicted IoU."""
 
 
 JUDGE_AFTER = 2
@@ -96,7 +96,7 @@ class SessionEngine:
             return SessionAnswer(rejected=rejected)
         if entry is None:
             return SessionAnswer(needs_image=True)
-        masks, iou = await self._decode(entry, prompts)
+        masks, iou = await self._decode(digest, entry, prompts)
         chosen = [select_mask(m, s, p.multimask) for m, s, p in zip(masks, iou, prompts, strict=True)]
         logits = np.stack([np.clip(c[0], -32.0, 32.0) for c in chosen]).astype(np.float32)
         return SessionAnswer(logits=logits, scores=[float(c[1]) for c in chosen], encoded=encoded)
@@ -125,7 +125,7 @@ class SessionEngine:
 
         async def batch(start: int) -> tuple[int, list[everything.Candidate]]:
             async with slots:
-                masks, iou = await self._decode(entry, prompts[start : start + size])
+                masks, iou = await self._decode(digest, entry, prompts[start : start + size])
             found = await loop.run_in_executor(
                 self._executor,
                 partial(

@@ -10,6 +10,9 @@ Copied into every served graph model of the ``cpu`` repository target, beside
 * ``num_threads``: intra-op threads for this instance (0 = runtime default);
 * ``nice``: raise this instance's niceness by that much (0 = leave it), so a
   cheap model's work yields to an expensive one on shared cores.
+* ``held_images`` (the decoder, with its ``image_key`` input): keep that many
+  images' embeddings, so a prompt names its image instead of carrying 16 MiB
+  (``maskserve.session.held``).
 
 OpenVINO keeps the compiled graph in the version's ``compiled/`` directory, which
 the export fills (``maskserve.session.compiled``), or else where the server sets
@@ -17,7 +20,8 @@ the export fills (``maskserve.session.compiled``), or else where the server sets
 
 Triton hands ``execute`` every request its dynamic batcher grouped; they all
 share the model's fixed per-item shapes, so they are concatenated along the
-batch axis, run once, and split back.
+batch axis, run once, and split back. OpenVINO reads the inputs where they lie
+(``share_inputs``): a held image's embeddings are not copied for a prompt.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from maskserve.session import compiled
+from maskserve.core import signatures as sig
+from maskserve.session import compiled, held
 
 
 def _param(config: dict, key: str, default: str) -> str:
@@ -47,7 +52,7 @@ class _OpenVINO:
         self._outputs = [self._compiled.output(name) for name in outputs]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        result = self._request.infer(feeds)
+        result = self._request.infer(feeds, share_inputs=True)  # read where they are: no input copy
         return [np.array(result[port], copy=True) for port in self._outputs]
 
 
@@ -91,32 +96,69 @@ class TritonPythonModel:
         path = os.path.join(version_dir, "model.onnx")
         self._runtime: Any = RUNTIMES[runtime](path, precision, threads, self._outputs)
         self._scalars = {t["name"] for t in config["input"] if list(t.get("reshape", {}).get("shape", [None])) == []}
+        self._graph_inputs = [name for name, _ in self._inputs if name != sig.IMAGE_KEY]
+        held_images = int(_param(config, "held_images", "0"))
+        keyed = len(self._inputs) > len(self._graph_inputs)  # the config has the image_key input
+        self._held = held.HeldImages(held_images) if held_images > 0 and keyed else None
+        self._held_names = [spec.name for spec in sig.ENCODER_OUTPUTS] if self._held is not None else []
         pb_utils.Logger.log_info(f"{config['name']}: {runtime} {precision}, {threads or 'default'} threads")
 
+    def _arrays(self, request: Any) -> tuple[dict[str, np.ndarray], tuple[tuple[np.ndarray, ...], int] | None]:
+        """A request's inputs by name and, where this model holds images, its image's tensors and prompt count."""
+        arrays = {}
+        for name in self._graph_inputs:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is not None:
+                array = tensor.as_numpy()
+                arrays[name] = array.reshape(-1) if name in self._scalars else array
+        if self._held is None:
+            return arrays, None
+        key = pb_utils.get_input_tensor_by_name(request, sig.IMAGE_KEY)
+        sent = tuple(arrays.pop(name) for name in self._held_names if name in arrays)
+        count = next(iter(arrays.values())).shape[0]  # the prompts' inputs, present in every request
+        if len(sent) not in (0, len(self._held_names)) or (key is None and not sent):
+            raise held.NotHeld(b"")  # all of an image's tensors, or its key alone
+        if key is None:  # a caller that sends the embeddings with every prompt, one item each
+            return arrays, (sent, count)
+        image = bytes(key.as_numpy().reshape(-1)[0])
+        return arrays, (self._held.arrays(image, sent or None), count)
+
     def execute(self, requests: list) -> list:
-        arrays: dict[str, list[np.ndarray]] = {name: [] for name, _ in self._inputs}
-        sizes = []
-        for request in requests:
-            for name, _ in self._inputs:
-                array = pb_utils.get_input_tensor_by_name(request, name).as_numpy()
-                if name in self._scalars:
-                    array = array.reshape(-1)
-                arrays[name].append(array)
-            sizes.append(arrays[self._inputs[0][0]][-1].shape[0])
-        feeds = {name: parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0) for name, parts in arrays.items()}
+        responses: list[Any] = [None] * len(requests)
+        live, parts, images = [], [], []
+        for i, request in enumerate(requests):
+            try:
+                arrays, image = self._arrays(request)
+            except held.NotHeld:
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{sig.NOT_HELD}: send them"))
+                continue
+            live.append(i)
+            parts.append(arrays)
+            if image is not None:
+                images.append(image)
+        if not live:
+            return responses
+        feeds = {
+            name: parts[0][name] if len(parts) == 1 else np.concatenate([p[name] for p in parts], axis=0)
+            for name in parts[0]
+        }
+        if images:
+            feeds.update(zip(self._held_names, held.stacked(images), strict=True))
         try:
             outputs = self._runtime.run(feeds)
         except Exception as exc:  # one failed run fails the requests it carried
             error = pb_utils.TritonError(f"inference failed: {exc}")
-            return [pb_utils.InferenceResponse(error=error) for _ in requests]
-        responses = []
+            for i in live:
+                responses[i] = pb_utils.InferenceResponse(error=error)
+            return responses
         start = 0
-        for size in sizes:
+        for i, arrays in zip(live, parts, strict=True):
+            size = next(iter(arrays.values())).shape[0]
             tensors = [
                 pb_utils.Tensor(name, np.ascontiguousarray(out[start : start + size]))
                 for name, out in zip(self._outputs, outputs, strict=False)
             ]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
             start += size
         return responses
 

@@ -160,6 +160,10 @@ class _DeviceMemory:
         return array if isinstance(array, np.ndarray) else array.cpu().numpy()
 
 
+class _NotHeld(Exception):
+    """The decoder no longer holds the image's embeddings (``sig.NOT_HELD``)."""
+
+
 MEMORIES: dict[str, type[_HostMemory] | type[_DeviceMemory]] = {"host": _HostMemory, "device": _DeviceMemory}
 
 
@@ -178,6 +182,9 @@ class TritonPythonModel:
         self.store = self.memory.store(int(_param(config, "cache_bytes", str(1 << 30))), storage)
         threads = int(_param(config, "preprocess_threads", "2"))
         self.decoder_batch = int(_param(config, "decoder_batch", "16"))
+        # the decoder keeps the last images' host arrays (cpu target); device memory passes them by DLPack
+        holds = _param(config, "decoder_holds_images", "false") == "true"
+        self.holds_images = holds and isinstance(self.memory, _HostMemory)
         self.pool = ThreadPoolExecutor(threads, "session")
         self.engine = SessionEngine(
             self.store, encoder_input, self._encode, self._decode, self.pool, points_per_batch=self.decoder_batch
@@ -200,7 +207,10 @@ class TritonPythonModel:
         )
         response = await request.async_exec()
         if response.has_error():
-            raise pb_utils.TritonModelException(f"{model}: {response.error().message()}")
+            message = response.error().message()
+            if sig.NOT_HELD in message:
+                raise _NotHeld(message)
+            raise pb_utils.TritonModelException(f"{model}: {message}")
         return [self.memory.output(pb_utils.get_output_tensor_by_name(response, name)) for name in outputs]
 
     async def _encode(self, image: np.ndarray) -> list[Any]:
@@ -215,27 +225,35 @@ class TritonPythonModel:
         self.store.keep_hot(entry, arrays)
         return arrays
 
-    async def _decode(self, entry: Entry, prompts: list[PackedPrompt]) -> tuple[np.ndarray, np.ndarray]:
+    async def _decode(self, digest: str, entry: Entry, prompts: list[PackedPrompt]) -> tuple[np.ndarray, np.ndarray]:
         """The prompts in decoder calls of at most ``decoder_batch`` items (one call for up to 16 objects)."""
-        arrays = await self._widened(entry)
         parts = [prompts[i : i + self.decoder_batch] for i in range(0, len(prompts), self.decoder_batch)]
-        answers = await asyncio.gather(*(self._decode_batch(arrays, part) for part in parts))
+        answers = await asyncio.gather(*(self._decode_batch(digest, entry, part) for part in parts))
         masks = [self.memory.host(a[0]) for a in answers]  # only the 256² logits and scores leave the device
         return np.concatenate(masks), np.concatenate([self.memory.host(a[1]) for a in answers])
 
-    async def _decode_batch(self, arrays: list[Any], prompts: list[PackedPrompt]) -> list[Any]:
+    async def _decode_batch(self, digest: str, entry: Entry, prompts: list[PackedPrompt]) -> list[Any]:
+        """One decoder call; where the decoder holds images, the embeddings go only when it lacks them."""
         count = len(prompts)
         coords, labels, masks = stack_prompts(prompts)
         has_mask = np.array([[float(p.mask_input is not None)] for p in prompts], np.float32)
         inputs = [
-            self.memory.tensor(name, self.memory.repeated(array, count))
-            for name, array in zip(EMBEDDINGS, arrays, strict=True)
-        ]
-        inputs += [
             pb_utils.Tensor("point_coords", coords),
             pb_utils.Tensor("point_labels", labels),
             pb_utils.Tensor("mask_input", masks if masks is not None else np.zeros((count, *MASK_INPUT), np.float32)),
             pb_utils.Tensor("has_mask_input", has_mask),
+        ]
+        if self.holds_images:
+            key = np.full((count, 1), digest.encode(), dtype=np.object_)
+            inputs.append(pb_utils.Tensor(sig.IMAGE_KEY, key))
+            try:
+                return await self._call(self.decoder, inputs, DECODER_OUTPUTS)
+            except _NotHeld:  # evicted there, or a restarted decoder: send them once more
+                pass
+        arrays = await self._widened(entry)
+        inputs += [
+            self.memory.tensor(name, self.memory.repeated(array, count))
+            for name, array in zip(EMBEDDINGS, arrays, strict=True)
         ]
         return await self._call(self.decoder, inputs, DECODER_OUTPUTS)
 

@@ -1,0 +1,99 @@
+"""The decoder's own copies of the last images' embeddings, so that a click sends only its prompt.
+
+On the ``cpu`` target the session model calls the decoder model through BLS.
+Sending an image's fp32 embeddings with every prompt costs three 16 MiB
+copies per click: into the session's shared memory, from there into the
+decoder's, and into the runtime's input tensors. The decoder therefore keeps
+the embeddings of the last few images it was sent, under the image's key
+(``sig.IMAGE_KEY``): a prompt names its image, and only when the decoder no
+longer holds it (evicted, restarted, another instance) does it answer
+``sig.NOT_HELD`` and the session sends the embeddings once more.
+
+The held arrays are fed to the runtime as they are (no copy) when a call
+carries one prompt; prompts on several images, or several prompts on one, are
+stacked one item per prompt as the graph's batch axis wants.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class NotHeld(Exception):
+    """A request named an image whose embeddings this decoder does not hold, and did not send them."""
+
+
+@dataclass
+class HeldStats:
+    hits: int = 0
+    misses: int = 0
+    stored: int = 0
+
+
+class HeldImages:
+    """An LRU of ``capacity`` images' embedding tensors (one item each, batch axis of 1), by key."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._items: OrderedDict[bytes, tuple[np.ndarray, ...]] = OrderedDict()
+        self.stats = HeldStats()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def arrays(self, key: bytes, sent: tuple[np.ndarray, ...] | None) -> tuple[np.ndarray, ...]:
+        """The image's tensors: those ``sent`` with the request (then held), else the held ones.
+
+        ``sent`` arrays carry one item per prompt of the request, all the same
+        image: the first item is kept, copied out of the request's memory.
+        """
+        if sent is not None:
+            kept = tuple(np.ascontiguousarray(array[:1]).copy() for array in sent)
+            self._items[key] = kept
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+            self.stats.stored += 1
+            return kept
+        found = self._items.get(key)
+        if found is None:
+            self.stats.misses += 1
+            raise NotHeld(key)
+        self._items.move_to_end(key)
+        self.stats.hits += 1
+        return found
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+def stacked(parts: list[tuple[tuple[np.ndarray, ...], int]]) -> list[np.ndarray]:
+    """Each image's tensors once per prompt of its request, concatenated along the batch axis.
+
+    ``parts`` holds (an image's tensors, its request's prompt count) in request
+    order; the tensors carry one item (a held image, repeated here) or one per
+    prompt (as a request sent them). One request whose tensors already have its
+    prompt count is fed as it is: the arrays themselves, no copy.
+    """
+    if len(parts) == 1 and parts[0][0][0].shape[0] == parts[0][1]:
+        return list(parts[0][0])
+    names = len(parts[0][0])
+    out = []
+    for i in range(names):
+        first = parts[0][0][i]
+        total = sum(count for _, count in parts)
+        array = np.empty((total, *first.shape[1:]), first.dtype)
+        start = 0
+        for tensors, count in parts:
+            array[start : start + count] = tensors[i]  # broadcast over the request's prompts
+            start += count
+        out.append(array)
+    return out
