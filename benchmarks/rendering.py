@@ -17,12 +17,14 @@ import io
 import json
 import statistics
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw
+from zlib_ng import zlib_ng
 
 from maskserve.core.masks import upsample_logits, upsample_region
 from maskserve.core.signatures import LOW_RES_MASK_SIZE
@@ -76,10 +78,25 @@ def _one_thread(mask: np.ndarray) -> bytes:
         imaging.PARALLEL_DEFLATE_BYTES = threshold
 
 
+def _stdlib_zlib(encode: Callable[[np.ndarray], bytes]) -> Callable[[np.ndarray], bytes]:
+    """``encode`` with the standard library's zlib in place of zlib-ng (the service before)."""
+
+    def with_zlib(mask: np.ndarray) -> bytes:
+        imaging.DEFLATE = zlib
+        try:
+            return encode(mask)
+        finally:
+            imaging.DEFLATE = zlib_ng
+
+    return with_zlib
+
+
 def encoders() -> dict[str, Callable[[np.ndarray], bytes]]:
     found = {
-        "zlib run-length, rows unfiltered, two halves on two threads (the service)": imaging.encode_mask_png,
-        "zlib run-length, rows unfiltered, one thread": _one_thread,
+        "zlib-ng run-length, rows unfiltered, two halves on two threads (the service)": imaging.encode_mask_png,
+        "zlib-ng run-length, rows unfiltered, one thread": _one_thread,
+        "zlib run-length, rows unfiltered, two halves on two threads (before)": _stdlib_zlib(imaging.encode_mask_png),
+        "zlib run-length, rows unfiltered, one thread": _stdlib_zlib(_one_thread),
         "pillow level 1 (before)": _pillow(1),
         "pillow level 0": _pillow(0),
         "pillow level 3": _pillow(3),

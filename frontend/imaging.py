@@ -11,12 +11,13 @@ import io
 import os
 import struct
 import threading
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
+from zlib_ng import zlib_ng
 
 from maskserve.core.images import ImageRejected, has_alpha, open_oriented, probe
 from maskserve.core.masks import region_window, upsample_logits
@@ -221,14 +222,20 @@ def styled_cutout(image: DecodedImage, alpha: np.ndarray, style: ExtractionOptio
     return Image.fromarray(np.dstack([pixels, out_a]), "RGBA")
 
 
+DEFLATE: Any = zlib_ng
+"""The deflate of mask PNGs: zlib-ng, zlib's SIMD successor with the same API and the same run-length
+output, 2x (noise) to 9x (a real shape) faster than the standard library's zlib on a 1080p mask
+(benchmarks/README.md, "The serving path's own cost"); ``zlib`` itself still works here."""
+
+
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", DEFLATE.crc32(kind + data))
 
 
 def _deflate(data: memoryview, last: bool) -> bytes:
-    """Raw deflate of one part of a zlib stream (zlib releases the GIL while it compresses)."""
-    deflate = zlib.compressobj(MASK_PNG_LEVEL, zlib.DEFLATED, -15, 9, zlib.Z_RLE)
-    return deflate.compress(data) + deflate.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+    """Raw deflate of one part of a zlib stream (the GIL is released while it compresses)."""
+    deflate = DEFLATE.compressobj(MASK_PNG_LEVEL, DEFLATE.DEFLATED, -15, 9, DEFLATE.Z_RLE)
+    return deflate.compress(data) + deflate.flush(DEFLATE.Z_FINISH if last else DEFLATE.Z_SYNC_FLUSH)
 
 
 def _zlib_stream(data: memoryview) -> bytes:
@@ -244,7 +251,7 @@ def _zlib_stream(data: memoryview) -> bytes:
         half = len(data) // 2
         second = _deflate_pool().submit(_deflate_as, _niceness(), data[half:])
         parts = [_deflate(data[:half], last=False), second.result()]
-    return b"\x78\x01" + b"".join(parts) + struct.pack(">I", zlib.adler32(data))
+    return b"\x78\x01" + b"".join(parts) + struct.pack(">I", DEFLATE.adler32(data))
 
 
 def _niceness() -> int | None:
@@ -269,7 +276,7 @@ def _deflate_pool() -> ThreadPoolExecutor:
 
 
 def encode_mask_png(mask: np.ndarray) -> bytes:
-    """A grayscale (8-bit) PNG of ``mask``: rows unfiltered, deflated with zlib's run-length strategy.
+    """A grayscale (8-bit) PNG of ``mask``: rows unfiltered, deflated with the run-length strategy (zlib-ng).
 
     Masks are runs of 0 and 255: PNG's row filters only cost time on them,
     and run-length deflate finds the runs. Measured at 1920×1080
