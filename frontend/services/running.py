@@ -101,14 +101,19 @@ class Runner(Service):
             written.append(await self.files.put(file_id, extension, data))
             return written[-1]
 
-        try:
-            location = await put(job_id, rendered.extension, rendered.data)
-            objects = [await put(f"{job_id}_{i}", "png", data) for i, data in enumerate(rendered.objects)]
-            logits = None if rendered.logits is None else await put(f"{job_id}_logits", "f32", rendered.logits)
-        except StorageUnavailable:
+        files = [(job_id, rendered.extension, rendered.data)]
+        files += [(f"{job_id}_{i}", "png", data) for i, data in enumerate(rendered.objects)]
+        if rendered.logits is not None:
+            files.append((f"{job_id}_logits", "f32", rendered.logits))
+        # written side by side; every write ends before a failure is raised, so none outlives the discard
+        results = await asyncio.gather(*(put(*file) for file in files), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
             await self.discard(written)
-            raise
-        return location, JobDetails(result=rendered.result, files=JobFiles(objects=objects, logits=logits))
+            raise failed[0]
+        locations = [str(r) for r in results]
+        logits = locations.pop() if rendered.logits is not None else None
+        return locations[0], JobDetails(result=rendered.result, files=JobFiles(objects=locations[1:], logits=logits))
 
     async def _produce(
         self, kind: JobKind, prep: Prepared, prompts: Prompts | None, opts: Options, written: list[str]
