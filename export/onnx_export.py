@@ -20,9 +20,10 @@ OPSET = 17
 
 
 def _example_decoder_inputs(batch: int = 2) -> tuple[torch.Tensor, ...]:
+    """``batch`` prompts on one image: the trace sees the image tensors broadcast over the prompts."""
     inputs = []
     for spec in sig.DECODER_INPUTS:
-        shape = (batch, *spec.dims)
+        shape = (1 if spec in sig.ENCODER_OUTPUTS else batch, *spec.dims)
         if spec.dtype == "int32":
             inputs.append(torch.full(shape, sig.PAD_LABEL, dtype=torch.int32))
         else:
@@ -36,9 +37,12 @@ def _export(
     path: Path,
     inputs: tuple[sig.TensorSpec, ...],
     outputs: tuple[sig.TensorSpec, ...],
+    first_axes: dict[str, str] | None = None,
 ) -> None:
+    """``first_axes``: a name other than ``batch`` for some inputs' first axis (a size of their own)."""
     dynamic_axes = {
-        spec.name: {0: "batch"} | {i + 1: f"{spec.name}_{i + 1}" for i, d in enumerate(spec.dims) if d < 0}
+        spec.name: {0: (first_axes or {}).get(spec.name, "batch")}
+        | {i + 1: f"{spec.name}_{i + 1}" for i, d in enumerate(spec.dims) if d < 0}
         for spec in (*inputs, *outputs)
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +97,8 @@ def export_encoder(sam2_model: Any, path: Path) -> None:
 
 def export_decoder(sam2_model: Any, path: Path) -> None:
     module = PromptDecoder(sam2_model).eval()
-    _export(module, _example_decoder_inputs(), path, sig.DECODER_INPUTS, sig.DECODER_OUTPUTS)
+    images = {spec.name: sig.DECODER_IMAGE_AXIS for spec in sig.ENCODER_OUTPUTS}  # 1 or one per prompt
+    _export(module, _example_decoder_inputs(), path, sig.DECODER_INPUTS, sig.DECODER_OUTPUTS, images)
 
 
 def export_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, model: str) -> None:

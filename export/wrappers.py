@@ -122,9 +122,13 @@ class MaskHeads(nn.Module):
         mask_input: Tensor,
         has_mask_input: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """All four masks' logits, their IoU predictions, the mask tokens and the object-score token (or None)."""
+        """All four masks' logits, their IoU predictions, the mask tokens and the object-score token (or None).
+
+        The image tensors carry one item per prompt, or a single item that every
+        prompt shares (broadcast: many prompts on one image copy nothing).
+        """
         dec = self.mask_decoder
-        batch = image_embed.shape[0]
+        batch = point_coords.shape[0]
         sparse = self._embed_points(point_coords, point_labels)
         point_bias = self._point_bias(point_labels, sparse.dtype)
 

@@ -35,10 +35,13 @@ def test_the_least_recently_used_image_goes_first() -> None:
         held.arrays(b"b", None)
 
 
-def test_one_prompt_is_fed_without_a_copy_and_several_are_stacked_per_prompt() -> None:
+def test_prompts_on_one_image_are_fed_without_a_copy_and_several_images_are_stacked_per_prompt() -> None:
     one = _image(1.0)
-    fed = stacked([(one, 1)])
-    assert all(f is o for f, o in zip(fed, one, strict=True))
+    for parts in ([(one, 1)], [(one, 16)], [(one, 3), (one, 5)]):  # the graph broadcasts the one image
+        fed = stacked(parts)
+        assert all(f is o for f, o in zip(fed, one, strict=True))
+    sent = _image(4.0, items=3)
+    assert all(f is o for f, o in zip(stacked([(sent, 3)]), sent, strict=True))
     per_item = _image(5.0, items=2)
     fed = stacked([(one, 3), (_image(2.0), 1), (per_item, 2)])
     assert fed[0].shape == (6, 2, 3) and fed[1].shape == (6, 4)

@@ -84,6 +84,8 @@ SIGNATURES: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
     DECODER_MODEL: (DECODER_INPUTS, DECODER_OUTPUTS),
 }
 
+DECODER_IMAGE_AXIS = "images"
+"""The decoder graph's first axis of the image tensors: one item per prompt (``batch``), or 1, shared by all."""
 IMAGE_KEY = "image_key"
 """The ``cpu`` target's decoder model: which image a prompt is on (see ``maskserve.session.held``)."""
 NOT_HELD = "image embeddings not held"

@@ -9,9 +9,10 @@ the embeddings of the last few images it was sent, under the image's key
 longer holds it (evicted, restarted, another instance) does it answer
 ``sig.NOT_HELD`` and the session sends the embeddings once more.
 
-The held arrays are fed to the runtime as they are (no copy) when a call
-carries one prompt; prompts on several images, or several prompts on one, are
-stacked one item per prompt as the graph's batch axis wants.
+The held arrays are fed to the runtime as they are (no copy) when every
+prompt of a call is on the same image, however many prompts: the graph
+broadcasts one image over its prompts. Prompts on several images are stacked
+one item per prompt.
 """
 
 from __future__ import annotations
@@ -76,21 +77,23 @@ class HeldImages:
 
 
 def stacked(parts: list[tuple[tuple[np.ndarray, ...], int]]) -> list[np.ndarray]:
-    """Each image's tensors once per prompt of its request, concatenated along the batch axis.
+    """The image tensors to feed for requests in order: (an image's tensors, its request's prompt count) each.
 
-    ``parts`` holds (an image's tensors, its request's prompt count) in request
-    order; the tensors carry one item (a held image, repeated here) or one per
-    prompt (as a request sent them). One request whose tensors already have its
-    prompt count is fed as it is: the arrays themselves, no copy.
+    The tensors carry one item (a held image) or one per prompt (as a request
+    sent them). When every request is on the same held image, that single
+    item is fed as it is: the graph broadcasts it over all the prompts
+    (``sig.DECODER_IMAGE_AXIS``), so many prompts on one image copy nothing.
+    Otherwise each image is repeated once per prompt of its request.
     """
-    if len(parts) == 1 and parts[0][0][0].shape[0] == parts[0][1]:
-        return list(parts[0][0])
-    names = len(parts[0][0])
+    first = parts[0][0]
+    if all(tensors is first for tensors, _ in parts) and first[0].shape[0] == 1:
+        return list(first)
+    if len(parts) == 1 and first[0].shape[0] == parts[0][1]:
+        return list(first)
+    total = sum(count for _, count in parts)
     out = []
-    for i in range(names):
-        first = parts[0][0][i]
-        total = sum(count for _, count in parts)
-        array = np.empty((total, *first.shape[1:]), first.dtype)
+    for i, template in enumerate(first):
+        array = np.empty((total, *template.shape[1:]), template.dtype)
         start = 0
         for tensors, count in parts:
             array[start : start + count] = tensors[i]  # broadcast over the request's prompts

@@ -52,7 +52,9 @@ class _OpenVINO:
         self._outputs = [self._compiled.output(name) for name in outputs]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        result = self._request.infer(feeds, share_inputs=True)  # read where they are: no input copy
+        # Read where they are: no input copy. Always shared, so no call copies into the tensor an earlier call
+        # shared (OpenVINO would refuse a larger shape there).
+        result = self._request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()}, share_inputs=True)
         return [np.array(result[port], copy=True) for port in self._outputs]
 
 
