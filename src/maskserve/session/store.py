@@ -4,6 +4,9 @@ The same store keeps the decoder's fp32 copies of the last few images used
 (``hot``): widening 8 MiB of fp16 costs about 9 ms, and interactive use sends
 many prompts on the image just used. Those copies are bounded by a count of
 images, outside the byte bound, and go with their entry when it is evicted.
+On the ``cpu`` target the decoder keeps its own copies of the last images
+(``maskserve.session.held``); these are then what the session sends when the
+decoder asks for an image again.
 """
 
 from __future__ import annotations

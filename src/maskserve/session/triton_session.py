@@ -17,6 +17,9 @@ version keeps its own embeddings and unloading a version frees them.
 Parameters (``config.pbtxt``): ``cache_bytes`` (the store's bound),
 ``storage`` (``fp16`` default, or ``fp32``), ``preprocess_threads``,
 ``decoder_batch`` (prompts per decoder call: the decoder's max batch size),
+``decoder_holds_images`` (``true`` on the cpu target: a prompt names its image by
+digest and the decoder, which keeps the last images' embeddings, is sent them
+only when it answers ``sig.NOT_HELD``; see ``maskserve.session.held``),
 ``embeddings_memory``: ``host`` (the cpu target: numpy arrays in host memory)
 or ``device`` (the gpu target: the store holds torch tensors on the GPU the
 graphs run on, and the embeddings pass from the encoder's outputs into the
