@@ -141,7 +141,9 @@ def test_release_runbook_under_load(exported_repo, tmp_path, report):
         "MASKSERVE_MODEL_REPOSITORY": str(repo),
         "MASKSERVE_DATA_DIR": str(served.data),
         "WEIGHTS": "--random-weights --seed 9191 --session-cache-mib 256",
-        "WATCH_SECONDS": "20",
+        # the shadow window: a candidate's comparison encodes the image again beside the load (about 8 s on a
+        # 2-core CPU without bf16), and the report must have seen a few
+        "WATCH_SECONDS": "45",
     }
 
     def sh(command: str, stdout_only: bool = False) -> tuple[float, float, str]:
@@ -175,8 +177,12 @@ def test_release_runbook_under_load(exported_repo, tmp_path, report):
             # the same weights as version 1, exported as version 3: the shadow comparison must agree exactly
             sh(f"maskserve export --random-weights --seed {SEED} --out {shlex.quote(str(repo))} --version 3")
             same_start, _, _ = sh(f"maskserve models canary 3 --percent {CANARY_PERCENT * 5} --shadow")
-            time.sleep(10)
-            same = json.loads(sh("maskserve models report --json", stdout_only=True)[2])
+            deadline = time.monotonic() + 90  # until version 3 has been compared (an encode or two per comparison)
+            while True:
+                time.sleep(5)
+                same = json.loads(sh("maskserve models report --json", stdout_only=True)[2])
+                if same.get("shadow", {}).get("3", {}).get("compared", 0) > 0 or time.monotonic() > deadline:
+                    break
             sh("maskserve models canary --off")
             assert _session_stubs(repo, "3") == 1 and _session_metric(served, "cache_bytes", "3") > 0
             unloaded = sh("maskserve models unload 3 --drain-seconds 60")[2]
