@@ -44,9 +44,6 @@ class HeldImages:
         self._items: OrderedDict[bytes, tuple[np.ndarray, ...]] = OrderedDict()
         self.stats = HeldStats()
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     def __contains__(self, key: object) -> bool:
         return key in self._items
 
@@ -71,9 +68,6 @@ class HeldImages:
         self._items.move_to_end(key)
         self.stats.hits += 1
         return found
-
-    def clear(self) -> None:
-        self._items.clear()
 
 
 def stacked(parts: list[tuple[tuple[np.ndarray, ...], int]]) -> list[np.ndarray]:
