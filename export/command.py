@@ -181,7 +181,7 @@ def _export_video(model: Any, work: Path, req: ExportRequest, version: int, mani
 
 def run_export(req: ExportRequest) -> int:
     """Export both graphs and the session model as one new version; returns the version number."""
-    from maskserve.export.onnx_export import OPSET, export_decoder, export_encoder
+    from maskserve.export.onnx_export import OPSET, export_decoder, export_encoder, export_held_decoder
 
     try:
         variant, model, weights = _load_weights(req)
@@ -218,11 +218,14 @@ def run_export(req: ExportRequest) -> int:
             bar.update()
             step(steps[1])
             export_decoder(model, work / "decoder.onnx")
+            # the cpu decoder holds images prepared and runs their prompts on graphs of its own
+            held = export_held_decoder(model, work / "held") if req.target == "cpu" else {}
             bar.update()
             step(steps[2])
             graphs = ((sig.ENCODER_MODEL, "encoder.onnx"), (sig.DECODER_MODEL, "decoder.onnx"))
             for name, path in graphs:
-                repository.write_version(req.out, name, version, work / path, req.target, manifest, req.cpu)
+                extra = held if name == sig.DECODER_MODEL else None
+                repository.write_version(req.out, name, version, work / path, req.target, manifest, req.cpu, extra)
             bar.update()
             step(steps[3])
             if req.target == "cpu":

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from maskserve.core import signatures as sig
-from maskserve.export.wrappers import ImageEncoder, PromptDecoder
+from maskserve.export.wrappers import HeldDecoder, ImageEncoder, ImagePreparation, PromptDecoder
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,28 @@ def export_decoder(sam2_model: Any, path: Path) -> None:
     module = PromptDecoder(sam2_model).eval()
     images = {spec.name: sig.DECODER_IMAGE_AXIS for spec in sig.ENCODER_OUTPUTS}  # 1 or one per prompt
     _export(module, _example_decoder_inputs(), path, sig.DECODER_INPUTS, sig.DECODER_OUTPUTS, images)
+
+
+def export_held_decoder(sam2_model: Any, where: Path) -> dict[str, Path]:
+    """The cpu decoder's graphs for held images: the image's preparation and the decoders on it (with masks or not).
+
+    → file name (``sig.PREPARE_GRAPH``, ``sig.HELD_GRAPHS``) → its path in ``where``.
+    """
+    images = {spec.name: sig.DECODER_IMAGE_AXIS for spec in (*sig.ENCODER_OUTPUTS, *sig.PREPARED_IMAGE)}
+    files = {sig.PREPARE_GRAPH: where / sig.PREPARE_GRAPH}
+    embeddings = _example_decoder_inputs()[: len(sig.ENCODER_OUTPUTS)]
+    preparation = ImagePreparation(sam2_model).eval()
+    _export(preparation, embeddings, files[sig.PREPARE_GRAPH], sig.ENCODER_OUTPUTS, sig.PREPARED_IMAGE, images)
+    with torch.no_grad():
+        prepared = preparation(*embeddings)
+    prompts = _example_decoder_inputs()[len(sig.ENCODER_OUTPUTS) :]
+    for with_masks, name in sig.HELD_GRAPHS.items():
+        inputs = sig.HELD_GRAPH_INPUTS[with_masks]
+        files[name] = where / name
+        module = HeldDecoder(sam2_model, with_masks).eval()
+        args = (*prepared, *prompts[: len(inputs) - len(prepared)])
+        _export(module, args, files[name], inputs, sig.DECODER_OUTPUTS, images)
+    return files
 
 
 def export_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, model: str) -> None:

@@ -351,13 +351,16 @@ def write_version(
     target: str,
     manifest: dict,
     cpu: CpuRuntime | None = None,
+    graphs: dict[str, Path] | None = None,
 ) -> Path:
-    """Install ``onnx_file`` as the served model ``<out>/<model>_v<version>``."""
+    """Install ``onnx_file`` as the served model ``<out>/<model>_v<version>``; ``graphs`` (name → file) beside it."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
     staging, final = _staging(out, model, version)
     files = staging / sig.TRITON_VERSION
     shutil.move(str(onnx_file), files / "model.onnx")
+    for name, path in (graphs or {}).items():
+        shutil.move(str(path), files / name)
     if target == "cpu":
         shutil.copyfile(BACKEND_SOURCE, files / "model.py")
     info = {
@@ -366,7 +369,7 @@ def write_version(
         "version": version,
         "target": target,
         "onnx_sha256": sha256_of(files / "model.onnx"),
-    }
+    } | ({"graphs_sha256": {name: sha256_of(files / name) for name in sorted(graphs)}} if graphs else {})
     (staging / "config.pbtxt").write_text(render_config(model, version, target, cpu, provenance=provenance_of(info)))
     _install(staging, final, info, (sig.SIGNATURES | sig.VIDEO_SIGNATURES)[model])
     return final

@@ -145,8 +145,9 @@ def test_repository_layout_and_manifest(exported_repo):
         served = exported_repo / sig.served_name(model, 1)
         assert {p.name for p in served.iterdir()} == {"config.pbtxt", sig.TRITON_VERSION}
         files = {p.name for p in version_dir(exported_repo, model, 1).iterdir()} - {"__pycache__"}
+        held = {sig.PREPARE_GRAPH, *sig.HELD_GRAPHS.values()} if model == sig.DECODER_MODEL else set()
         assert files == {"model.py", "manifest.json"} | (
-            {"model.onnx", "compiled"} if model in sig.SIGNATURES else set()
+            {"model.onnx", "compiled", *held} if model in sig.SIGNATURES else set()
         )
         own = text_format.Parse((served / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
         assert own.name == served.name and not own.HasField("version_policy")
@@ -158,6 +159,9 @@ def test_repository_layout_and_manifest(exported_repo):
         assert manifest["opset"] >= 17 and manifest["exported_at"].endswith("Z")
         assert manifest["target"] == "cpu" and manifest["version"] == 1
         assert manifest["triton_model"] == served.name
+        if held:  # the decoder's graphs for held images, each with its digest
+            where = version_dir(exported_repo, model, 1)
+            assert manifest["graphs_sha256"] == {name: checkpoints.sha256_of(where / name) for name in sorted(held)}
 
 
 def test_the_export_compiles_each_graph_for_this_cpu_and_triton_reads_it(exported_repo):
@@ -170,13 +174,15 @@ def test_the_export_compiles_each_graph_for_this_cpu_and_triton_reads_it(exporte
     for model in sig.SIGNATURES:
         where = version_dir(exported_repo, model, 1)
         blobs = sorted((where / compiled.CACHE_DIRNAME).iterdir())
-        assert len(blobs) == 1 and blobs[0].suffix == ".blob"
+        graphs = sorted(where.glob("*.onnx"))  # the decoder's graphs for held images too
+        assert len(blobs) == len(graphs) and all(blob.suffix == ".blob" for blob in blobs)
         own = text_format.Parse(
             (exported_repo / sig.served_name(model, 1) / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
         )
         params = {k: v.string_value for k, v in own.parameters.items()}
         props = compiled.openvino_properties(params["precision"], int(params["num_threads"]), compiled.cache_dir(where))
-        ov.Core().compile_model(str(where / "model.onnx"), "CPU", props)
+        for graph in graphs:
+            ov.Core().compile_model(str(graph), "CPU", props)
         assert sorted((where / compiled.CACHE_DIRNAME).iterdir()) == blobs
 
 
@@ -194,6 +200,22 @@ def test_second_export_adds_a_version_beside_the_first(tmp_path):
 
 def _dims(value_info) -> list:
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def test_the_held_decoder_graphs_follow_the_signatures(exported_repo):
+    """The cpu decoder's preparation and held graphs have the tensors of ``sig.PREPARED_IMAGE`` and
+    ``sig.HELD_GRAPH_INPUTS``; the image tensors' first axis is their own (one image, or one per prompt)."""
+    where = version_dir(exported_repo, sig.DECODER_MODEL, 1)
+    image_specs = (*sig.ENCODER_OUTPUTS, *sig.PREPARED_IMAGE)
+    graphs = {sig.PREPARE_GRAPH: (sig.ENCODER_OUTPUTS, sig.PREPARED_IMAGE)}
+    graphs |= {name: (sig.HELD_GRAPH_INPUTS[masks], sig.DECODER_OUTPUTS) for masks, name in sig.HELD_GRAPHS.items()}
+    for name, (inputs, outputs) in graphs.items():
+        graph = onnx.load(str(where / name), load_external_data=False).graph
+        for specs, values in ((inputs, graph.input), (outputs, graph.output)):
+            assert [s.name for s in specs] == [v.name for v in values], name
+            for spec, value in zip(specs, values, strict=True):
+                first = sig.DECODER_IMAGE_AXIS if spec in image_specs else "batch"
+                assert _dims(value) == [first, *spec.dims], (name, spec.name)
 
 
 def test_onnx_graphs_and_configs_follow_the_signatures(exported_repo):

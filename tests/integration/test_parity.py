@@ -93,9 +93,7 @@ def test_encoder_and_decoder_match_pytorch(runtime, exported_repo, sam2_model, i
 
     mask_input = _mask_input(sam2_model, ref)
     for case in CASES:
-        points = None if case.points is None else np.array(case.points, np.float32)
-        labels = None if case.labels is None else np.array(case.labels, np.int32)
-        box = None if case.box is None else np.array(case.box, np.float32)
+        points, labels, box = _prompt(case)
         multimask = is_multimask(points, box)
         coords, labs = pack_prompt(points, labels, box)
         feeds = {
@@ -123,6 +121,54 @@ def test_encoder_and_decoder_match_pytorch(runtime, exported_repo, sam2_model, i
         )
         assert low_agree >= MIN_AGREEMENT and full_agree >= MIN_AGREEMENT, case.name
         assert abs(our_score - float(want_score)) < 1e-3, case.name
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_the_held_decoder_on_a_prepared_image_equals_the_exported_decoder(
+    runtime, exported_repo, sam2_model, torch_features, report
+):
+    """The cpu decoder's graphs for held images give model.onnx's masks: every case in one batch on one prepared
+    image (broadcast), the same batch with the image repeated per prompt, and the cases without a mask through
+    the graph that takes none."""
+    where = version_dir(exported_repo, sig.DECODER_MODEL, 1)
+    decoder = _runner(runtime, str(where / "model.onnx"))
+    prepare = _runner(runtime, str(where / sig.PREPARE_GRAPH))
+    held = {masks: _runner(runtime, str(where / name)) for masks, name in sig.HELD_GRAPHS.items()}
+    ref = torch_features
+    embeddings = {
+        "image_embed": ref["image_embed"].numpy(),
+        "high_res_feats_0": ref["high_res_feats"][0].numpy(),
+        "high_res_feats_1": ref["high_res_feats"][1].numpy(),
+    }
+    prepared = dict(zip((s.name for s in sig.PREPARED_IMAGE), prepare(embeddings), strict=True))
+    assert [v.shape[1:] for v in prepared.values()] == [s.dims for s in sig.PREPARED_IMAGE]
+    packed = [pack_prompt(*_prompt(case)) for case in CASES]
+    mask_input = _mask_input(sam2_model, ref)[0]
+    prompts = {
+        "point_coords": np.stack([coords for coords, _ in packed]),
+        "point_labels": np.stack([labels for _, labels in packed]),
+        "mask_input": np.stack([mask_input if c.with_mask else np.zeros_like(mask_input) for c in CASES]),
+        "has_mask_input": np.array([float(c.with_mask) for c in CASES], np.float32),
+    }
+    want, want_iou = decoder({**embeddings, **prompts})
+    n = len(CASES)
+    repeated = {name: np.repeat(value, n, 0) for name, value in prepared.items()}
+    for label, image in (("broadcast", prepared), ("per prompt", repeated)):
+        masks, iou = held[True]({**image, **prompts})
+        err, agree = float(np.abs(masks - want).max()), float(np.mean((masks > 0) == (want > 0)))
+        report(f"held decoder {runtime} ({label}, with masks): max|logit err| {err:.2e}, agreement {100 * agree:.4f}%")
+        assert err < 1e-3 and agree >= MIN_AGREEMENT and np.abs(iou - want_iou).max() < 1e-4
+    plain = [i for i, c in enumerate(CASES) if not c.with_mask]
+    masks, iou = held[False]({**prepared, **{k: prompts[k][plain] for k in ("point_coords", "point_labels")}})
+    assert np.abs(masks - want[plain]).max() < 1e-3 and np.abs(iou - want_iou[plain]).max() < 1e-4
+
+
+def _prompt(case: Case) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """A case's points, labels and box as the predictor takes them."""
+    points = None if case.points is None else np.array(case.points, np.float32)
+    labels = None if case.labels is None else np.array(case.labels, np.int32)
+    box = None if case.box is None else np.array(case.box, np.float32)
+    return points, labels, box
 
 
 def test_padding_slots_change_nothing(exported_repo, sam2_model, torch_features):

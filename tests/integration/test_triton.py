@@ -102,6 +102,15 @@ def test_the_decoder_holds_an_image_sent_once_and_asks_again_for_one_it_lacks(tr
     held = client.infer(decoder, _inputs(grpcclient, {**prompts_only, **key}))
     np.testing.assert_array_equal(held.as_numpy("low_res_masks"), sent.as_numpy("low_res_masks"))
     np.testing.assert_array_equal(held.as_numpy("iou_predictions"), sent.as_numpy("iou_predictions"))
+    # the held image runs the decoder's graphs for held images; a prompt with its embeddings and no key, model.onnx
+    plain = client.infer(decoder, _inputs(grpcclient, with_embeddings))
+    np.testing.assert_allclose(held.as_numpy("low_res_masks"), plain.as_numpy("low_res_masks"), atol=1e-3, rtol=0)
+    earlier = {"mask_input": plain.as_numpy("low_res_masks")[:, :1], "has_mask_input": np.ones((1, 1), np.float32)}
+    masked_by_key = client.infer(decoder, _inputs(grpcclient, {**prompts_only, **earlier, **key}))
+    masked_plain = client.infer(decoder, _inputs(grpcclient, {**with_embeddings, **earlier}))
+    got, want = masked_by_key.as_numpy("low_res_masks"), masked_plain.as_numpy("low_res_masks")
+    np.testing.assert_allclose(got, want, atol=1e-3, rtol=0)
+    assert np.abs(got - held.as_numpy("low_res_masks")).max() > 1e-2  # the earlier mask changed the answer
     unknown = {sig.IMAGE_KEY: np.array([[b"never-sent"]], dtype=np.object_)}
     with pytest.raises(InferenceServerException, match=sig.NOT_HELD):
         client.infer(decoder, _inputs(grpcclient, {**prompts_only, **unknown}))

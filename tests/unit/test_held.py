@@ -24,6 +24,19 @@ def test_a_sent_image_is_held_and_an_unknown_one_is_asked_for() -> None:
     assert (held.stats.hits, held.stats.misses, held.stats.stored) == (1, 1, 1)
 
 
+def test_a_decoder_that_prepares_its_images_holds_what_the_preparation_makes_once() -> None:
+    calls = []
+
+    def prepare(first: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        calls.append([a.shape[0] for a in first])  # the first item only, of each tensor
+        return (first[0].sum(axis=-1) * 2.0,)
+
+    held = HeldImages(2, prepare)
+    kept = held.arrays(b"a", _image(1.0, items=3))
+    assert calls == [[1, 1]] and len(kept) == 1 and kept[0].shape == (1, 2)
+    assert held.arrays(b"a", None) is kept and calls == [[1, 1]]
+
+
 def test_the_least_recently_used_image_goes_first() -> None:
     held = HeldImages(2)
     held.arrays(b"a", _image(1.0))

@@ -97,6 +97,34 @@ HELD_DECODER_INPUTS = (
 )
 """The ``cpu`` decoder model's inputs: the graph's, where the embeddings may stay out when the image is held."""
 
+# The cpu decoder runs a held image's prompts on the image prepared once (maskserve.export.wrappers.ImagePreparation):
+# the prompt-independent half of the first transformer layer, and the high-resolution features laid out as the
+# upscaling's matrix products read them. SAM 2's mask decoder has the same shape in every size.
+DECODER_DIM = 256
+CROSS_ATTENTION_HEADS = 8
+CROSS_ATTENTION_HEAD_DIM = 16
+"""The decoder's cross-attention: 8 heads of 16 (its 256 channels downsampled by 2)."""
+_TOKENS = EMBED_SIZE * EMBED_SIZE
+_HEADS = (CROSS_ATTENTION_HEADS, _TOKENS, CROSS_ATTENTION_HEAD_DIM)
+PREPARED_IMAGE = (
+    TensorSpec("image_tokens", "float32", (_TOKENS, DECODER_DIM)),  # image_embed + no-mask embedding, per token
+    TensorSpec("first_keys", "float32", _HEADS),  # layer 1, tokens to image: the image's keys
+    TensorSpec("first_values", "float32", _HEADS),  # layer 1, tokens to image: the image's values
+    TensorSpec("first_queries", "float32", _HEADS),  # layer 1, image to tokens: the image's queries
+    # high_res_feats_1 + the first upscaling's bias, channels last; row (i, j, a, b) is pixel (2i + a, 2j + b)
+    TensorSpec("high_res_blocks_1", "float32", (_TOKENS * 4, 64)),
+    # high_res_feats_0 + the second upscaling's bias; row (i, j, a, b, c, d) is pixel (4i + 2a + c, 4j + 2b + d)
+    TensorSpec("high_res_blocks_0", "float32", (_TOKENS * 16, 32)),
+)
+PREPARE_GRAPH = "prepare.onnx"
+"""The cpu decoder's graph from an image's embeddings (``ENCODER_OUTPUTS``) to ``PREPARED_IMAGE``."""
+HELD_GRAPHS = {False: "held.onnx", True: "held_masks.onnx"}
+"""The cpu decoder's graphs from a prepared image and prompts to ``DECODER_OUTPUTS``, by whether they take masks."""
+HELD_GRAPH_INPUTS = {
+    False: (*PREPARED_IMAGE, *DECODER_INPUTS[len(ENCODER_OUTPUTS) : len(ENCODER_OUTPUTS) + 2]),
+    True: (*PREPARED_IMAGE, *DECODER_INPUTS[len(ENCODER_OUTPUTS) :]),
+}
+
 # SAM 2's video path: three graphs beside the image encoder (whose ``image_embed`` they take), run per object.
 MEMORY_ATTENTION_MODEL = "sam2_memory_attention"
 """A frame's features conditioned on an object's memory: its conditioning and recent frames, and its pointers."""

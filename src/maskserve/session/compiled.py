@@ -42,10 +42,12 @@ def cache_dir(version_dir: str | Path) -> str | None:
 
 
 def precompile(version_dir: Path, precision: str, threads: int) -> None:
-    """Compile ``version_dir/model.onnx`` for this CPU into the version's own cache."""
+    """Compile every graph of ``version_dir`` (``model.onnx`` and any beside it) for this CPU into its own cache."""
     import openvino as ov
 
     where = version_dir.resolve()
     (where / CACHE_DIRNAME).mkdir(exist_ok=True)
     props = openvino_properties(precision, threads, str(where / CACHE_DIRNAME))
-    ov.Core().compile_model(str(where / "model.onnx"), "CPU", props)
+    core = ov.Core()
+    for graph in sorted(where.glob("*.onnx")):
+        core.compile_model(str(graph), "CPU", props)

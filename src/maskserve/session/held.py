@@ -9,6 +9,11 @@ the embeddings of the last few images it was sent, under the image's key
 longer holds it (evicted, restarted, another instance) does it answer
 ``sig.NOT_HELD`` and the session sends the embeddings once more.
 
+Where the decoder has the graphs for it, an image is held prepared: the
+first transformer layer's image side computed and the high-resolution
+features laid out for the upscaling (``maskserve.export.wrappers.ImagePreparation``),
+once, and its prompts run the held decoder graph on that.
+
 The held arrays are fed to the runtime as they are (no copy) when every
 prompt of a call is on the same image, however many prompts: the graph
 broadcasts one image over its prompts. Prompts on several images are stacked
@@ -18,9 +23,13 @@ one item per prompt.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+Prepare = Callable[[tuple[np.ndarray, ...]], tuple[np.ndarray, ...]]
+"""An image's embeddings (one item each) → the tensors the decoder holds for it instead (one item each)."""
 
 
 class NotHeld(Exception):
@@ -37,10 +46,11 @@ class HeldStats:
 class HeldImages:
     """An LRU of ``capacity`` images' embedding tensors (one item each, batch axis of 1), by key."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, prepare: Prepare | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
+        self._prepare = prepare
         self._items: OrderedDict[bytes, tuple[np.ndarray, ...]] = OrderedDict()
         self.stats = HeldStats()
 
@@ -51,10 +61,13 @@ class HeldImages:
         """The image's tensors: those ``sent`` with the request (then held), else the held ones.
 
         ``sent`` arrays carry one item per prompt of the request, all the same
-        image: the first item is kept, copied out of the request's memory.
+        image: the first item is kept, copied out of the request's memory, or
+        what ``prepare`` makes of it (new arrays) when the decoder prepares
+        its images.
         """
         if sent is not None:
-            kept = tuple(np.ascontiguousarray(array[:1]).copy() for array in sent)
+            first = tuple(np.ascontiguousarray(array[:1]) for array in sent)
+            kept = self._prepare(first) if self._prepare is not None else tuple(array.copy() for array in first)
             self._items[key] = kept
             self._items.move_to_end(key)
             while len(self._items) > self.capacity:

@@ -12,7 +12,10 @@ Copied into every served graph model of the ``cpu`` repository target, beside
   cheap model's work yields to an expensive one on shared cores.
 * ``held_images`` (the decoder, with its ``image_key`` input): keep that many
   images' embeddings, so a prompt names its image instead of carrying 16 MiB
-  (``maskserve.session.held``).
+  (``maskserve.session.held``). Where the version also has the held decoder's
+  graphs (``prepare.onnx``, ``held.onnx``, ``held_masks.onnx``), an image is
+  held prepared and its prompts run those graphs; prompts that bring their
+  embeddings run ``model.onnx``.
 
 OpenVINO keeps the compiled graph in the version's ``compiled/`` directory, which
 the export fills (``maskserve.session.compiled``), or else where the server sets
@@ -80,6 +83,9 @@ class _OnnxRuntime:
 
 RUNTIMES = {"openvino": _OpenVINO, "onnxruntime": _OnnxRuntime}
 
+_Member = tuple[int, dict[str, np.ndarray], tuple[tuple[np.ndarray, ...], int] | None]
+"""A request in a run: its index, its inputs by name, and its image's tensors with its prompt count (or None)."""
+
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
@@ -102,11 +108,31 @@ class TritonPythonModel:
         held_images = int(_param(config, "held_images", "0"))
         keyed = len(self._inputs) > len(self._graph_inputs)  # the config has the image_key input
         self._held = held.HeldImages(held_images) if held_images > 0 and keyed else None
-        self._held_names = [spec.name for spec in sig.ENCODER_OUTPUTS] if self._held is not None else []
-        pb_utils.Logger.log_info(f"{config['name']}: {runtime} {precision}, {threads or 'default'} threads")
+        self._sent_names = [spec.name for spec in sig.ENCODER_OUTPUTS] if self._held is not None else []
+        # an export with the held decoder's graphs: images are held prepared, and their prompts run those graphs
+        self._held_graphs: dict[bool, Any] = {}
+        self._held_names = self._sent_names
+        graphs = (sig.PREPARE_GRAPH, *sig.HELD_GRAPHS.values())
+        if self._held is not None and all(os.path.exists(os.path.join(version_dir, g)) for g in graphs):
+            prepared = [spec.name for spec in sig.PREPARED_IMAGE]
+            graph = os.path.join(version_dir, sig.PREPARE_GRAPH)
+            preparation: Any = RUNTIMES[runtime](graph, precision, threads, prepared)
 
-    def _arrays(self, request: Any) -> tuple[dict[str, np.ndarray], tuple[tuple[np.ndarray, ...], int] | None]:
-        """A request's inputs by name and, where this model holds images, its image's tensors and prompt count."""
+            def prepare(arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+                return tuple(preparation.run(dict(zip(self._sent_names, arrays, strict=True))))
+
+            self._held = held.HeldImages(held_images, prepare)
+            self._held_graphs = {
+                masks: RUNTIMES[runtime](os.path.join(version_dir, name), precision, threads, self._outputs)
+                for masks, name in sig.HELD_GRAPHS.items()
+            }
+            self._held_names = prepared
+        note = ", images held prepared" if self._held_graphs else ""
+        pb_utils.Logger.log_info(f"{config['name']}: {runtime} {precision}, {threads or 'default'} threads{note}")
+
+    def _arrays(self, request: Any) -> tuple[dict[str, np.ndarray], tuple[tuple[np.ndarray, ...], int] | None, bool]:
+        """A request's inputs by name, its image's tensors and prompt count (where this model holds images), and
+        whether those are a held image's (named by key) rather than sent with the request."""
         arrays = {}
         for name in self._graph_inputs:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
@@ -114,47 +140,57 @@ class TritonPythonModel:
                 array = tensor.as_numpy()
                 arrays[name] = array.reshape(-1) if name in self._scalars else array
         if self._held is None:
-            return arrays, None
+            return arrays, None, False
         key = pb_utils.get_input_tensor_by_name(request, sig.IMAGE_KEY)
-        sent = tuple(arrays.pop(name) for name in self._held_names if name in arrays)
+        sent = tuple(arrays.pop(name) for name in self._sent_names if name in arrays)
         count = next(iter(arrays.values())).shape[0]  # the prompts' inputs, present in every request
-        if len(sent) not in (0, len(self._held_names)) or (key is None and not sent):
+        if len(sent) not in (0, len(self._sent_names)) or (key is None and not sent):
             raise held.NotHeld(b"")  # all of an image's tensors, or its key alone
         if key is None:  # a caller that sends the embeddings with every prompt, one item each
-            return arrays, (sent, count)
+            return arrays, (sent, count), False
         image = bytes(key.as_numpy().reshape(-1)[0])
-        return arrays, (self._held.arrays(image, sent or None), count)
+        return arrays, (self._held.arrays(image, sent or None), count), True
 
     def execute(self, requests: list) -> list:
         responses: list[Any] = [None] * len(requests)
-        live, parts, images = [], [], []
+        with_embeddings: list[_Member] = []  # the exported graph, on embeddings
+        on_prepared: list[_Member] = []  # the held decoder graphs, on prepared images
         for i, request in enumerate(requests):
             try:
-                arrays, image = self._arrays(request)
+                arrays, image, by_key = self._arrays(request)
             except held.NotHeld:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{sig.NOT_HELD}: send them"))
                 continue
-            live.append(i)
-            parts.append(arrays)
-            if image is not None:
-                images.append(image)
-        if not live:
-            return responses
+            (on_prepared if by_key and self._held_graphs else with_embeddings).append((i, arrays, image))
+        if with_embeddings:
+            self._run(self._runtime, with_embeddings, self._sent_names, responses)
+        if on_prepared:
+            masks = any(float(np.max(arrays["has_mask_input"], initial=0.0)) > 0.5 for _, arrays, _ in on_prepared)
+            if not masks:  # the graph without earlier masks takes neither input
+                for _, arrays, _ in on_prepared:
+                    del arrays["mask_input"], arrays["has_mask_input"]
+            self._run(self._held_graphs[masks], on_prepared, self._held_names, responses)
+        return responses
+
+    def _run(self, runtime: Any, members: list[_Member], image_names: list[str], responses: list[Any]) -> None:
+        """Run ``members`` (request index, inputs, image) as one batch and answer each of them."""
+        parts = [arrays for _, arrays, _ in members]
         feeds = {
             name: parts[0][name] if len(parts) == 1 else np.concatenate([p[name] for p in parts], axis=0)
             for name in parts[0]
         }
+        images = [image for _, _, image in members if image is not None]
         if images:
-            feeds.update(zip(self._held_names, held.stacked(images), strict=True))
+            feeds.update(zip(image_names, held.stacked(images), strict=True))
         try:
-            outputs = self._runtime.run(feeds)
+            outputs = runtime.run(feeds)
         except Exception as exc:  # one failed run fails the requests it carried
             error = pb_utils.TritonError(f"inference failed: {exc}")
-            for i in live:
+            for i, _, _ in members:
                 responses[i] = pb_utils.InferenceResponse(error=error)
-            return responses
+            return
         start = 0
-        for i, arrays in zip(live, parts, strict=True):
+        for i, arrays, _ in members:
             size = next(iter(arrays.values())).shape[0]
             tensors = [
                 pb_utils.Tensor(name, np.ascontiguousarray(out[start : start + size]))
@@ -162,7 +198,6 @@ class TritonPythonModel:
             ]
             responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
             start += size
-        return responses
 
     def finalize(self) -> None:
         self._runtime = None
