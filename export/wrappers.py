@@ -12,6 +12,10 @@ slot as that token and masks every further one out of the attention, which is
 exactly equivalent to leaving those slots out (a test proves it). It returns all
 four mask tokens' logits and IoU predictions; choosing among them
 (:func:`maskserve.core.masks.select_mask`) is cheap and stays outside the graph.
+
+``ImagePreparation`` and ``HeldDecoder`` are the cpu decoder's graphs for the
+images it holds: what no prompt changes computed once per image, then
+``PromptDecoder``'s masks from the prepared image with less work per prompt.
 """
 
 from __future__ import annotations
