@@ -161,6 +161,9 @@ class TritonPythonModel:
             except held.NotHeld:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{sig.NOT_HELD}: send them"))
                 continue
+            except Exception as exc:  # the image's preparation failed: this request, not the batch
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"preparing the image: {exc}"))
+                continue
             (on_prepared if by_key and self._held_graphs else with_embeddings).append((i, arrays, image))
         if with_embeddings:
             self._run(self._runtime, with_embeddings, self._sent_names, responses)
