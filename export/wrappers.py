@@ -163,6 +163,10 @@ class MaskHeads(nn.Module):
         """An earlier mask's dense embedding, per token [B, N, C]."""
         return self.prompt_encoder.mask_downscaling(mask_input).flatten(2).permute(0, 2, 1)
 
+    def _no_mask(self) -> Tensor:
+        """The dense embedding of a prompt without an earlier mask, per token [1, 1, C]."""
+        return self.prompt_encoder.no_mask_embed.weight.reshape(1, 1, -1)
+
     def _image_pe(self) -> Tensor:
         return self.dense_pe.flatten(2).permute(0, 2, 1)
 
@@ -196,8 +200,7 @@ class MaskHeads(nn.Module):
         batch = point_coords.shape[0]
         tokens, token_bias = self._tokens(point_coords, point_labels)
         with_mask = has_mask_input.reshape(batch, 1, 1) > 0.5
-        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, 1, -1)
-        src = image_embed.flatten(2).permute(0, 2, 1) + torch.where(with_mask, self._dense(mask_input), no_mask)
+        src = image_embed.flatten(2).permute(0, 2, 1) + torch.where(with_mask, self._dense(mask_input), self._no_mask())
         hs, src = _two_way_transformer(dec.transformer, src, self._image_pe(), tokens, token_bias)
         hyper_in, iou_pred, mask_tokens_out = self._hyper_in(hs)
 
@@ -255,8 +258,7 @@ class ImagePreparation(MaskHeads):
         dec = self.mask_decoder
         n = image_embed.shape[0]
         e, c1, c0 = _BLOCKS
-        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, 1, -1)
-        tokens = image_embed.flatten(2).permute(0, 2, 1) + no_mask
+        tokens = image_embed.flatten(2).permute(0, 2, 1) + self._no_mask()
         keys, values, queries = _first_projections(dec.transformer.layers[0], tokens, self._image_pe())
         dc1, _, _, dc2, _ = dec.output_upscaling
         # channels last, each pixel's row in the order the upscaling's products make them (rank 6 at most: OpenVINO's
@@ -303,9 +305,8 @@ class HeldDecoder(MaskHeads):
         first = (first_keys, first_values, first_queries)
         if self.with_masks:
             mask_input, has_mask_input = masks
-            no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, 1, -1)
             with_mask = has_mask_input.reshape(batch, 1, 1) > 0.5
-            delta = torch.where(with_mask, self._dense(mask_input) - no_mask, 0.0)
+            delta = torch.where(with_mask, self._dense(mask_input) - self._no_mask(), 0.0)
             image_tokens = image_tokens + delta
             layer = dec.transformer.layers[0]
             t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token

@@ -106,27 +106,28 @@ class TritonPythonModel:
         self._scalars = {t["name"] for t in config["input"] if list(t.get("reshape", {}).get("shape", [None])) == []}
         self._graph_inputs = [name for name, _ in self._inputs if name != sig.IMAGE_KEY]
         held_images = int(_param(config, "held_images", "0"))
-        keyed = len(self._inputs) > len(self._graph_inputs)  # the config has the image_key input
-        self._held = held.HeldImages(held_images) if held_images > 0 and keyed else None
-        self._sent_names = [spec.name for spec in sig.ENCODER_OUTPUTS] if self._held is not None else []
+        holds = held_images > 0 and len(self._inputs) > len(self._graph_inputs)  # the config has the image_key input
+        self._sent_names = [spec.name for spec in sig.ENCODER_OUTPUTS] if holds else []
         # an export with the held decoder's graphs: images are held prepared, and their prompts run those graphs
         self._held_graphs: dict[bool, Any] = {}
         self._held_names = self._sent_names
+        prepare: held.Prepare | None = None
         graphs = (sig.PREPARE_GRAPH, *sig.HELD_GRAPHS.values())
-        if self._held is not None and all(os.path.exists(os.path.join(version_dir, g)) for g in graphs):
+        if holds and all(os.path.exists(os.path.join(version_dir, g)) for g in graphs):
             prepared = [spec.name for spec in sig.PREPARED_IMAGE]
             graph = os.path.join(version_dir, sig.PREPARE_GRAPH)
             preparation: Any = RUNTIMES[runtime](graph, precision, threads, prepared)
 
-            def prepare(arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+            def run_preparation(arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
                 return tuple(preparation.run(dict(zip(self._sent_names, arrays, strict=True))))
 
-            self._held = held.HeldImages(held_images, prepare)
+            prepare = run_preparation
             self._held_graphs = {
                 masks: RUNTIMES[runtime](os.path.join(version_dir, name), precision, threads, self._outputs)
                 for masks, name in sig.HELD_GRAPHS.items()
             }
             self._held_names = prepared
+        self._held = held.HeldImages(held_images, prepare) if holds else None
         note = ", images held prepared" if self._held_graphs else ""
         pb_utils.Logger.log_info(f"{config['name']}: {runtime} {precision}, {threads or 'default'} threads{note}")
 
